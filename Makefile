@@ -1,0 +1,38 @@
+# The two commands a person needs: `make run` and `make test`. Both install first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install install-browser run test lint
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): requirements.txt | $(PY)
+	$(PY) -m pip install --no-input -r requirements.txt
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+# Debian's Chromium and its driver drive the browser tests; Playwright's own download does not work offline.
+install-browser:
+	@bin/ensure-chromium
+
+run: install
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py bootstrap_admin
+	DEBUG=$${DEBUG:-true} $(PY) manage.py serve
+
+# With REDIS_URL (and DATABASE_URL) set, the suite runs on Redis (and PostgreSQL); the tests that
+# go through a real worker then run once more on the embedded broker and SQLite.
+test: install install-browser
+	$(PY) -m pytest
+	@if [ -n "$$REDIS_URL$$DATABASE_URL" ]; then \
+		echo "== worker tests again on the embedded broker and SQLite =="; \
+		env -u REDIS_URL -u DATABASE_URL -u CELERY_BROKER_URL $(PY) -m pytest -m worker; \
+	fi
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m mypy

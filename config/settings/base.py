@@ -1,0 +1,161 @@
+"""Settings shared by every environment. Each value that an operator may change is read from
+the environment (see README.md, "Configuration")."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+
+from config.env import env_bool, env_float, env_int, env_list, env_optional, env_path, env_str
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+# All mutable state lives under DATA_DIR when it is set: DATA_DIR/media holds the uploads and
+# DATA_DIR/var the database, index snapshots, broker queue and model weights.
+DATA_DIR = env_path("DATA_DIR", BASE_DIR)
+MEDIA_ROOT = DATA_DIR / "media"
+VAR_DIR = DATA_DIR / "var"
+INDEX_DIR = VAR_DIR / "index"
+TORCH_HOME = env_path("TORCH_HOME", VAR_DIR / "torch")
+
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "gallery",
+    "search",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "gallery.context_processors.site",
+            ],
+        },
+    },
+]
+
+
+def _database() -> dict:
+    url = env_optional("DATABASE_URL")
+    if url:
+        return dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": VAR_DIR / "db.sqlite3",
+        # A worker and the web process write at once: WAL lets readers go on while one writes,
+        # and IMMEDIATE transactions queue writers instead of failing with "database is locked".
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+    }
+
+
+DATABASES = {"default": _database()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "gallery:index"
+LOGOUT_REDIRECT_URL = "gallery:index"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+MEDIA_URL = "/media/"
+# Uploads bigger than this are spooled to a temporary file instead of memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "gallery": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO"), "propagate": False},
+        "search": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO"), "propagate": False},
+    },
+}
+
+# Celery: Redis when REDIS_URL is set, otherwise kombu's filesystem transport under VAR_DIR,
+# so that a fresh checkout runs with nothing else installed.
+REDIS_URL = env_optional("REDIS_URL")
+CELERY_BROKER_URL = env_optional("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
+BROKER_DIR = VAR_DIR / "broker"
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {"data_folder_in": str(BROKER_DIR / "queue"), "data_folder_out": str(BROKER_DIR / "queue"),
+     "control_folder": str(BROKER_DIR / "control"), "polling_interval": 0.05}
+    if CELERY_BROKER_URL == "filesystem://"
+    else {"visibility_timeout": 3600}
+)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# A task is acknowledged only once it has finished, and a killed worker's task goes back to
+# the queue; every task is idempotent, so running one twice is harmless.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# The product.
+LOOKALIKE_BACKBONE = env_str("LOOKALIKE_BACKBONE", "efficientnet_lite0")
+LOOKALIKE_DEVICE = env_str("LOOKALIKE_DEVICE", "auto")
+LOOKALIKE_EMBED_BATCH_SIZE = env_int("LOOKALIKE_EMBED_BATCH_SIZE", 8, minimum=1)
+LOOKALIKE_MAX_UPLOAD_BYTES = env_int("LOOKALIKE_MAX_UPLOAD_BYTES", 40 * 1024 * 1024, minimum=1)
+LOOKALIKE_MAX_UPLOAD_FILES = env_int("LOOKALIKE_MAX_UPLOAD_FILES", 200, minimum=1)
+LOOKALIKE_MAX_IMAGE_PIXELS = env_int("LOOKALIKE_MAX_IMAGE_PIXELS", 60_000_000, minimum=1)
+LOOKALIKE_PUBLIC_GALLERY = env_bool("LOOKALIKE_PUBLIC_GALLERY", True)
+LOOKALIKE_SEARCH_DEFAULT_K = env_int("LOOKALIKE_SEARCH_DEFAULT_K", 24, minimum=1)
+LOOKALIKE_SEARCH_MAX_K = env_int("LOOKALIKE_SEARCH_MAX_K", 500, minimum=1)
+LOOKALIKE_INDEX_M = env_int("LOOKALIKE_INDEX_M", 16, minimum=2)
+LOOKALIKE_INDEX_EF_CONSTRUCTION = env_int("LOOKALIKE_INDEX_EF_CONSTRUCTION", 200, minimum=1)
+LOOKALIKE_INDEX_EF_SEARCH = env_int("LOOKALIKE_INDEX_EF_SEARCH", 128, minimum=1)
+LOOKALIKE_SNAPSHOT_INTERVAL = env_float("LOOKALIKE_SNAPSHOT_INTERVAL", 2.0, minimum=0.0)
+LOOKALIKE_EMBED_LEASE_SECONDS = env_int("LOOKALIKE_EMBED_LEASE_SECONDS", 600, minimum=1)

@@ -1,0 +1,24 @@
+"""Settings for the test suite. Worker processes started by the tests load this module too and
+inherit DATA_DIR, so they share the test's database and index directory."""
+import os
+import tempfile
+import uuid
+
+os.environ.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="lookalike-test-"))
+# A queue of this test session's own, so that two sessions sharing a Redis never take each
+# other's tasks.
+os.environ.setdefault("LOOKALIKE_TEST_QUEUE", f"lookalike-test-{uuid.uuid4().hex[:12]}")
+
+from config.settings.base import *  # noqa: F403
+from config.settings.base import DATABASES, VAR_DIR
+
+SECRET_KEY = "test-only-secret-key"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # One file for the test database, so that worker processes can open it.
+    DATABASES["default"]["NAME"] = VAR_DIR / "test.sqlite3"
+    DATABASES["default"]["TEST"] = {"NAME": VAR_DIR / "test.sqlite3"}
+
+CELERY_TASK_DEFAULT_QUEUE = os.environ["LOOKALIKE_TEST_QUEUE"]
+LOOKALIKE_SNAPSHOT_INTERVAL = 0.2

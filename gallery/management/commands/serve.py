@@ -1,0 +1,57 @@
+"""python manage.py serve: the site and a Celery worker, each in its own process (used by `make run`)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Serve the site with gunicorn and run a Celery worker beside it, until interrupted."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--bind", default="127.0.0.1:8000", help="address for the web server")
+        parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
+        parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1, help="Celery worker processes")
+
+    def handle(self, *args: object, **options: object) -> None:
+        env = dict(os.environ)
+        commands = {
+            "worker": [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
+                       f"--concurrency={options['concurrency']}"],
+            "web": [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", str(options["bind"]),
+                    "--workers", str(options["web_workers"]), "--threads", "4", "--timeout", "120",
+                    "--access-logfile", "-"],
+        }
+        # The web process keeps this process's settings module (gunicorn would default to production).
+        env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+        processes = {name: subprocess.Popen(cmd, env=env, start_new_session=True) for name, cmd in commands.items()}
+        self.stdout.write(f"Lookalike is at http://{options['bind']}/ (Ctrl-C to stop).")
+        stopping = False
+
+        def stop(*_: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            while not stopping:
+                for name, process in processes.items():
+                    if process.poll() is not None:
+                        self.stderr.write(f"The {name} process exited with status {process.returncode}; stopping.")
+                        stopping = True
+                time.sleep(0.5)
+        finally:
+            for process in processes.values():
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGTERM)
+            for process in processes.values():
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Image(models.Model):
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        EMBEDDING = "embedding", "Embedding"
+        INDEXED = "indexed", "Indexed"
+        FAILED = "failed", "Failed"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="images")
+    # The file name as uploaded: data to show (escaped), never a path on disk.
+    original_name = models.CharField(max_length=255)
+    sha256 = models.CharField(max_length=64, unique=True)
+    format = models.CharField(max_length=8)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    byte_size = models.PositiveBigIntegerField()
+    # Stored under generated names. The original is kept for its owner; the display copy and the
+    # thumbnail are re-encoded without metadata and are what the site serves.
+    original = models.FileField(max_length=255)
+    display = models.FileField(max_length=255)
+    thumbnail = models.FileField(max_length=255)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    error = models.TextField(blank=True)
+    # Which embedding run holds the image while it is in EMBEDDING, and since when.
+    claim_token = models.CharField(max_length=64, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    indexed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["state", "id"]),
+            models.Index(fields=["-created_at", "-id"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.original_name}"
+
+    @property
+    def is_settled(self) -> bool:
+        return self.state in (self.State.INDEXED, self.State.FAILED)

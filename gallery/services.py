@@ -1,0 +1,125 @@
+"""Writes of the gallery: storing uploads and deleting images. The web upload, the API and
+``import_images`` all go through ``image_upload``, so they validate and de-duplicate alike."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+
+from gallery.imaging import DISPLAY_MAX_SIDE, THUMBNAIL_MAX_SIDE, ImageRejected, decode_image, encode_jpeg
+from gallery.models import Image
+from search import changelog
+from search.models import IndexChange
+from search.services import queue_embedding, queue_index_sync
+
+log = logging.getLogger(__name__)
+
+_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "AVIF": ".avif"}
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    original_name: str
+    status: str  # "accepted", "duplicate" or "refused"
+    image: Image | None = None  # the new image, or the one this file duplicates
+    code: str = ""
+    message: str = ""
+
+    @classmethod
+    def refused(cls, name: str, rejection: ImageRejected) -> UploadResult:
+        return cls(name, "refused", code=rejection.code, message=rejection.message)
+
+    @classmethod
+    def duplicate(cls, name: str, image: Image) -> UploadResult:
+        return cls(name, "duplicate", image=image, code="duplicate",
+                   message=f"Identical to image #{image.pk} ({image.original_name}), which is already stored.")
+
+
+def clean_original_name(name: str) -> str:
+    """The name to show for an upload: its last path component, printable, at most 255 characters."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    printable = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip()
+    if len(printable) > 255:
+        stem, ext = os.path.splitext(printable)
+        printable = stem[: 255 - len(ext[:16])] + ext[:16]
+    return printable or "unnamed"
+
+
+def read_limited(source: BinaryIO, limit: int) -> bytes:
+    """Read a whole upload, refusing it as soon as it is over ``limit`` bytes."""
+    data = source.read(limit + 1)
+    if len(data) > limit:
+        raise ImageRejected("too_large", f"The file is larger than the limit of {limit / 2**20:g} MB.")
+    return data
+
+
+def image_upload(*, source: BinaryIO, original_name: str, owner: AbstractBaseUser | None) -> UploadResult:
+    """Validate, store and queue one uploaded file. Nothing is stored for a refused file."""
+    name = clean_original_name(original_name)
+    try:
+        data = read_limited(source, settings.LOOKALIKE_MAX_UPLOAD_BYTES)
+        digest = hashlib.sha256(data).hexdigest()
+        existing = Image.objects.filter(sha256=digest).first()
+        if existing:
+            return UploadResult.duplicate(name, existing)
+        decoded = decode_image(data, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS)
+    except ImageRejected as rejection:
+        return UploadResult.refused(name, rejection)
+
+    stem = uuid.uuid4().hex
+    folder = f"{stem[:2]}/{stem[2:4]}"
+    written: list[str] = []
+    try:
+        for kind, payload, ext in (
+            ("originals", data, _EXTENSIONS[decoded.format]),
+            ("display", encode_jpeg(decoded.image, max_side=DISPLAY_MAX_SIDE, quality=88), ".jpg"),
+            ("thumbs", encode_jpeg(decoded.image, max_side=THUMBNAIL_MAX_SIDE, quality=82), ".jpg"),
+        ):
+            written.append(default_storage.save(f"{kind}/{folder}/{stem}{ext}", ContentFile(payload)))
+        with transaction.atomic():
+            image = Image.objects.create(
+                owner=owner if owner is not None and owner.is_authenticated else None,
+                original_name=name, sha256=digest, format=decoded.format, width=decoded.width,
+                height=decoded.height, byte_size=len(data), original=written[0], display=written[1],
+                thumbnail=written[2],
+            )
+            queue_embedding(image.pk)
+    except IntegrityError:
+        _delete_files(written)
+        winner = Image.objects.filter(sha256=digest).first()
+        if winner is None:
+            raise
+        return UploadResult.duplicate(name, winner)
+    except BaseException:
+        _delete_files(written)
+        raise
+    return UploadResult(name, "accepted", image=image)
+
+
+def _delete_files(names: list[str]) -> None:
+    for name in names:
+        try:
+            default_storage.delete(name)
+        except OSError:
+            log.warning("Could not delete %s", name, exc_info=True)
+
+
+def image_delete(*, image: Image) -> None:
+    """Delete an image, its vectors and files; it leaves search results at once."""
+    files = [image.original.name, image.display.name, image.thumbnail.name]
+    image_id = image.pk
+    with transaction.atomic():
+        image.delete()
+        changelog.record_changes(image_ids=[image_id], kind=IndexChange.Kind.REMOVE)
+        transaction.on_commit(lambda: _delete_files(files))
+        queue_index_sync()

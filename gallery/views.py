@@ -1,0 +1,138 @@
+"""Gallery pages: browse, open, upload, delete, and the state feed that upload pages poll."""
+from __future__ import annotations
+
+import mimetypes
+from pathlib import PurePosixPath
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import TooManyFilesSent
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from gallery import selectors, services
+from gallery.access import viewer_required
+from gallery.models import Image
+
+GALLERY_PAGE_SIZE = 48
+_SERVED_MEDIA = {"display", "thumbs"}
+
+
+def image_json(image: Image) -> dict[str, object]:
+    return {
+        "id": image.pk,
+        "original_name": image.original_name,
+        "state": image.state,
+        "state_label": image.get_state_display(),
+        "error": image.error,
+        "url": reverse("gallery:detail", args=[image.pk]),
+        "thumbnail_url": image.thumbnail.url,
+    }
+
+
+@require_GET
+@viewer_required
+def index(request: HttpRequest) -> HttpResponse:
+    images = selectors.image_list_visible(user=request.user)
+    page = Paginator(images, GALLERY_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "gallery/index.html", {"page": page})
+
+
+@require_GET
+@viewer_required
+def detail(request: HttpRequest, image_id: int) -> HttpResponse:
+    image = get_object_or_404(selectors.image_list_visible(user=request.user), pk=image_id)
+    can_manage = selectors.image_can_manage(image=image, user=request.user)
+    return render(request, "gallery/detail.html", {"image": image, "can_manage": can_manage})
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def upload(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        return render(request, "gallery/upload.html")
+    try:
+        files = request.FILES.getlist("files")
+    except TooManyFilesSent:
+        files = None
+    limit = settings.LOOKALIKE_MAX_UPLOAD_FILES
+    if files is None or len(files) > limit:
+        return _upload_error(request, "too_many_files", f"Send at most {limit} files at a time.", 400)
+    if not files:
+        return _upload_error(request, "no_files", "Choose one or more images to upload.", 400)
+    results = [services.image_upload(source=f, original_name=f.name, owner=request.user) for f in files]
+    if _wants_json(request):
+        return JsonResponse({"results": [
+            {"name": r.original_name, "status": r.status, "code": r.code, "message": r.message,
+             "image": image_json(r.image) if r.image else None}
+            for r in results
+        ]})
+    return render(request, "gallery/upload.html", {"results": results})
+
+
+def _upload_error(request: HttpRequest, code: str, message: str, status: int) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse({"code": code, "message": message}, status=status)
+    return render(request, "gallery/upload.html", {"error": message}, status=status)
+
+
+@require_GET
+@viewer_required
+def states(request: HttpRequest) -> JsonResponse:
+    try:
+        ids = [int(part) for part in request.GET.get("ids", "").split(",") if part.strip()][:500]
+    except ValueError:
+        return JsonResponse({"code": "bad_ids", "message": "ids must be a comma-separated list of numbers."},
+                            status=400)
+    images = selectors.image_list_visible(user=request.user).filter(pk__in=ids)
+    return JsonResponse({"images": [image_json(image) for image in images]})
+
+
+@login_required
+@require_POST
+def delete(request: HttpRequest, image_id: int) -> HttpResponse:
+    image = get_object_or_404(Image, pk=image_id)
+    if not selectors.image_can_manage(image=image, user=request.user):
+        return HttpResponse("Only the owner or staff may delete this image.", status=403)
+    name = image.original_name
+    services.image_delete(image=image)
+    messages.success(request, f"Deleted {name}.")
+    return redirect("gallery:index")
+
+
+@login_required
+@require_GET
+def original(request: HttpRequest, image_id: int) -> FileResponse:
+    image = get_object_or_404(Image, pk=image_id)
+    if not selectors.image_can_manage(image=image, user=request.user):
+        raise Http404
+    response = FileResponse(image.original.open("rb"), as_attachment=True, filename=image.original_name)
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@require_GET
+@viewer_required
+def media(request: HttpRequest, path: str) -> FileResponse:
+    """Serve the re-encoded copies (never the originals) with headers that stop content sniffing."""
+    parts = PurePosixPath(path).parts
+    if not parts or parts[0] not in _SERVED_MEDIA or ".." in parts:
+        raise Http404
+    full = settings.MEDIA_ROOT.joinpath(*parts)
+    if not full.is_file():
+        raise Http404
+    content_type = mimetypes.guess_type(full.name)[0] or "application/octet-stream"
+    response = FileResponse(full.open("rb"), content_type=content_type)
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Disposition"] = "inline"
+    # Names are random and never reused, so a copy never changes.
+    response["Cache-Control"] = "public, max-age=31536000, immutable"
+    return response

@@ -1,0 +1,254 @@
+"""Image descriptors from pretrained CNN backbones. Free of Django, so it can be tested and
+benchmarked on its own.
+
+A descriptor is a feature map of the backbone pooled with generalized mean (GeM) pooling and
+L2-normalised: one float32 vector per image whose dot product with another is their cosine
+similarity. ``descriptor_identity`` names the backbone, its weights and the recipe, so that
+vectors made in different ways are never compared with each other.
+
+For EfficientNet-Lite0 the descriptor is taken before the classification head, from the
+last inverted-residual block: those 320 channels have no activation, so both their positive
+and their negative parts are pooled (640 dimensions). On the copy-detection benchmark this
+found the original first more often than GeM over the 1280-channel head (docs/benchmarks.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torchvision import models
+
+from search import efficientnet_lite
+from search.index import IndexIdentity
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# TF-Lite EfficientNets were trained on inputs scaled to [-1, 1].
+UNIT_RANGE_MEAN = (0.5, 0.5, 0.5)
+UNIT_RANGE_STD = (0.5, 0.5, 0.5)
+
+
+class WeightsMissing(RuntimeError):
+    """The backbone's weights are not on disk and cannot be downloaded here."""
+
+
+class WeightsRejected(ValueError):
+    """A weights file offered to ``install_weights`` is not the one the backbone needs."""
+
+
+@dataclass(frozen=True)
+class TorchvisionWeights:
+    """A torchvision architecture with its published ImageNet weights, and the part we keep."""
+
+    architecture: Callable[..., nn.Module]
+    weights: models.WeightsEnum
+    trunk_of: Callable[[nn.Module], nn.Module]
+
+    def checkpoint_path(self, weights_dir: Path) -> Path:
+        return weights_dir / os.path.basename(self.weights.url)
+
+    def load_trunk(self, name: str, weights_dir: Path) -> nn.Module:
+        checkpoint = self.checkpoint_path(weights_dir)
+        if not checkpoint.exists():
+            raise WeightsMissing(
+                f"The {name} weights are not installed (looked for {checkpoint}). This machine cannot "
+                f"download them: fetch {self.weights.url} elsewhere, then run "
+                f"`python manage.py install_weights {name} PATH/TO/{checkpoint.name}`."
+            )
+        model = self.architecture(weights=None)
+        # torchvision's own loader, which finds the file in its cache directory.
+        model.load_state_dict(self.weights.get_state_dict(model_dir=str(weights_dir), progress=False))
+        return self.trunk_of(model)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    channels: int
+    weights_tag: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # None for a backbone whose weights ship with the application.
+    torchvision: TorchvisionWeights | None = None
+    # Pool the negative part too: for a feature map without a ReLU, it carries half the signal.
+    signed: bool = False
+
+    @property
+    def dim(self) -> int:
+        return self.channels * (2 if self.signed else 1)
+
+    def load_trunk(self, weights_dir: Path) -> nn.Module:
+        if self.torchvision is None:
+            return efficientnet_lite.efficientnet_lite0().features[:-1]
+        return self.torchvision.load_trunk(self.name, weights_dir)
+
+
+def _resnet_trunk(model: nn.Module) -> nn.Module:
+    return nn.Sequential(*list(model.children())[:-2])
+
+
+def _features_trunk(model: nn.Module) -> nn.Module:
+    return model.features
+
+
+BACKBONES: dict[str, Backbone] = {
+    backbone.name: backbone
+    for backbone in (
+        Backbone("efficientnet_lite0", efficientnet_lite.LAST_BLOCK_CHANNELS, "lukemelas-57934424:last-block",
+                 UNIT_RANGE_MEAN, UNIT_RANGE_STD, signed=True),
+        Backbone("resnet50", 2048, "IMAGENET1K_V2", IMAGENET_MEAN, IMAGENET_STD,
+                 TorchvisionWeights(models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2, _resnet_trunk)),
+        Backbone("efficientnet_b0", 1280, "IMAGENET1K_V1", IMAGENET_MEAN, IMAGENET_STD,
+                 TorchvisionWeights(models.efficientnet_b0, models.EfficientNet_B0_Weights.IMAGENET1K_V1,
+                                    _features_trunk)),
+        Backbone("mobilenet_v3_large", 960, "IMAGENET1K_V2", IMAGENET_MEAN, IMAGENET_STD,
+                 TorchvisionWeights(models.mobilenet_v3_large, models.MobileNet_V3_Large_Weights.IMAGENET1K_V2,
+                                    _features_trunk)),
+    )
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}.") from None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an image becomes a descriptor. Changing any field changes ``Embedder.version``."""
+
+    input_size: int = 224
+    gem_p: float = 3.0
+
+    @property
+    def tag(self) -> str:
+        return f"square{self.input_size}-gem{self.gem_p:g}"
+
+
+DEFAULT_RECIPE = Recipe()
+
+
+def descriptor_identity(backbone: Backbone, recipe: Recipe = DEFAULT_RECIPE) -> IndexIdentity:
+    """What an ``Embedder`` with these settings produces, known without loading the model."""
+    return IndexIdentity(backbone.name, f"{backbone.weights_tag}+{recipe.tag}", backbone.dim)
+
+
+def gem(features: torch.Tensor, p: float) -> torch.Tensor:
+    """Generalized mean over the spatial positions: between average (p=1) and max pooling."""
+    return features.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("LOOKALIKE_DEVICE asks for CUDA, but no CUDA device is available.")
+    return device
+
+
+class Embedder:
+    """Turns decoded RGB images into L2-normalised float32 descriptors.
+
+    One instance holds one model; make it once per process and reuse it.
+    """
+
+    def __init__(self, backbone: Backbone, *, weights_dir: Path, device: str = "cpu",
+                 recipe: Recipe = DEFAULT_RECIPE, batch_size: int = 8) -> None:
+        self.backbone = backbone
+        self.recipe = recipe
+        self.batch_size = batch_size
+        self.device = resolve_device(device)
+        # bfloat16 on a GPU halves memory traffic; on this kind of CPU it is slower than float32.
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        trunk = backbone.load_trunk(weights_dir).eval()
+        self.trunk = trunk.to(self.device, self.dtype, memory_format=torch.channels_last)
+        self._mean = torch.tensor(backbone.mean, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(backbone.std, device=self.device).view(1, 3, 1, 1) * 255
+
+    @property
+    def identity(self) -> IndexIdentity:
+        return descriptor_identity(self.backbone, self.recipe)
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.dim
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """Resize one RGB image to the network's input: uint8, height x width x 3."""
+        size = self.recipe.input_size
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        # Squashing the whole picture into the square keeps every part of it; a centre crop
+        # would throw away the borders that an edited copy may still share with the original.
+        return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0))
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.embed_prepared([self.prepare(image) for image in images])
+
+    def embed_prepared(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        if not arrays:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = [self._embed_batch(np.stack(arrays[i:i + self.batch_size]))
+               for i in range(0, len(arrays), self.batch_size)]
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = ((x - self._mean) / self._std).to(self.dtype).contiguous(memory_format=torch.channels_last)
+        features = self.trunk(x).float()
+        pooled = gem(features, self.recipe.gem_p)
+        if self.backbone.signed:
+            pooled = torch.cat([pooled, gem(-features, self.recipe.gem_p)], dim=1)
+        return F.normalize(pooled, dim=1).cpu().numpy().astype(np.float32, copy=False)
+
+
+_HASH_PREFIX = re.compile(r"-([a-f0-9]+)\.")
+
+
+def install_weights(name: str, source: Path, weights_dir: Path, *, ignore_checksum: bool = False) -> Path:
+    """Put a downloaded torchvision checkpoint where ``Embedder`` looks for it.
+
+    The file must be the one torchvision publishes: its SHA-256 must start with the hash in the
+    published file name (unless ``ignore_checksum``), and it must load into the architecture.
+    """
+    tv = get_backbone(name).torchvision
+    if tv is None:
+        raise WeightsRejected(f"{name} ships with the application and needs no weights file.")
+    if not source.is_file():
+        raise WeightsRejected(f"{source} is not a file.")
+    target = tv.checkpoint_path(weights_dir)
+    expected = _HASH_PREFIX.search(target.name)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    if expected and not digest.startswith(expected.group(1)) and not ignore_checksum:
+        raise WeightsRejected(
+            f"{source} is not {target.name}: its SHA-256 starts with {digest[:len(expected.group(1))]}, "
+            f"not {expected.group(1)}. Download {tv.weights.url} again, or pass --ignore-checksum to "
+            "install a re-saved copy of the same weights."
+        )
+    try:
+        tv.architecture(weights=None).load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise WeightsRejected(f"{source} does not hold {name} weights: {exc}") from exc
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=weights_dir, delete=False, suffix=".partial") as tmp:
+        with source.open("rb") as src:
+            shutil.copyfileobj(src, tmp)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, target)
+    return target

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import numpy as np
+from django.db import models
+
+from gallery.models import Image
+
+
+class Embedding(models.Model):
+    """An image's descriptor: the truth from which every index is derived."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="embeddings")
+    backbone = models.CharField(max_length=64)
+    backbone_version = models.CharField(max_length=128)
+    dim = models.PositiveIntegerField()
+    vector = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["image", "backbone", "backbone_version"], name="one_vector_per_model"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.backbone} vector of image #{self.image_id}"
+
+    def as_array(self) -> np.ndarray:
+        return np.frombuffer(bytes(self.vector), dtype=np.float32)
+
+
+class IndexChange(models.Model):
+    """The change log that index writers and readers replay, in ``seq`` order.
+
+    Rows are appended under a lock held until commit (see ``search.changelog``), so sequence
+    order is commit order and a reader that has seen ``seq`` has seen everything before it.
+    """
+
+    class Kind(models.TextChoices):
+        UPSERT = "upsert"
+        REMOVE = "remove"
+
+    seq = models.BigAutoField(primary_key=True)
+    image_id = models.BigIntegerField()
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.seq}: {self.kind} {self.image_id}"

@@ -1,0 +1,184 @@
+"""Searching a snapshot plus the newest rows that no snapshot holds yet. Free of Django.
+
+A reader keeps one loaded snapshot (reloaded when ``CURRENT.json`` changes) and a "tail":
+the vectors added or removed by changes after the snapshot's ``applied_seq``, fetched from the
+database through a ``ChangeSource``. Each query searches both, so a freshly indexed image is
+found by every process as soon as its row is committed. Results are then filtered by the
+caller's ``visible`` function, over-fetching until enough remain, so that a deleted or hidden
+image disappears from results at once, before the writer has removed it from the index.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from search.index import (
+    HnswIndex,
+    HnswParams,
+    IndexIdentity,
+    IndexMismatch,
+    SnapshotCorrupt,
+    SnapshotMeta,
+    SnapshotStore,
+    exact_search,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    image_id: int
+    removed: bool
+
+
+class ChangeSource(Protocol):
+    def changes_after(self, seq: int) -> list[Change]:
+        """Changes with a sequence number above ``seq``, in order."""
+
+    def vectors(self, image_ids: Collection[int]) -> dict[int, np.ndarray]:
+        """The current vectors of these images, for the reader's identity; absent ids are skipped."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    image_id: int
+    score: float
+
+
+class IndexReader:
+    """Answers nearest-neighbour queries for one process. Safe to share between threads."""
+
+    def __init__(self, store: SnapshotStore, identity: IndexIdentity, params: HnswParams,
+                 source: ChangeSource, *, on_unusable_snapshot: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self.identity = identity
+        self.params = params
+        self.source = source
+        self.on_unusable_snapshot = on_unusable_snapshot
+        self._lock = threading.Lock()
+        self._signature: tuple[int, int, int] | None = None
+        self._index: HnswIndex | None = None
+        self.meta: SnapshotMeta | None = None
+        self._tail_seq = 0
+        self._tail: dict[int, np.ndarray] = {}
+        self._removed: set[int] = set()
+        self._tail_matrix: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def tail_size(self) -> int:
+        return len(self._tail)
+
+    def refresh(self) -> None:
+        """Load a newer snapshot if one was published, then read the changes after it."""
+        with self._lock:
+            signature = self.store.pointer_signature()
+            if signature != self._signature:
+                self._load_snapshot(signature)
+            self._read_changes()
+
+    def _load_snapshot(self, signature: tuple[int, int, int] | None) -> None:
+        self._signature = signature
+        try:
+            meta = self.store.read_meta()
+            index = self.store.load(meta, self.params) if meta else None
+        except SnapshotCorrupt as exc:
+            if self.store.pointer_signature() != signature:
+                # A newer snapshot replaced this one while it was being read; take that one.
+                return self._load_snapshot(self.store.pointer_signature())
+            self._use_snapshot(None, None)
+            log.error("Ignoring the index snapshot and searching the database rows instead: %s", exc)
+            if self.on_unusable_snapshot:
+                self.on_unusable_snapshot(str(exc))
+            return
+        if meta is not None and meta.identity != self.identity:
+            raise IndexMismatch(
+                f"The index in {self.store.root} holds {meta.identity.describe()} vectors, but the site "
+                f"embeds with {self.identity.describe()}. Rebuild it: `python manage.py rebuild_index`."
+            )
+        self._use_snapshot(meta, index)
+
+    def _use_snapshot(self, meta: SnapshotMeta | None, index: HnswIndex | None) -> None:
+        self.meta, self._index = meta, index
+        self._tail_seq = meta.applied_seq if meta else 0
+        self._tail = {}
+        self._removed = set()
+        self._tail_matrix = None
+
+    def _read_changes(self) -> None:
+        changes = self.source.changes_after(self._tail_seq)
+        if not changes:
+            return
+        removed_last = {c.image_id: c.removed for c in changes}
+        fresh = self.source.vectors([i for i, removed in removed_last.items() if not removed])
+        for image_id in removed_last:
+            # The snapshot's copy of every changed image is superseded: by the tail's vector, or
+            # by nothing when the image was removed (or its vector is gone again already).
+            if image_id in fresh:
+                self._tail[image_id] = fresh[image_id]
+                self._removed.discard(image_id)
+            else:
+                self._tail.pop(image_id, None)
+                self._removed.add(image_id)
+        self._tail_seq = changes[-1].seq
+        self._tail_matrix = None
+
+    def _tail_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._tail_matrix is None:
+            ids = np.fromiter(self._tail, dtype=np.int64, count=len(self._tail))
+            vectors = (np.stack(list(self._tail.values())) if self._tail
+                       else np.zeros((0, self.identity.dim), dtype=np.float32))
+            self._tail_matrix = ids, vectors
+        return self._tail_matrix
+
+    @property
+    def total(self) -> int:
+        return (self._index.count if self._index else 0) + len(self._tail)
+
+    def search(self, queries: np.ndarray, k: int, *, visible: Callable[[set[int]], set[int]],
+               exclude: Sequence[Collection[int]] | None = None) -> list[list[Hit]]:
+        """The k best visible images for each query, best first.
+
+        ``visible`` receives candidate ids and returns those that may be shown. ``exclude`` gives,
+        per query, ids to leave out (the query image itself, when searching from a gallery image).
+        """
+        if queries.ndim != 2 or queries.shape[1] != self.identity.dim:
+            raise IndexMismatch(f"a query of shape {queries.shape} does not fit {self.identity.describe()}")
+        self.refresh()
+        with self._lock:
+            index, tail_ids, tail_vectors = self._index, *self._tail_arrays()
+            removed = self._removed | set(self._tail)
+            total = self.total
+        results = []
+        for row, query in enumerate(queries):
+            skip = set(exclude[row]) if exclude else set()
+            results.append(self._search_one(query[None, :], k, index, tail_ids, tail_vectors, removed, skip,
+                                            total, visible))
+        return results
+
+    def _search_one(self, query: np.ndarray, k: int, index: HnswIndex | None, tail_ids: np.ndarray,
+                    tail_vectors: np.ndarray, superseded: set[int], skip: set[int], total: int,
+                    visible: Callable[[set[int]], set[int]]) -> list[Hit]:
+        fetch = k + len(skip) + 8
+        while True:
+            scored: dict[int, float] = {}
+            if index is not None:
+                labels, scores = index.search(query, fetch + len(superseded))
+                for image_id, score in zip(labels[0].tolist(), scores[0].tolist(), strict=False):
+                    if image_id not in superseded:
+                        scored[image_id] = score
+            labels, scores = exact_search(query, tail_ids, tail_vectors, fetch)
+            scored.update(zip(labels[0].tolist(), scores[0].tolist(), strict=False))
+            for image_id in skip:
+                scored.pop(image_id, None)
+            shown = visible(set(scored))
+            hits = sorted((Hit(i, s) for i, s in scored.items() if i in shown), key=lambda h: -h.score)
+            if len(hits) >= k or fetch >= total:
+                return hits[:k]
+            fetch = min(total, fetch * 2)

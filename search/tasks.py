@@ -1,0 +1,18 @@
+"""Celery tasks: each takes an id (or nothing) and calls a service. Running one twice is harmless."""
+from celery import shared_task
+
+from search import services
+
+
+@shared_task(bind=True, name="search.embed_image")
+def embed_image(self, image_id: int) -> None:
+    # The task id is the claim token: if this worker dies and the same task is delivered
+    # again, it may take back the batch it had claimed.
+    services.image_embed(image_id=image_id, claim_token=self.request.id or f"direct-{image_id}")
+
+
+@shared_task(name="search.sync_index")
+def sync_index() -> None:
+    result = services.index_sync()
+    if result.status == "deferred":
+        sync_index.apply_async(countdown=result.retry_in)

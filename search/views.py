@@ -1,0 +1,63 @@
+"""Search pages: search with a picture, and "find similar" from a gallery image."""
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.views.decorators.http import require_GET, require_http_methods
+
+from gallery import selectors as gallery_selectors
+from gallery.access import viewer_required
+from gallery.imaging import ImageRejected
+from gallery.services import read_limited
+from search import selectors
+from search.embedding import WeightsMissing
+
+log = logging.getLogger(__name__)
+
+K_CHOICES = (12, 24, 48, 96)
+
+
+def _k_from(request: HttpRequest) -> int:
+    try:
+        return selectors.clamp_k(int(request.POST.get("k") or request.GET.get("k") or 0))
+    except ValueError:
+        return selectors.clamp_k(None)
+
+
+def _render_results(request: HttpRequest, context: dict[str, object], status: int = 200) -> HttpResponse:
+    context.setdefault("k", _k_from(request))
+    context["k_choices"] = K_CHOICES
+    return render(request, "search/search.html", context, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+@viewer_required
+def search(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        return _render_results(request, {})
+    query = request.FILES.get("image")
+    if query is None:
+        return _render_results(request, {"error": "Choose a picture to search with."}, status=400)
+    try:
+        data = read_limited(query, settings.LOOKALIKE_MAX_UPLOAD_BYTES)
+        results = selectors.similar_to_picture(data, k=_k_from(request))
+    except ImageRejected as rejection:
+        return _render_results(request, {"error": rejection.message}, status=400)
+    except (selectors.SearchUnavailable, WeightsMissing) as exc:
+        log.error("Search unavailable: %s", exc)
+        return _render_results(request, {"error": str(exc)}, status=503)
+    return _render_results(request, {"results": results, "query_name": query.name, "searched": True})
+
+
+@require_GET
+@viewer_required
+def similar(request: HttpRequest, image_id: int) -> HttpResponse:
+    source = get_object_or_404(gallery_selectors.image_list_visible(user=request.user), pk=image_id)
+    try:
+        results = selectors.similar_to_image(source, k=_k_from(request))
+    except selectors.SearchUnavailable as exc:
+        return _render_results(request, {"error": str(exc), "source": source}, status=409)
+    return _render_results(request, {"results": results, "source": source, "searched": True})

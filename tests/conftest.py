@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from gallery.models import Image
+from gallery.services import image_upload
+from search import services as search_services
+from tests import images
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user("alice", password="alice-password")
+
+
+@pytest.fixture
+def other_user(db):
+    return get_user_model().objects.create_user("bob", password="bob-password")
+
+
+@pytest.fixture
+def staff_user(db):
+    return get_user_model().objects.create_user("carol", password="carol-password", is_staff=True)
+
+
+@pytest.fixture
+def alice_client(client, user):
+    client.force_login(user)
+    return client
+
+
+def upload_file(name: str, data: bytes, content_type: str = "image/jpeg") -> SimpleUploadedFile:
+    return SimpleUploadedFile(name, data, content_type=content_type)
+
+
+def store(data: bytes, name: str = "picture.jpg", owner=None) -> Image:
+    """Upload through the service, as the web and the importer do; fails the test if refused."""
+    result = image_upload(source=io.BytesIO(data), original_name=name, owner=owner)
+    assert result.status == "accepted", result.message
+    return result.image
+
+
+def store_indexed(data: bytes, name: str = "picture.jpg", owner=None) -> Image:
+    """Upload and embed in this process (the worker's code path, called directly)."""
+    image = store(data, name, owner)
+    search_services.image_embed(image_id=image.pk, claim_token=f"test-{image.pk}")
+    image.refresh_from_db()
+    assert image.state == Image.State.INDEXED, image.error
+    return image
+
+
+@pytest.fixture
+def clean_index() -> Iterator[Path]:
+    """An empty index folder: each test starts with no snapshot, as after a fresh install."""
+    shutil.rmtree(settings.INDEX_DIR, ignore_errors=True)
+    yield settings.INDEX_DIR
+    shutil.rmtree(settings.INDEX_DIR, ignore_errors=True)
+
+
+def manage(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+           check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a management command in its own process, against the test database."""
+    proc = subprocess.run([sys.executable, "manage.py", *args], cwd=PROJECT_ROOT, env=env or process_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"manage.py {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def process_env() -> dict[str, str]:
+    """The environment for a process that must share this test session's database and data."""
+    from django.db import connection
+
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings.test", PYTHONUNBUFFERED="1")
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.postgresql":
+        env["DATABASE_URL"] = (f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/"
+                               f"{db['NAME']}")
+    return env
+
+
+class Worker:
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO", "--concurrency=2",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=PROJECT_ROOT, env=process_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, tmp_path_factory) -> Iterator[Worker]:
+    """One real worker for the session, on the configured broker, using the test database."""
+    worker = Worker(tmp_path_factory.mktemp("worker") / "worker.log")
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def worker(celery_worker_process, transactional_db, clean_index) -> Worker:
+    return celery_worker_process
+
+
+def wait_for(condition, timeout: float = 60, interval: float = 0.1, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+@pytest.fixture
+def bench_cat() -> Path:
+    return images.bench_image("cat", 1)
