@@ -71,17 +71,24 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     """Decode the first frame of an uploaded file, or raise ``ImageRejected``."""
     if not data:
         raise ImageRejected("empty", "The file is empty.")
+    with warnings.catch_warnings():
+        # Pillow warns about each oddity it tolerates (corrupt EXIF, malformed MPO, ...): the
+        # decode below is the verdict. A decompression-bomb warning, though, is a refusal.
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return _decode(data, max_pixels)
+
+
+def _decode(data: bytes, max_pixels: int) -> DecodedImage:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
-            width, height = image.size
+        image = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
+        width, height = image.size
     except UnidentifiedImageError:
         raise _refusal_for_unidentified(data) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageRejected("too_many_pixels", "The image has too many pixels to be processed safely.") from None
     except Exception as exc:  # a hostile header can make any decoder raise anything
-        raise ImageRejected("damaged", f"The image header cannot be read: {exc}") from None
+        raise ImageRejected("damaged", f"The file is damaged: its image header cannot be read ({exc}).") from None
     if width < 1 or height < 1:
         raise ImageRejected("damaged", "The image has no pixels.")
     if width * height > max_pixels:
@@ -98,7 +105,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         upright = _upright(image)
         rgb = to_rgb(upright)
     except Exception as exc:
-        raise ImageRejected("damaged", f"The image is damaged or truncated and cannot be decoded: {exc}") from None
+        raise ImageRejected("damaged", f"The file is damaged or truncated and cannot be decoded ({exc}).") from None
     return DecodedImage(rgb, image.format or "")
 
 

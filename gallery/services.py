@@ -15,6 +15,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.template.defaultfilters import filesizeformat
 
 from gallery.imaging import DISPLAY_MAX_SIDE, THUMBNAIL_MAX_SIDE, ImageRejected, decode_image, encode_jpeg
 from gallery.models import Image
@@ -59,7 +60,7 @@ def read_limited(source: BinaryIO, limit: int) -> bytes:
     """Read a whole upload, refusing it as soon as it is over ``limit`` bytes."""
     data = source.read(limit + 1)
     if len(data) > limit:
-        raise ImageRejected("too_large", f"The file is larger than the limit of {limit / 2**20:g} MB.")
+        raise ImageRejected("too_large", f"The file is larger than the limit of {filesizeformat(limit)}.")
     return data
 
 

@@ -17,3 +17,7 @@ def _persistent_secret_key() -> str:
 
 
 SECRET_KEY = env_optional("SECRET_KEY") or _persistent_secret_key()
+
+# Serve static files straight from the source folders: no collectstatic step for a local run.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True

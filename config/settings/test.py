@@ -20,5 +20,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["NAME"] = VAR_DIR / "test.sqlite3"
     DATABASES["default"]["TEST"] = {"NAME": VAR_DIR / "test.sqlite3"}
 
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ["LOOKALIKE_TEST_QUEUE"]
 LOOKALIKE_SNAPSHOT_INTERVAL = 0.2

@@ -1,0 +1,150 @@
+"""Decoding untrusted files and making the served copies, without Django."""
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gallery.imaging import ImageRejected, decode_image, encode_jpeg, open_for_embedding
+from tests import images
+
+LIMIT = 60_000_000
+
+
+def rejected(data: bytes, limit: int = LIMIT) -> ImageRejected:
+    with pytest.raises(ImageRejected) as error:
+        decode_image(data, max_pixels=limit)
+    return error.value
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge size: a pixel flood."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "AVIF"])
+def test_it_decodes_each_accepted_format(fmt):
+    decoded = decode_image(images.encode(images.picture(1), fmt), max_pixels=LIMIT)
+    assert decoded.format == fmt
+    assert (decoded.width, decoded.height) == (320, 240)
+    assert decoded.image.mode == "RGB"
+
+
+def test_an_empty_file_is_refused():
+    assert rejected(b"").code == "empty"
+
+
+def test_text_named_like_a_jpeg_is_not_an_image():
+    error = rejected(b"<?php echo 'hello'; ?>\n" * 10)
+    assert error.code == "not_an_image"
+    assert "JPEG, PNG, WebP, GIF, AVIF" in error.message
+
+
+def test_an_svg_is_refused_by_name():
+    error = rejected(b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>')
+    assert error.code == "unsupported_format"
+    assert error.message.startswith("SVG images are not accepted")
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("TIFF", "TIFF"), ("BMP", "BMP"), ("PDF", "PDF")])
+def test_a_known_but_unaccepted_format_is_named(fmt, name):
+    error = rejected(images.encode(images.picture(1), fmt))
+    assert error.code == "unsupported_format"
+    assert error.message.startswith(f"{name} images are not accepted")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_truncated_file_is_refused_as_damaged(fmt):
+    data = images.encode(images.picture(1, size=(640, 480)), fmt)
+    error = rejected(data[: len(data) // 2])
+    assert error.code == "damaged"
+
+
+def test_a_file_cut_inside_its_header_is_refused_as_damaged():
+    error = rejected(images.jpeg(1)[:40])
+    assert error.code == "damaged"
+    assert "header" in error.message
+
+
+def test_a_pixel_flood_is_refused_before_decoding():
+    error = rejected(png_header_claiming(50_000, 50_000))
+    assert error.code == "too_many_pixels"
+
+
+def test_the_pixel_limit_is_the_configured_one():
+    error = rejected(images.jpeg(1, size=(400, 300)), limit=100_000)
+    assert error.code == "too_many_pixels"
+    assert "400 × 300" in error.message and "0.1 megapixels" in error.message
+
+
+@pytest.mark.parametrize(("orientation", "upright_size"), [(1, (320, 240)), (6, (240, 320)), (8, (240, 320))])
+def test_exif_orientation_turns_the_image_upright(orientation, upright_size):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = images.encode(images.picture(1), "JPEG", exif=exif.tobytes())
+    assert decode_image(data, max_pixels=LIMIT).image.size == upright_size
+
+
+@pytest.mark.parametrize(("mode", "fmt"), [("L", "PNG"), ("LA", "PNG"), ("RGBA", "PNG"), ("P", "PNG"),
+                                           ("1", "PNG"), ("CMYK", "JPEG"), ("RGBA", "WEBP")])
+def test_every_mode_becomes_rgb(mode, fmt):
+    decoded = decode_image(images.encode(images.picture(1).convert(mode), fmt), max_pixels=LIMIT)
+    assert decoded.image.mode == "RGB"
+    assert decoded.image.size == (320, 240)
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits():
+    ramp = (np.arange(256 * 16, dtype=np.uint32).reshape(16, 256) * 16).astype(np.uint16)
+    decoded = decode_image(images.encode(Image.fromarray(ramp), "PNG"), max_pixels=LIMIT)
+    pixels = np.asarray(decoded.image)
+    assert decoded.image.mode == "RGB"
+    assert pixels.max() > 200, "16-bit values are scaled, not clipped to white"
+    assert pixels[0, 0, 0] < pixels[-1, -1, 0]
+
+
+def test_transparency_is_flattened_onto_white():
+    transparent = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    pixel = decode_image(images.encode(transparent, "PNG"), max_pixels=LIMIT).image.getpixel((5, 5))
+    assert pixel == (255, 255, 255)
+
+
+def test_an_animated_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (20, 20), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    red, green, blue = decode_image(buffer.getvalue(), max_pixels=LIMIT).image.getpixel((10, 10))
+    assert red > 200 and blue < 50
+
+
+def test_a_one_pixel_image_is_accepted():
+    assert decode_image(images.encode(Image.new("RGB", (1, 1)), "PNG"), max_pixels=LIMIT).image.size == (1, 1)
+
+
+def test_the_served_copy_has_no_metadata_and_no_trailing_payload():
+    exif = Image.Exif()
+    exif[0x8825] = {2: (48.0, 51.0, 24.0)}  # a GPS latitude
+    data = images.encode(images.picture(1), "JPEG", exif=exif.tobytes()) + b"<script>alert(1)</script>"
+    copy = encode_jpeg(decode_image(data, max_pixels=LIMIT).image, max_side=1600)
+    reopened = Image.open(io.BytesIO(copy))
+    assert not reopened.getexif()
+    assert b"<script>" not in copy
+    assert copy.endswith(b"\xff\xd9")
+
+
+def test_the_served_copy_is_no_larger_than_asked():
+    copy = encode_jpeg(images.picture(1, size=(3000, 1000)), max_side=400)
+    assert Image.open(io.BytesIO(copy)).size == (400, 133)
+
+
+def test_a_large_jpeg_is_opened_for_embedding_at_a_reduced_scale(tmp_path):
+    path = tmp_path / "large.jpg"
+    path.write_bytes(images.jpeg(1, size=(1600, 1200)))
+    image = open_for_embedding(str(path), min_side=224)
+    assert image.mode == "RGB"
+    assert min(image.size) >= 224
+    assert image.size[0] < 1600

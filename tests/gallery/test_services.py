@@ -1,0 +1,102 @@
+import io
+import os
+
+import pytest
+from django.conf import settings
+
+from gallery.models import Image
+from gallery.services import clean_original_name, image_delete, image_upload
+from search.models import Embedding, IndexChange
+from tests import images
+from tests.conftest import store, store_indexed
+
+
+def media_files() -> set[str]:
+    return {str(p.relative_to(settings.MEDIA_ROOT)) for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()}
+
+
+def upload(data: bytes, name: str = "photo.jpg", owner=None):
+    return image_upload(source=io.BytesIO(data), original_name=name, owner=owner)
+
+
+class TestUpload:
+    def test_it_stores_the_original_and_re_encoded_copies(self, db, user):
+        result = upload(images.png(1), "holiday.png", owner=user)
+        image = result.image
+        assert result.status == "accepted"
+        assert (image.original_name, image.format, image.width, image.height) == ("holiday.png", "PNG", 320, 240)
+        assert image.owner == user
+        assert image.state == Image.State.QUEUED
+        assert image.original.name.startswith("originals/") and image.original.name.endswith(".png")
+        assert image.display.name.startswith("display/") and image.display.name.endswith(".jpg")
+        assert image.thumbnail.name.startswith("thumbs/")
+        assert image.original.read() == images.png(1)
+        assert image.byte_size == len(images.png(1))
+
+    def test_an_identical_file_is_stored_once_and_named_as_a_duplicate(self, db):
+        first = store(images.jpeg(2), "first.jpg")
+        before = media_files()
+        result = upload(images.jpeg(2), "again.jpg")
+        assert result.status == "duplicate"
+        assert result.image == first
+        assert f"#{first.pk}" in result.message and "first.jpg" in result.message
+        assert Image.objects.count() == 1
+        assert media_files() == before
+
+    @pytest.mark.parametrize(("data", "code"), [
+        (b"", "empty"),
+        (b"GIF89a" + b"\x00" * 5, "damaged"),
+        (b"%PDF-1.4 not an image", "unsupported_format"),
+        (b"hello, world", "not_an_image"),
+    ])
+    def test_a_refused_file_leaves_nothing_behind(self, db, data, code):
+        before = media_files()
+        result = upload(data, "bad.jpg")
+        assert result.status == "refused"
+        assert result.code == code
+        assert result.message
+        assert Image.objects.count() == 0
+        assert media_files() == before
+
+    def test_a_file_over_the_size_limit_is_refused(self, db, settings):
+        settings.LOOKALIKE_MAX_UPLOAD_BYTES = 1000
+        result = upload(images.jpeg(3), "big.jpg")
+        assert (result.status, result.code) == ("refused", "too_large")
+        assert result.message == "The file is larger than the limit of 1000\xa0bytes."
+        assert Image.objects.count() == 0
+
+    def test_a_storage_failure_removes_the_files_already_written(self, db, tmp_path, settings):
+        settings.MEDIA_ROOT = tmp_path
+        (tmp_path / "thumbs").write_text("a file where the thumbnail folder should be")
+        with pytest.raises(OSError):
+            upload(images.jpeg(4))
+        assert Image.objects.count() == 0
+        assert {p.name for p in tmp_path.rglob("*") if p.is_file()} == {"thumbs"}
+
+    @pytest.mark.parametrize(("given", "shown"), [
+        ("../../etc/passwd.jpg", "passwd.jpg"),
+        ("C:\\Users\\me\\cat.jpg", "cat.jpg"),
+        ("evil\x00name.jpg", "evilname.jpg"),
+        ("a.php.jpg", "a.php.jpg"),
+        ("", "unnamed"),
+        ("x" * 300 + ".jpeg", "x" * 250 + ".jpeg"),
+    ])
+    def test_the_uploaded_name_is_kept_only_as_data(self, db, given, shown):
+        assert clean_original_name(given) == shown
+        image = upload(images.jpeg(5), given).image
+        assert image.original_name == shown
+        assert shown not in image.original.name
+
+
+class TestDelete:
+    def test_it_removes_the_row_vectors_and_files_and_logs_the_removal(
+            self, db, django_capture_on_commit_callbacks):
+        image = store_indexed(images.jpeg(6))
+        paths = [image.original.path, image.display.path, image.thumbnail.path]
+        image_id = image.pk
+        with django_capture_on_commit_callbacks(execute=True):
+            image_delete(image=image)
+        assert not Image.objects.exists()
+        assert not Embedding.objects.exists()
+        assert IndexChange.objects.order_by("-seq").values_list("kind", "image_id").first() == ("remove", image_id)
+        assert not any(os.path.exists(p) for p in paths)

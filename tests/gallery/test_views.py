@@ -1,0 +1,184 @@
+import pytest
+from django.urls import reverse
+
+from gallery.models import Image
+from tests import images
+from tests.conftest import store, upload_file
+
+
+def indexed(data: bytes, name: str = "p.jpg", owner=None) -> Image:
+    image = store(data, name, owner)
+    Image.objects.filter(pk=image.pk).update(state=Image.State.INDEXED)
+    image.refresh_from_db()
+    return image
+
+
+class TestGallery:
+    def test_it_shows_indexed_images_to_anyone(self, client, db):
+        shown = indexed(images.jpeg(1), "shown.jpg")
+        store(images.jpeg(2), "still-queued.jpg")
+        response = client.get(reverse("gallery:index"))
+        assert response.status_code == 200
+        assert shown.thumbnail.url in response.content.decode()
+        assert "still-queued.jpg" not in response.content.decode()
+
+    def test_an_owner_also_sees_their_images_in_progress(self, alice_client, user):
+        store(images.jpeg(2), "mine-queued.jpg", owner=user)
+        assert "mine-queued.jpg" in alice_client.get(reverse("gallery:index")).content.decode()
+
+    def test_it_pages_the_gallery(self, client, db):
+        for i in range(50):
+            indexed(images.jpeg(i, size=(32, 32)), f"img-{i:02d}.jpg")
+        first = client.get(reverse("gallery:index")).content.decode()
+        second = client.get(reverse("gallery:index") + "?page=2").content.decode()
+        assert "img-49.jpg" in first and "img-00.jpg" not in first
+        assert "img-00.jpg" in second
+        assert "Page 2 of 2" in second
+
+    def test_an_empty_gallery_says_so(self, client, db):
+        assert "The gallery is empty" in client.get(reverse("gallery:index")).content.decode()
+
+    def test_a_private_gallery_asks_anonymous_visitors_to_sign_in(self, client, db, settings):
+        settings.LOOKALIKE_PUBLIC_GALLERY = False
+        image = indexed(images.jpeg(1))
+        for url in (reverse("gallery:index"), reverse("gallery:detail", args=[image.pk]), image.thumbnail.url,
+                    reverse("search:search")):
+            response = client.get(url)
+            assert response.status_code == 302, url
+            assert response["Location"].startswith(reverse("login"))
+
+    def test_the_name_is_escaped_wherever_it_is_shown(self, client, db):
+        image = indexed(images.jpeg(1), "<img src=x onerror=alert(1)>.jpg")
+        for url in (reverse("gallery:index"), reverse("gallery:detail", args=[image.pk])):
+            body = client.get(url).content.decode()
+            assert "<img src=x" not in body
+            assert "&lt;img src=x onerror=alert(1)&gt;.jpg" in body
+
+
+class TestDetail:
+    def test_it_shows_the_image_and_find_similar(self, client, db):
+        image = indexed(images.jpeg(1), "cat.jpg")
+        body = client.get(reverse("gallery:detail", args=[image.pk])).content.decode()
+        assert image.display.url in body
+        assert reverse("search:similar", args=[image.pk]) in body
+        assert "320 × 240" in body
+
+    def test_an_unknown_image_is_not_found(self, client, db):
+        assert client.get(reverse("gallery:detail", args=[999])).status_code == 404
+
+    def test_a_failed_image_shows_its_reason_to_its_owner(self, alice_client, user):
+        image = store(images.jpeg(1), owner=user)
+        Image.objects.filter(pk=image.pk).update(state=Image.State.FAILED, error="The stored copy is gone")
+        body = alice_client.get(reverse("gallery:detail", args=[image.pk])).content.decode()
+        assert "The stored copy is gone" in body
+
+
+class TestUpload:
+    def test_it_asks_anonymous_visitors_to_sign_in(self, client, db):
+        response = client.get(reverse("gallery:upload"))
+        assert response.status_code == 302
+        assert response["Location"].startswith(reverse("login"))
+        assert client.post(reverse("gallery:upload")).status_code == 302
+        assert not Image.objects.exists()
+
+    def test_it_offers_a_drop_zone_and_a_file_picker(self, alice_client):
+        body = alice_client.get(reverse("gallery:upload")).content.decode()
+        assert "data-dropzone" in body and 'type="file"' in body and "multiple" in body
+
+    def test_it_reports_each_file_as_json(self, alice_client, user):
+        files = [upload_file("a.jpg", images.jpeg(1)), upload_file("b.png", images.png(2), "image/png"),
+                 upload_file("a-again.jpg", images.jpeg(1)), upload_file("notes.jpg", b"just text")]
+        response = alice_client.post(reverse("gallery:upload"), {"files": files}, HTTP_ACCEPT="application/json")
+        assert response.status_code == 200
+        results = response.json()["results"]
+        assert [r["status"] for r in results] == ["accepted", "accepted", "duplicate", "refused"]
+        assert results[0]["image"]["state"] == "queued"
+        assert results[2]["image"]["id"] == results[0]["image"]["id"]
+        assert "not an image" in results[3]["message"]
+        assert Image.objects.filter(owner=user).count() == 2
+
+    def test_it_reports_each_file_on_the_page_without_javascript(self, alice_client):
+        files = [upload_file("good.jpg", images.jpeg(1)), upload_file("bad.jpg", b"")]
+        body = alice_client.post(reverse("gallery:upload"), {"files": files}).content.decode()
+        assert "good.jpg" in body and "Queued" in body
+        assert "bad.jpg" in body and "The file is empty." in body
+
+    def test_it_refuses_more_files_than_the_limit(self, alice_client, settings):
+        settings.LOOKALIKE_MAX_UPLOAD_FILES = 2
+        files = [upload_file(f"{i}.jpg", images.jpeg(i)) for i in range(3)]
+        response = alice_client.post(reverse("gallery:upload"), {"files": files}, HTTP_ACCEPT="application/json")
+        assert response.status_code == 400
+        assert response.json() == {"code": "too_many_files", "message": "Send at most 2 files at a time."}
+        assert not Image.objects.exists()
+
+    def test_it_asks_for_a_file_when_none_is_sent(self, alice_client):
+        response = alice_client.post(reverse("gallery:upload"), {})
+        assert response.status_code == 400
+        assert "Choose one or more images" in response.content.decode()
+
+
+class TestStates:
+    def test_it_reports_the_state_of_each_image(self, alice_client, user):
+        queued = store(images.jpeg(1), owner=user)
+        done = indexed(images.jpeg(2))
+        response = alice_client.get(reverse("gallery:states"), {"ids": f"{queued.pk},{done.pk},999"})
+        states = {row["id"]: row["state"] for row in response.json()["images"]}
+        assert states == {queued.pk: "queued", done.pk: "indexed"}
+
+    def test_it_refuses_ids_that_are_not_numbers(self, client, db):
+        response = client.get(reverse("gallery:states"), {"ids": "1,two"})
+        assert response.status_code == 400
+        assert response.json()["code"] == "bad_ids"
+
+
+class TestDelete:
+    def test_the_owner_may_delete(self, alice_client, user):
+        image = indexed(images.jpeg(1), owner=user)
+        response = alice_client.post(reverse("gallery:delete", args=[image.pk]))
+        assert response.status_code == 302
+        assert not Image.objects.exists()
+
+    def test_another_user_may_not(self, client, user, other_user):
+        image = indexed(images.jpeg(1), owner=user)
+        client.force_login(other_user)
+        assert client.post(reverse("gallery:delete", args=[image.pk])).status_code == 403
+        assert Image.objects.filter(pk=image.pk).exists()
+
+    def test_staff_may(self, client, user, staff_user):
+        image = indexed(images.jpeg(1), owner=user)
+        client.force_login(staff_user)
+        assert client.post(reverse("gallery:delete", args=[image.pk])).status_code == 302
+        assert not Image.objects.exists()
+
+    def test_it_needs_a_post(self, alice_client, user):
+        image = indexed(images.jpeg(1), owner=user)
+        assert alice_client.get(reverse("gallery:delete", args=[image.pk])).status_code == 405
+        assert Image.objects.exists()
+
+
+class TestFiles:
+    def test_the_owner_downloads_the_original_as_an_attachment(self, alice_client, user):
+        image = indexed(images.png(1), "mine.png", owner=user)
+        response = alice_client.get(reverse("gallery:original", args=[image.pk]))
+        assert response.status_code == 200
+        assert b"".join(response.streaming_content) == images.png(1)
+        assert response["Content-Disposition"].startswith("attachment")
+        assert response["X-Content-Type-Options"] == "nosniff"
+
+    def test_nobody_else_gets_the_original(self, client, user, other_user):
+        image = indexed(images.png(1), owner=user)
+        client.force_login(other_user)
+        assert client.get(reverse("gallery:original", args=[image.pk])).status_code == 404
+
+    def test_copies_are_served_without_content_sniffing(self, client, db):
+        image = indexed(images.jpeg(1))
+        response = client.get(image.thumbnail.url)
+        assert response.status_code == 200
+        assert response["Content-Type"] == "image/jpeg"
+        assert response["X-Content-Type-Options"] == "nosniff"
+
+    @pytest.mark.parametrize("path", ["originals/{name}", "display/../originals/{name}", "", "secret_key"])
+    def test_originals_and_other_files_are_never_served(self, client, db, path):
+        image = indexed(images.jpeg(1))
+        name = image.original.name.split("/", 1)[1]
+        assert client.get("/media/" + path.format(name=name)).status_code == 404

@@ -1,0 +1,131 @@
+"""Descriptors, backbones and offline weights, without Django."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter, ImageOps
+from torchvision import models
+
+from search.embedding import (
+    BACKBONES,
+    Embedder,
+    WeightsMissing,
+    WeightsRejected,
+    descriptor_identity,
+    get_backbone,
+    install_weights,
+    resolve_device,
+)
+from tests import images
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory):
+    return Embedder(get_backbone("efficientnet_lite0"), weights_dir=tmp_path_factory.mktemp("weights"))
+
+
+def test_descriptors_are_unit_float32_vectors(embedder):
+    vectors = embedder.embed([images.picture(1), images.picture(2), images.picture(3, size=(50, 400))])
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (3, 640)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_the_same_picture_gives_the_same_vector_whatever_the_batch(embedder):
+    alone = embedder.embed([images.picture(7)])
+    batched = embedder.embed([images.picture(1), images.picture(7), images.picture(2)])
+    assert np.allclose(alone[0], batched[1], atol=1e-4)
+
+
+def test_an_edited_copy_is_closer_than_another_photo(embedder):
+    original = Image.open(images.bench_image("cat", 1)).convert("RGB")
+    edited = ImageOps.grayscale(original.filter(ImageFilter.GaussianBlur(1.5))).convert("RGB")
+    edited = edited.crop((10, 10, original.width - 10, original.height - 10))
+    other = Image.open(images.bench_image("cat", 2)).convert("RGB")
+    a, b, c = embedder.embed([original, edited, other])
+    assert a @ b > a @ c
+    assert a @ b > 0.8
+
+
+def test_any_image_mode_is_accepted(embedder):
+    modes = [images.picture(1).convert(mode) for mode in ("L", "RGBA", "P", "CMYK")]
+    assert embedder.embed(modes).shape == (4, 640)
+
+
+def test_nothing_in_gives_nothing_out(embedder):
+    assert embedder.embed([]).shape == (0, 640)
+
+
+def test_the_identity_names_backbone_weights_and_recipe(embedder):
+    identity = descriptor_identity(get_backbone("efficientnet_lite0"))
+    assert identity == embedder.identity
+    assert identity.backbone == "efficientnet_lite0"
+    assert "57934424" in identity.backbone_version and "gem3" in identity.backbone_version
+    assert identity.dim == 640
+
+
+def test_an_unknown_backbone_is_named_with_the_choices():
+    with pytest.raises(ValueError, match="resnet50"):
+        get_backbone("vgg")
+
+
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0", "mobilenet_v3_large"])
+def test_missing_torchvision_weights_name_the_command_that_installs_them(name, tmp_path):
+    with pytest.raises(WeightsMissing) as error:
+        Embedder(get_backbone(name), weights_dir=tmp_path)
+    assert f"python manage.py install_weights {name}" in str(error.value)
+    assert "download.pytorch.org" in str(error.value)
+
+
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+        assert resolve_device("auto").type == "cpu"
+
+
+@pytest.fixture(scope="module")
+def mobilenet_checkpoint(tmp_path_factory):
+    """A checkpoint with the right architecture but untrained weights (the real file cannot be downloaded here)."""
+    path = tmp_path_factory.mktemp("download") / "mobilenet_v3_large-5c1a4163.pth"
+    torch.save(models.mobilenet_v3_large(weights=None).state_dict(), path)
+    return path
+
+
+class TestInstallWeights:
+    def test_it_refuses_a_file_whose_checksum_differs_from_the_published_one(self, mobilenet_checkpoint, tmp_path):
+        with pytest.raises(WeightsRejected, match="--ignore-checksum"):
+            install_weights("mobilenet_v3_large", mobilenet_checkpoint, tmp_path)
+        assert not list(tmp_path.iterdir())
+
+    def test_it_installs_a_checkpoint_that_the_embedder_then_loads(self, mobilenet_checkpoint, tmp_path):
+        target = install_weights("mobilenet_v3_large", mobilenet_checkpoint, tmp_path, ignore_checksum=True)
+        assert target.name == "mobilenet_v3_large-5c1a4163.pth"
+        assert [p.name for p in tmp_path.iterdir()] == [target.name]
+        embedder = Embedder(get_backbone("mobilenet_v3_large"), weights_dir=tmp_path)
+        assert embedder.embed([images.picture(1)]).shape == (1, 960)
+
+    def test_it_refuses_a_file_that_is_not_a_checkpoint(self, tmp_path):
+        bogus = tmp_path / "resnet50-11ad3fa6.pth"
+        bogus.write_bytes(b"not a checkpoint")
+        with pytest.raises(WeightsRejected, match="does not hold resnet50 weights"):
+            install_weights("resnet50", bogus, tmp_path / "weights", ignore_checksum=True)
+        assert not (tmp_path / "weights").exists()
+
+    def test_it_refuses_weights_of_another_architecture(self, mobilenet_checkpoint, tmp_path):
+        with pytest.raises(WeightsRejected, match="efficientnet_b0"):
+            install_weights("efficientnet_b0", mobilenet_checkpoint, tmp_path, ignore_checksum=True)
+
+    def test_it_refuses_a_missing_file(self, tmp_path):
+        with pytest.raises(WeightsRejected, match="not a file"):
+            install_weights("resnet50", tmp_path / "nothing.pth", tmp_path)
+
+    def test_the_default_backbone_needs_no_file(self, mobilenet_checkpoint, tmp_path):
+        with pytest.raises(WeightsRejected, match="ships with the application"):
+            install_weights("efficientnet_lite0", mobilenet_checkpoint, tmp_path)
+
+
+def test_every_backbone_declares_its_dimension():
+    assert {name: b.dim for name, b in BACKBONES.items()} == {
+        "efficientnet_lite0": 640, "resnet50": 2048, "efficientnet_b0": 1280, "mobilenet_v3_large": 960}

@@ -1,0 +1,204 @@
+import json
+import os
+import time
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.utils import timezone
+
+from gallery.models import Image
+from search import runtime, services
+from search.changelog import last_seq
+from search.index import HnswIndex, IndexIdentity
+from search.models import Embedding, IndexChange
+from tests import images
+from tests.conftest import store, store_indexed
+
+
+class TestImageEmbed:
+    def test_it_embeds_a_batch_of_queued_images_and_logs_each(self, db):
+        stored = [store(images.jpeg(i), f"{i}.jpg") for i in range(3)]
+        outcome = services.image_embed(image_id=stored[0].pk, claim_token="run-1")
+        assert sorted(outcome.indexed) == [image.pk for image in stored]
+        identity = runtime.index_identity()
+        for image in stored:
+            image.refresh_from_db()
+            assert image.state == Image.State.INDEXED
+            assert image.claim_token == "" and image.indexed_at is not None
+            embedding = Embedding.objects.get(image=image)
+            assert (embedding.backbone, embedding.backbone_version, embedding.dim) == (
+                identity.backbone, identity.backbone_version, identity.dim)
+            assert np.linalg.norm(embedding.as_array()) == pytest.approx(1.0, abs=1e-5)
+        assert sorted(IndexChange.objects.values_list("image_id", flat=True)) == [i.pk for i in stored]
+
+    def test_running_it_again_changes_nothing(self, db):
+        image = store_indexed(images.jpeg(1))
+        changes = IndexChange.objects.count()
+        outcome = services.image_embed(image_id=image.pk, claim_token="run-2")
+        assert outcome.indexed == [] and outcome.failed == {}
+        assert IndexChange.objects.count() == changes
+        assert Embedding.objects.filter(image=image).count() == 1
+
+    def test_the_batch_is_bounded_by_the_setting(self, db, settings):
+        settings.LOOKALIKE_EMBED_BATCH_SIZE = 2
+        stored = [store(images.jpeg(i), f"{i}.jpg") for i in range(5)]
+        outcome = services.image_embed(image_id=stored[4].pk, claim_token="run-3")
+        assert len(outcome.indexed) == 2
+        assert stored[4].pk in outcome.indexed
+        assert Image.objects.filter(state=Image.State.QUEUED).count() == 3
+
+    def test_an_unreadable_copy_fails_that_image_only(self, db):
+        broken, fine = store(images.jpeg(1), "broken.jpg"), store(images.jpeg(2), "fine.jpg")
+        os.remove(broken.display.path)
+        outcome = services.image_embed(image_id=broken.pk, claim_token="run-4")
+        assert outcome.indexed == [fine.pk]
+        broken.refresh_from_db()
+        assert broken.state == Image.State.FAILED
+        assert "could not be read" in broken.error
+
+    def test_it_does_not_take_an_image_another_run_holds(self, db):
+        image = store(images.jpeg(1))
+        Image.objects.filter(pk=image.pk).update(state=Image.State.EMBEDDING, claim_token="other",
+                                                 claimed_at=timezone.now())
+        assert services.image_embed(image_id=image.pk, claim_token="mine").indexed == []
+        image.refresh_from_db()
+        assert (image.state, image.claim_token) == (Image.State.EMBEDDING, "other")
+
+    def test_it_takes_over_a_claim_whose_lease_ran_out(self, db, settings):
+        image = store(images.jpeg(1))
+        expired = timezone.now() - timedelta(seconds=settings.LOOKALIKE_EMBED_LEASE_SECONDS + 1)
+        Image.objects.filter(pk=image.pk).update(state=Image.State.EMBEDDING, claim_token="dead",
+                                                 claimed_at=expired)
+        assert services.image_embed(image_id=image.pk, claim_token="mine").indexed == [image.pk]
+
+    def test_the_same_run_delivered_again_takes_back_its_claim(self, db):
+        image = store(images.jpeg(1))
+        Image.objects.filter(pk=image.pk).update(state=Image.State.EMBEDDING, claim_token="task-9",
+                                                 claimed_at=timezone.now())
+        assert services.image_embed(image_id=image.pk, claim_token="task-9").indexed == [image.pk]
+
+    def test_missing_weights_fail_the_batch_with_the_command_to_run(self, db, settings, tmp_path):
+        settings.LOOKALIKE_BACKBONE = "resnet50"
+        settings.TORCH_HOME = tmp_path
+        runtime.embedder.cache_clear()
+        try:
+            image = store(images.jpeg(1))
+            outcome = services.image_embed(image_id=image.pk, claim_token="run-5")
+        finally:
+            runtime.embedder.cache_clear()
+        image.refresh_from_db()
+        assert outcome.failed == {image.pk: image.error}
+        assert image.state == Image.State.FAILED
+        assert "python manage.py install_weights resnet50" in image.error
+
+
+@pytest.fixture
+def snapshot_store(clean_index):
+    return runtime.snapshot_store()
+
+
+def current(store):
+    return json.loads(store.pointer.read_text())
+
+
+class TestIndexSync:
+    def test_the_first_run_publishes_every_stored_vector(self, db, snapshot_store):
+        stored = [store_indexed(images.jpeg(i), f"{i}.jpg") for i in range(3)]
+        result = services.index_sync()
+        assert result.status == "published"
+        assert (result.meta.count, result.meta.applied_seq) == (3, last_seq())
+        index = snapshot_store.load(result.meta, runtime.index_params())
+        assert index.ids() == {image.pk for image in stored}
+
+    def test_it_reports_up_to_date_when_nothing_changed(self, db, snapshot_store):
+        store_indexed(images.jpeg(1))
+        services.index_sync()
+        assert services.index_sync().status == "up_to_date"
+
+    def test_it_applies_additions_and_removals_since_the_last_snapshot(self, db, snapshot_store, settings):
+        settings.LOOKALIKE_SNAPSHOT_INTERVAL = 0
+        keep, drop = store_indexed(images.jpeg(1), "keep.jpg"), store_indexed(images.jpeg(2), "drop.jpg")
+        services.index_sync()
+        added = store_indexed(images.jpeg(3), "added.jpg")
+        from gallery.services import image_delete
+        drop_id = drop.pk
+        image_delete(image=drop)
+        result = services.index_sync()
+        assert result.status == "published"
+        index = snapshot_store.load(result.meta, runtime.index_params())
+        assert index.ids() == {keep.pk, added.pk}
+        assert result.meta.deleted == 1
+        assert drop_id not in index.ids()
+
+    def test_snapshots_are_spaced_by_the_interval(self, db, snapshot_store, settings):
+        settings.LOOKALIKE_SNAPSHOT_INTERVAL = 60
+        store_indexed(images.jpeg(1))
+        first = services.index_sync()
+        store_indexed(images.jpeg(2))
+        deferred = services.index_sync()
+        assert deferred.status == "deferred"
+        assert 50 < deferred.retry_in <= 60
+        assert services.index_sync().status == "busy", "a deferred run is already scheduled"
+        assert snapshot_store.read_meta() == first.meta
+
+    def test_a_second_writer_backs_off(self, db, snapshot_store):
+        store_indexed(images.jpeg(1))
+        with snapshot_store.writer_lock() as held:
+            assert held
+            assert services.index_sync().status == "busy"
+        assert services.index_sync().status == "published"
+
+    def test_a_corrupted_snapshot_is_rebuilt_from_the_database(self, db, snapshot_store, settings, caplog):
+        settings.LOOKALIKE_SNAPSHOT_INTERVAL = 0
+        stored = store_indexed(images.jpeg(1))
+        params = runtime.index_params()
+        first = services.index_sync().meta
+        # Another process publishes the next snapshot, which this process must then read from disk.
+        other = snapshot_store.publish(snapshot_store.load(first, params), applied_seq=first.applied_seq)
+        (snapshot_store.root / other.snapshot_id / "index.hnsw").write_bytes(b"\x00" * 64)
+        store_indexed(images.jpeg(2))
+        result = services.index_sync()
+        assert result.status == "published"
+        assert result.meta.count == 2
+        assert stored.pk in snapshot_store.load(result.meta, params).ids()
+        assert "Rebuilding the index from the database" in caplog.text
+
+    def test_a_snapshot_ahead_of_the_database_is_rebuilt(self, db, snapshot_store):
+        store_indexed(images.jpeg(1))
+        index = HnswIndex(runtime.index_identity(), runtime.index_params())
+        snapshot_store.publish(index, applied_seq=last_seq() + 1000)
+        result = services.index_sync()
+        assert (result.status, result.meta.count, result.meta.applied_seq) == ("published", 1, last_seq())
+
+    def test_a_snapshot_of_another_model_is_replaced(self, db, snapshot_store):
+        store_indexed(images.jpeg(1))
+        identity = runtime.index_identity()
+        other = HnswIndex(IndexIdentity(identity.backbone, "older-recipe", identity.dim), runtime.index_params())
+        snapshot_store.publish(other, applied_seq=last_seq())
+        result = services.index_sync()
+        assert result.meta.backbone_version == identity.backbone_version
+        assert result.meta.count == 1
+
+
+def test_rebuild_publishes_every_vector(db, clean_index):
+    stored = [store_indexed(images.jpeg(i), f"{i}.jpg") for i in range(4)]
+    meta = services.index_rebuild()
+    assert meta.count == 4
+    assert runtime.snapshot_store().load(meta, runtime.index_params()).ids() == {i.pk for i in stored}
+
+
+def test_rebuild_waits_for_the_writer_and_then_gives_up(db, clean_index):
+    with runtime.snapshot_store().writer_lock():
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="writer lock"):
+            services.index_rebuild(wait_seconds=0.5)
+        assert time.monotonic() - started >= 0.5
+
+
+def test_requeue_all_queues_every_image_again(db):
+    stored = [store_indexed(images.jpeg(i), f"{i}.jpg") for i in range(2)]
+    assert services.images_requeue_all() == 2
+    assert set(Image.objects.values_list("state", flat=True)) == {Image.State.QUEUED}
+    indexed = services.image_embed(image_id=stored[0].pk, claim_token="again").indexed
+    assert sorted(indexed) == [i.pk for i in stored]
