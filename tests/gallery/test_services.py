@@ -68,7 +68,7 @@ class TestUpload:
     def test_a_storage_failure_removes_the_files_already_written(self, db, tmp_path, settings):
         settings.MEDIA_ROOT = tmp_path
         (tmp_path / "thumbs").write_text("a file where the thumbnail folder should be")
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="thumbs"):
             upload(images.jpeg(4))
         assert Image.objects.count() == 0
         assert {p.name for p in tmp_path.rglob("*") if p.is_file()} == {"thumbs"}

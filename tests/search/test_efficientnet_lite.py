@@ -58,7 +58,7 @@ def test_it_classifies_real_photos(model, path, classes):
 def test_a_checkpoint_of_another_shape_is_refused():
     state = torch.load(packaged_weights_path(), map_location="cpu", weights_only=True)
     state["_conv_stem.weight"] = torch.zeros(16, 3, 3, 3)
-    with pytest.raises(IncompatibleWeights, match="_conv_stem.weight"):
+    with pytest.raises(IncompatibleWeights, match=r"_conv_stem\.weight"):
         load_lukemelas_state_dict(EfficientNetLite0(), state)
 
 
