@@ -96,7 +96,7 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
             "too_many_pixels",
             f"The image is {width} × {height} pixels; the limit is {max_pixels / 1e6:g} megapixels.",
         )
-    if image.format == "JPEG":
+    if image.format in ("JPEG", "MPO"):
         # Decoding straight to a reduced scale costs a fraction of a full decode and still
         # reads the whole file, so truncation is detected all the same.
         image.draft("RGB", _fit(width, height, DISPLAY_MAX_SIDE))
@@ -106,7 +106,8 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
         rgb = to_rgb(upright)
     except Exception as exc:
         raise ImageRejected("damaged", f"The file is damaged or truncated and cannot be decoded ({exc}).") from None
-    return DecodedImage(rgb, image.format or "")
+    # Cameras write multi-picture JPEGs (MPO); the first picture is a plain JPEG.
+    return DecodedImage(rgb, "JPEG" if image.format == "MPO" else image.format)
 
 
 def _fit(width: int, height: int, max_side: int) -> tuple[int, int]:

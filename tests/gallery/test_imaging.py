@@ -149,3 +149,11 @@ def test_a_large_jpeg_is_opened_for_embedding_at_a_reduced_scale(tmp_path):
     assert image.mode == "RGB"
     assert min(image.size) >= 224
     assert image.size[0] < 1600
+
+
+def test_a_multi_picture_jpeg_from_a_camera_is_a_jpeg():
+    buffer = io.BytesIO()
+    images.picture(1).save(buffer, "MPO", save_all=True, append_images=[images.picture(2)])
+    decoded = decode_image(buffer.getvalue(), max_pixels=LIMIT)
+    assert decoded.format == "JPEG"
+    assert decoded.image.size == (320, 240)

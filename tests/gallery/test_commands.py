@@ -1,0 +1,90 @@
+import io
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+
+from gallery.models import Image
+from tests import images
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command(*args, stdout=out, stderr=err)
+        status = 0
+    except SystemExit as exit_:
+        status = int(exit_.code or 0)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def folder(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(images.jpeg(1))
+    (tmp_path / "b.png").write_bytes(images.png(2))
+    (tmp_path / "copy-of-a.jpg").write_bytes(images.jpeg(1))
+    (tmp_path / ".hidden.jpg").write_bytes(images.jpeg(3))
+    nested = tmp_path / "nested"
+    nested.mkdir()
+    (nested / "c.jpg").write_bytes(images.jpeg(4))
+    return tmp_path
+
+
+class TestImportImages:
+    def test_it_imports_the_files_of_a_folder(self, db, folder):
+        status, out, err = run("import_images", str(folder))
+        assert status == 0
+        assert out.strip() == "3 files: 2 stored, 1 duplicates, 0 refused."
+        assert "duplicate: " in err and "copy-of-a.jpg" in err and "Identical to image #" in err
+        assert sorted(Image.objects.values_list("original_name", flat=True)) == ["a.jpg", "b.png"]
+
+    def test_it_descends_into_folders_when_recursive(self, db, folder):
+        status, out, _ = run("import_images", str(folder), "--recursive")
+        assert status == 0
+        assert Image.objects.filter(original_name="c.jpg").exists()
+        assert out.startswith("4 files: 3 stored")
+
+    def test_refused_files_are_named_with_their_reason_and_fail_the_command(self, db, folder):
+        (folder / "notes.jpg").write_text("not a picture")
+        (folder / "empty.png").write_bytes(b"")
+        status, out, err = run("import_images", str(folder))
+        assert status == 1
+        assert "2 refused" in out
+        assert "refused: " in err and "notes.jpg: The file is not an image" in err
+        assert "empty.png: The file is empty." in err
+        assert Image.objects.count() == 2
+
+    def test_a_missing_path_is_refused(self, db, tmp_path):
+        status, _, err = run("import_images", str(tmp_path / "nowhere.jpg"))
+        assert status == 1
+        assert "nowhere.jpg: cannot be read: No such file or directory" in err
+
+    def test_an_empty_folder_is_an_error(self, db, tmp_path):
+        with pytest.raises(CommandError, match="No files"):
+            call_command("import_images", str(tmp_path))
+
+    def test_it_gives_the_images_to_the_named_owner(self, db, folder, user):
+        run("import_images", str(folder), "--owner", user.username)
+        assert set(Image.objects.values_list("owner", flat=True)) == {user.pk}
+
+    def test_an_unknown_owner_is_an_error(self, db, folder):
+        with pytest.raises(CommandError, match="No user named 'nobody'"):
+            call_command("import_images", str(folder), "--owner", "nobody")
+
+    def test_waiting_without_a_worker_gives_up_after_the_timeout(self, transactional_db, folder):
+        with pytest.raises(CommandError, match="Gave up after 1 s: 0 of 2 images finished"):
+            call_command("import_images", str(folder), "--wait", "--timeout", "1", stdout=io.StringIO(),
+                         stderr=io.StringIO())
+        assert Image.objects.filter(state=Image.State.QUEUED).count() == 2
+
+
+class TestBootstrapAdmin:
+    def test_it_creates_one_administrator_and_says_how_to_sign_in(self, db, settings, tmp_path):
+        settings.VAR_DIR = tmp_path
+        _, out, _ = run("bootstrap_admin")
+        password = (tmp_path / "admin-password.txt").read_text().strip()
+        assert f"as admin with password {password}" in out
+        assert get_user_model().objects.get(username="admin").check_password(password)
+        _, again, _ = run("bootstrap_admin")
+        assert "with your administrator account" in again
+        assert get_user_model().objects.filter(is_superuser=True).count() == 1

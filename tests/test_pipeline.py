@@ -1,0 +1,130 @@
+"""Uploads going through a real Celery worker process and the real index, searched from other processes."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.urls import reverse
+from PIL import Image as PILImage
+from PIL import ImageEnhance, ImageOps
+
+from gallery.models import Image
+from search import runtime
+from search.changelog import last_seq
+from tests import images
+from tests.conftest import manage, upload_file, wait_for
+
+pytestmark = pytest.mark.worker
+
+HOSTILE = images.BENCH_IMAGES.parent / "hostile"
+
+
+def states(ids) -> set[str]:
+    return set(Image.objects.filter(pk__in=list(ids)).values_list("state", flat=True))
+
+
+def wait_until_settled(ids, timeout: float = 120) -> None:
+    wait_for(lambda: states(ids) <= {Image.State.INDEXED, Image.State.FAILED}, timeout, message="images to settle")
+
+
+def search_elsewhere(*paths: Path, k: int = 5) -> list[dict]:
+    out = manage("search_image", *map(str, paths), "--k", str(k), "--json").stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_an_upload_is_embedded_by_the_worker_and_found_from_another_process(worker, alice_client, tmp_path):
+    files = [upload_file(f"shot-{i}.jpg", images.jpeg(i)) for i in range(3)]
+    reply = alice_client.post(reverse("gallery:upload"), {"files": files}, HTTP_ACCEPT="application/json").json()
+    ids = [r["image"]["id"] for r in reply["results"]]
+    wait_until_settled(ids)
+    assert states(ids) == {Image.State.INDEXED}, worker.log()[-3000:]
+
+    query = tmp_path / "query.jpg"
+    query.write_bytes(images.jpeg(1))
+    [row] = search_elsewhere(query)
+    assert row["results"][0]["id"] == ids[1]
+    assert row["results"][0]["original_name"] == "shot-1.jpg"
+
+    # The worker's index writer catches up with the change log and publishes a snapshot.
+    store = runtime.snapshot_store()
+    wait_for(lambda: (meta := store.read_meta()) and meta.applied_seq == last_seq(), 30, message="a snapshot")
+    assert store.read_meta().count == 3
+
+
+def test_the_state_feed_shows_the_upload_becoming_indexed(worker, alice_client):
+    reply = alice_client.post(reverse("gallery:upload"), {"files": [upload_file("a.jpg", images.jpeg(5))]},
+                              HTTP_ACCEPT="application/json").json()
+    image_id = reply["results"][0]["image"]["id"]
+
+    def state() -> str:
+        return alice_client.get(reverse("gallery:states"), {"ids": image_id}).json()["images"][0]["state"]
+
+    wait_for(lambda: state() == "indexed", 60, message="the state feed to say indexed")
+
+
+def test_import_images_waits_for_the_worker_and_summarises(worker, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i}.jpg").write_bytes(images.jpeg(10 + i))
+    (folder / "again.jpg").write_bytes(images.jpeg(10))
+    (folder / "broken.png").write_bytes(images.png(1)[:200])
+    proc = manage("import_images", str(folder), "--wait", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.strip() == "6 files: 4 stored (4 indexed, 0 failed), 1 duplicates, 1 refused."
+    assert "broken.png: The file is damaged or truncated" in proc.stderr
+    assert Image.objects.filter(state=Image.State.INDEXED).count() == 4
+
+
+def test_an_edited_copy_of_a_photo_finds_its_original(worker, tmp_path):
+    originals = [images.bench_image(category, n) for category in ("cat", "dog", "squirrel") for n in range(1, 11)]
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    for path in originals:
+        (folder / path.name).write_bytes(path.read_bytes())
+    manage("import_images", str(folder), "--wait")
+    original = PILImage.open(images.bench_image("dog", 3)).convert("RGB")
+    w, h = original.size
+    edited = ImageEnhance.Brightness(ImageOps.mirror(original.crop((w // 10, h // 10, w, h)))).enhance(1.3)
+    query = tmp_path / "edited.jpg"
+    edited.save(query, quality=40)
+    [row] = search_elsewhere(query)
+    assert row["results"][0]["original_name"] == "dog-0003.jpg"
+
+
+def test_a_deleted_image_disappears_from_every_process_at_once(worker, alice_client, tmp_path):
+    reply = alice_client.post(reverse("gallery:upload"), {"files": [upload_file("gone.jpg", images.jpeg(20)),
+                                                                    upload_file("kept.jpg", images.jpeg(21))]},
+                              HTTP_ACCEPT="application/json").json()
+    gone, kept = (r["image"]["id"] for r in reply["results"])
+    wait_until_settled([gone, kept])
+    query = tmp_path / "q.jpg"
+    query.write_bytes(images.jpeg(20))
+    assert search_elsewhere(query)[0]["results"][0]["id"] == gone
+    alice_client.post(reverse("gallery:delete", args=[gone]))
+    assert [r["id"] for r in search_elsewhere(query)[0]["results"]] == [kept]
+
+
+@pytest.mark.skipif(not HOSTILE.is_dir(), reason="needs ../shared/bench/hostile beside the project")
+def test_the_worker_survives_every_hostile_file(worker, tmp_path):
+    proc = manage("import_images", str(HOSTILE), "--recursive", "--wait", "--timeout", "600", check=False,
+                  timeout=900)
+    summary = proc.stdout.strip().splitlines()[-1]
+    files = sum(1 for p in HOSTILE.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert summary.startswith(f"{files} files")
+    assert "refused" in summary
+    assert not states(Image.objects.values_list("pk", flat=True)) - {Image.State.INDEXED, Image.State.FAILED}
+    assert worker.process.poll() is None, "the worker is still running"
+    # ...and still does its job.
+    (tmp_path / "after.jpg").write_bytes(images.jpeg(77))
+    manage("import_images", str(tmp_path / "after.jpg"), "--wait", "--timeout", "120")
+    assert Image.objects.get(original_name="after.jpg").state == Image.State.INDEXED
+
+
+def test_the_worker_uses_the_broker_this_run_is_configured_for(worker):
+    from django.conf import settings
+
+    expected = "redis" if os.environ.get("REDIS_URL") else "filesystem"
+    assert settings.CELERY_BROKER_URL.startswith(expected)
+    assert connection.vendor == ("postgresql" if os.environ.get("DATABASE_URL") else "sqlite")
