@@ -35,6 +35,17 @@
     });
   }
 
+  // Searching takes a moment while the picture is embedded: say so, and stop double submits.
+  var searchForm = document.querySelector("[data-search-form]");
+  if (searchForm) {
+    searchForm.addEventListener("submit", function () {
+      searchForm.classList.add("busy");
+      var button = searchForm.querySelector("button[type=submit]");
+      button.disabled = true;
+      button.textContent = "Searching…";
+    });
+  }
+
   // Uploads: send with fetch, list each file's outcome, then follow the states until settled.
   var form = document.querySelector("[data-upload-form]");
   var list = document.querySelector("[data-upload-list]");
@@ -59,7 +70,6 @@
       message.className = "upload-message";
       message.setAttribute("data-message", "");
       li.append(thumb, label, badge("uploading", "Uploading…"), message);
-      list.prepend(li);
       return li;
     };
     var show = function (li, result) {
@@ -103,6 +113,9 @@
       event.preventDefault();
       var files = Array.prototype.slice.call(input.files);
       var rows = files.map(function (f) { return row(f.name); });
+      var batch = document.createDocumentFragment();
+      rows.forEach(function (li) { batch.append(li); });
+      list.prepend(batch);
       var data = new FormData(form);
       var button = form.querySelector("button[type=submit]");
       button.disabled = true;

@@ -1,0 +1,106 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from django.core.exceptions import ImproperlyConfigured
+
+from config import env
+from tests import images
+from tests.conftest import PROJECT_ROOT
+
+
+class TestEnvironmentHelpers:
+    def test_a_malformed_boolean_names_the_variable(self, monkeypatch):
+        monkeypatch.setenv("SOME_FLAG", "perhaps")
+        with pytest.raises(ImproperlyConfigured, match="SOME_FLAG='perhaps' is not a boolean"):
+            env.env_bool("SOME_FLAG", False)
+
+    @pytest.mark.parametrize(("raw", "expected"), [("true", True), ("0", False), ("YES", True), ("", False)])
+    def test_booleans_read_the_usual_spellings(self, monkeypatch, raw, expected):
+        monkeypatch.setenv("SOME_FLAG", raw)
+        assert env.env_bool("SOME_FLAG", False) is expected
+
+    def test_a_number_below_its_minimum_is_refused(self, monkeypatch):
+        monkeypatch.setenv("SOME_COUNT", "0")
+        with pytest.raises(ImproperlyConfigured, match="SOME_COUNT=0 is below its minimum of 1"):
+            env.env_int("SOME_COUNT", 5, minimum=1)
+
+    def test_a_required_value_that_is_missing_is_named(self, monkeypatch):
+        monkeypatch.delenv("SOME_SECRET", raising=False)
+        with pytest.raises(ImproperlyConfigured, match="Set the environment variable SOME_SECRET"):
+            env.env_str("SOME_SECRET")
+
+    def test_lists_are_comma_separated(self, monkeypatch):
+        monkeypatch.setenv("SOME_HOSTS", "a.example, b.example,")
+        assert env.env_list("SOME_HOSTS", []) == ["a.example", "b.example"]
+
+
+def bare_env(**extra: str) -> dict[str, str]:
+    """An environment with no services configured, as on a fresh machine."""
+    environ = {k: v for k, v in os.environ.items()
+               if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE",
+                            "LOOKALIKE_TEST_QUEUE"}}
+    environ.update(extra)
+    return environ
+
+
+def manage(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=PROJECT_ROOT, env=environ,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_two_data_directories_never_see_each_other(tmp_path):
+    picture = tmp_path / "picture.jpg"
+    picture.write_bytes(images.jpeg(1))
+    for name in ("one", "two"):
+        environ = bare_env(DATA_DIR=str(tmp_path / name))
+        assert manage(environ, "migrate", "--noinput").returncode == 0
+        proc = manage(environ, "import_images", str(picture))
+        # A second data directory has never seen the file, so it is stored again, not a duplicate.
+        assert proc.stdout.strip() == "1 files: 1 stored, 0 duplicates, 0 refused.", proc.stderr
+        assert (tmp_path / name / "var" / "db.sqlite3").exists()
+        assert len(list((tmp_path / name / "media" / "originals").rglob("*.jpg"))) == 1
+        assert (tmp_path / name / "var" / "broker" / "queue").is_dir()
+
+
+class TestProductionSettings:
+    def test_they_pass_the_deployment_check(self, tmp_path):
+        environ = bare_env(DJANGO_SETTINGS_MODULE="config.settings.production", DATA_DIR=str(tmp_path),
+                           SECRET_KEY="x" * 20 + "-a-long-and-random-production-secret-key-" + "y" * 20,
+                           ALLOWED_HOSTS="lookalike.example.org")
+        proc = manage(environ, "check", "--deploy", "--fail-level", "WARNING")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "no issues" in proc.stdout
+
+    def test_they_refuse_to_start_without_a_secret_key(self, tmp_path):
+        environ = bare_env(DJANGO_SETTINGS_MODULE="config.settings.production", DATA_DIR=str(tmp_path))
+        proc = manage(environ, "check")
+        assert proc.returncode != 0
+        assert "Set the environment variable SECRET_KEY" in proc.stderr
+
+
+def test_docker_compose_runs_commands_that_exist():
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"web", "worker", "redis", "postgres"} <= set(services)
+    for name in ("web", "worker"):
+        service = services[name]
+        command = " ".join(service["command"]) if isinstance(service["command"], list) else service["command"]
+        assert "DATA_DIR" in service["environment"]
+        assert any(volume.endswith(":/data") for volume in service["volumes"])
+        if "celery" in command:
+            assert "-A config" in command
+            assert (PROJECT_ROOT / "config" / "celery.py").exists()
+        if "gunicorn" in command:
+            assert "config.wsgi" in command
+            assert (PROJECT_ROOT / "config" / "wsgi.py").exists()
+        for part in command.split("&&"):
+            words = part.split()
+            if "manage.py" in words:
+                subcommand = words[words.index("manage.py") + 1]
+                listed = subprocess.run([sys.executable, "manage.py", "help", subcommand], cwd=PROJECT_ROOT,
+                                        env=bare_env(DATA_DIR=os.environ["DATA_DIR"]), capture_output=True)
+                assert listed.returncode == 0, f"{name}: manage.py {subcommand} does not exist"
+    assert (PROJECT_ROOT / services["web"]["build"] / "Dockerfile").exists()

@@ -1,0 +1,113 @@
+"""The site driven in headless Chromium (Debian's package) through Playwright, with a real worker."""
+import base64
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests import images
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = [pytest.mark.browser, pytest.mark.worker]
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    # Playwright's sync API runs an event loop in this thread; the test still reads the
+    # database synchronously, which is safe here because nothing else runs in the loop.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+def sign_in(page: Page, base: str) -> None:
+    page.goto(f"{base}/accounts/login/")
+    page.get_by_label("User name").fill("alice")
+    page.get_by_label("Password").fill("alice-password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("button", name="Sign out alice")).to_be_visible()
+
+
+def drop_files(page: Page, files: dict[str, bytes]) -> None:
+    """Drop files on the page the way a file manager does: a drop event carrying a DataTransfer."""
+    payload = {name: base64.b64encode(data).decode() for name, data in files.items()}
+    page.evaluate("""(files) => {
+        const transfer = new DataTransfer();
+        for (const [name, b64] of Object.entries(files)) {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+        }
+        const target = document.querySelector("main");
+        target.dispatchEvent(new DragEvent("dragenter", { bubbles: true, dataTransfer: transfer }));
+        target.dispatchEvent(new DragEvent("drop", { bubbles: true, cancelable: true, dataTransfer: transfer }));
+    }""", payload)
+
+
+def shot(page: Page, name: str) -> Path:
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_upload_by_drag_and_drop_then_search(worker, live_server, browser, user, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    base = live_server.url
+    sign_in(page, base)
+
+    page.goto(f"{base}/upload/")
+    cat = images.bench_image("cat", 5).read_bytes()
+    drop_files(page, {"cat.jpg": cat, "shapes.jpg": images.jpeg(3), "cat-again.jpg": cat, "notes.jpg": b"hello"})
+    expect(page.locator(".dropzone-title")).to_have_text("4 files chosen")
+    page.get_by_role("button", name="Upload").click()
+    rows = page.locator(".upload-row")
+    expect(rows).to_have_count(4)
+    expect(rows.filter(has_text="notes.jpg")).to_contain_text("Refused")
+    expect(rows.filter(has_text="cat-again.jpg")).to_contain_text("Duplicate")
+    # The states update without a reload, until the worker has indexed both images.
+    expect(rows.filter(has_text="shapes.jpg").locator(".badge")).to_have_text("Indexed", timeout=60_000)
+    expect(rows.filter(has=page.get_by_text("cat.jpg", exact=True)).locator(".badge")).to_have_text(
+        "Indexed", timeout=60_000)
+    expect(rows.first).to_contain_text("cat.jpg")
+    shot(page, "upload")
+
+    page.goto(f"{base}/")
+    expect(page.locator(".tile")).to_have_count(2)
+    shot(page, "gallery")
+
+    page.goto(f"{base}/search/")
+    query = tmp_path / "query.jpg"
+    query.write_bytes(cat)
+    page.locator("input[name=image]").set_input_files(str(query))
+    first = page.locator(".tile").first
+    expect(first).to_contain_text("cat.jpg")
+    expect(first.locator(".score")).to_have_text("100%")
+    shot(page, "search-results")
+
+    first.get_by_role("link", name="Similar").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Images similar to cat.jpg")
+    expect(page.locator(".tile")).to_have_count(1)
+    shot(page, "similar")
+
+
+def test_pages_fit_a_phone_and_work_by_keyboard(live_server, browser, db):
+    page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+    for name, path in (("gallery", "/"), ("search", "/search/"), ("sign-in", "/accounts/login/")):
+        page.goto(live_server.url + path)
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} scrolls sideways by {overflow}px"
+        assert shot(page, f"phone-{name}").stat().st_size > 0
+    page.goto(live_server.url + "/search/")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    expect(page.locator("input[name=image]")).to_be_focused()
