@@ -7,7 +7,7 @@ from collections.abc import Collection, Iterable
 import numpy as np
 from django.db import connection
 
-from search.index import IndexIdentity
+from search.identity import IndexIdentity
 from search.models import Embedding, IndexChange
 from search.reader import Change
 

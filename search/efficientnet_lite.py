@@ -26,15 +26,24 @@ _BATCH_NORM = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)
 
 
 class Conv2dSame(nn.Conv2d):
-    """A convolution that pads like TensorFlow's ``padding="SAME"``."""
+    """A convolution that pads like TensorFlow's ``padding="SAME"``.
+
+    With stride 1 and an odd kernel that is the usual symmetric padding, done by the convolution
+    itself; only strided convolutions need the asymmetric padding computed from the input size.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int = 0, **kwargs) -> None:
         if padding != 0:
             raise ValueError("Conv2dSame computes its own padding")
-        super().__init__(in_channels, out_channels, kernel_size, stride, 0, **kwargs)
+        symmetric = stride == 1 and kernel_size % 2 == 1
+        super().__init__(in_channels, out_channels, kernel_size, stride, kernel_size // 2 if symmetric else 0,
+                         **kwargs)
+        self.pads_itself = symmetric
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pads_itself:
+            return super().forward(x)
         pads = []
         # F.pad takes the last dimension first: (left, right, top, bottom).
         for size, kernel, stride in zip(x.shape[:-3:-1], self.kernel_size[::-1], self.stride[::-1], strict=True):

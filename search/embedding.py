@@ -30,7 +30,7 @@ from torch import nn
 from torchvision import models
 
 from search import efficientnet_lite
-from search.index import IndexIdentity
+from search.identity import IndexIdentity
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -202,13 +202,14 @@ class Embedder:
     def embed_prepared(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         if not arrays:
             return np.zeros((0, self.dim), dtype=np.float32)
-        out = [self._embed_batch(np.stack(arrays[i:i + self.batch_size]))
+        out = [self.embed_pixels(torch.from_numpy(np.stack(arrays[i:i + self.batch_size])))
                for i in range(0, len(arrays), self.batch_size)]
         return np.concatenate(out)
 
     @torch.inference_mode()
-    def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+    def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Descriptors of a batch of prepared uint8 pixels, batch x height x width x 3, on any device."""
+        x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = ((x - self._mean) / self._std).to(self.dtype).contiguous(memory_format=torch.channels_last)
         features = self.trunk(x).float()
         pooled = gem(features, self.recipe.gem_p)

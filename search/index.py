@@ -25,6 +25,8 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
+from search.identity import IndexIdentity
+
 FORMAT_VERSION = 1
 _INDEX_FILE = "index.hnsw"
 _DELETED_FILE = "deleted.npy"
@@ -37,18 +39,6 @@ class SnapshotCorrupt(RuntimeError):
 
 class IndexMismatch(ValueError):
     """An index was built for other vectors (backbone, version or dimension) than asked for."""
-
-
-@dataclass(frozen=True)
-class IndexIdentity:
-    """What the vectors in an index mean; vectors of two identities are never mixed."""
-
-    backbone: str
-    backbone_version: str
-    dim: int
-
-    def describe(self) -> str:
-        return f"{self.backbone} ({self.backbone_version}, {self.dim} dimensions)"
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from typing import Protocol
 
 import numpy as np
 
+from search.identity import IndexIdentity
 from search.index import (
     HnswIndex,
     HnswParams,
-    IndexIdentity,
     IndexMismatch,
     SnapshotCorrupt,
     SnapshotMeta,

@@ -11,7 +11,8 @@ from django.conf import settings
 
 from search.changelog import DatabaseChangeSource
 from search.embedding import Embedder, descriptor_identity, get_backbone
-from search.index import HnswParams, IndexIdentity, SnapshotStore
+from search.identity import IndexIdentity
+from search.index import HnswParams, SnapshotStore
 from search.reader import IndexReader
 
 log = logging.getLogger(__name__)

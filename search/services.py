@@ -20,7 +20,8 @@ from django.utils import timezone
 from gallery.imaging import open_for_embedding
 from gallery.models import Image
 from search import changelog, runtime
-from search.index import HnswIndex, IndexIdentity, SnapshotCorrupt, SnapshotMeta, SnapshotStore
+from search.identity import IndexIdentity
+from search.index import HnswIndex, SnapshotCorrupt, SnapshotMeta, SnapshotStore
 from search.models import Embedding, IndexChange
 
 log = logging.getLogger(__name__)
@@ -154,9 +155,8 @@ _APPLY_CHUNK = 5000
 def index_sync() -> IndexSyncResult:
     """Apply the change log to the index and publish a snapshot, if this process may write.
 
-    Snapshots are published at most every LOOKALIKE_SNAPSHOT_INTERVAL seconds (longer when
-    publishing itself takes long): readers cover the newest rows meanwhile, so a burst of
-    uploads costs a few snapshots instead of one per image.
+    Snapshots are spaced by ``_snapshot_spacing``: readers cover the newest rows meanwhile, so
+    a burst of uploads costs a few snapshots instead of one per image.
     """
     store = runtime.snapshot_store()
     with store.writer_lock() as is_writer:
@@ -176,7 +176,7 @@ def _sync_as_writer(store: SnapshotStore) -> IndexSyncResult:
         return IndexSyncResult("published", _rebuild_as_writer(store, identity))
     if changelog.last_seq() <= meta.applied_seq:
         return IndexSyncResult("up_to_date", meta)
-    wait = meta.created_at + max(settings.LOOKALIKE_SNAPSHOT_INTERVAL, 5 * meta.publish_seconds) - time.time()
+    wait = meta.created_at + _snapshot_spacing(meta) - time.time()
     if wait > 0:
         return IndexSyncResult("deferred", meta, retry_in=wait) if _claim_deferred_run(store, wait) \
             else IndexSyncResult("busy", meta)
@@ -194,6 +194,13 @@ def _sync_as_writer(store: SnapshotStore) -> IndexSyncResult:
         index.remove(i for i in removed_last if i not in fresh)
         applied = changes[-1][0]
     return IndexSyncResult("published", _publish(store, index, applied))
+
+
+def _snapshot_spacing(meta: SnapshotMeta) -> float:
+    """Seconds between snapshots: the setting, stretched so that publishing a large index takes
+    at most a fifth of the writer's time. An interval of 0 publishes after every change."""
+    interval = settings.LOOKALIKE_SNAPSHOT_INTERVAL
+    return max(interval, 5 * meta.publish_seconds) if interval > 0 else 0.0
 
 
 def _usable_meta(store: SnapshotStore, identity: IndexIdentity) -> SnapshotMeta | None:

@@ -5,10 +5,10 @@ import multiprocessing
 import numpy as np
 import pytest
 
+from search.identity import IndexIdentity
 from search.index import (
     HnswIndex,
     HnswParams,
-    IndexIdentity,
     IndexMismatch,
     SnapshotCorrupt,
     SnapshotStore,

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from search.index import HnswIndex, IndexIdentity, IndexMismatch, SnapshotStore
+from search.identity import IndexIdentity
+from search.index import HnswIndex, IndexMismatch, SnapshotStore
 from search.reader import Change, IndexReader
 from tests.search.test_index import IDENTITY, PARAMS, unit_vectors
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import time
@@ -10,7 +11,8 @@ from django.utils import timezone
 from gallery.models import Image
 from search import runtime, services
 from search.changelog import last_seq
-from search.index import HnswIndex, IndexIdentity
+from search.identity import IndexIdentity
+from search.index import HnswIndex
 from search.models import Embedding, IndexChange
 from tests import images
 from tests.conftest import store, store_indexed
@@ -141,6 +143,15 @@ class TestIndexSync:
         assert 50 < deferred.retry_in <= 60
         assert services.index_sync().status == "busy", "a deferred run is already scheduled"
         assert snapshot_store.read_meta() == first.meta
+
+    def test_a_slow_publish_stretches_the_spacing(self, db, snapshot_store, settings):
+        settings.LOOKALIKE_SNAPSHOT_INTERVAL = 0.01
+        store_indexed(images.jpeg(1))
+        meta = services.index_sync().meta
+        slow = dataclasses.replace(meta, publish_seconds=10.0, snapshot_id="slow")
+        assert services._snapshot_spacing(slow) == 50.0
+        settings.LOOKALIKE_SNAPSHOT_INTERVAL = 0
+        assert services._snapshot_spacing(slow) == 0.0
 
     def test_a_second_writer_backs_off(self, db, snapshot_store):
         store_indexed(images.jpeg(1))

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Compare descriptor recipes for EfficientNet-Lite0 on copy detection, in one process.
+
+Every variant is computed from the same forward pass over the gallery and the edited queries
+(the edits of ../shared/bench/attacks.py, as copy_detection.py makes them), then searched
+exactly. It prints recall@1, recall@10 and category precision@10 per seed, so that a choice of
+pooling, layer or normalisation can be compared side by side. No Django, no database.
+
+    .venv/bin/python bench/descriptor_variants.py [--seeds 1 2 3] [--queries 600]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from search.efficientnet_lite import efficientnet_lite0  # noqa: E402
+from search.embedding import gem  # noqa: E402
+
+NORMALISATIONS = {
+    "[-1, 1]": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "ImageNet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def prepare(image: Image.Image, size: int) -> np.ndarray:
+    return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0))
+
+
+@torch.inference_mode()
+def features(model, arrays: list[np.ndarray], mean, std, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature maps of the last inverted-residual block and of the 1280-channel head."""
+    mean = torch.tensor(mean).view(1, -1, 1, 1) * 255
+    std = torch.tensor(std).view(1, -1, 1, 1) * 255
+    blocks, heads = [], []
+    for i in range(0, len(arrays), batch):
+        x = torch.from_numpy(np.stack(arrays[i:i + batch])).permute(0, 3, 1, 2).float()
+        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        block = model.features[:-1](x)
+        blocks.append(block)
+        heads.append(model.features[-1](block))
+    return torch.cat(blocks), torch.cat(heads)
+
+
+def variants(block: torch.Tensor, head: torch.Tensor) -> dict[str, np.ndarray]:
+    out = {
+        "head, average pooling (1280)": head.mean(dim=(2, 3)),
+        "head, GeM p=3 (1280)": gem(head, 3.0),
+        "last block, GeM p=3 of both signs (640)": torch.cat([gem(block, 3.0), gem(-block, 3.0)], dim=1),
+    }
+    return {name: F.normalize(v, dim=1).numpy() for name, v in out.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench", default=str(ROOT.parent / "shared" / "bench"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--queries", type=int, default=600)
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args()
+    bench = Path(args.bench)
+    sys.path.insert(0, str(bench))
+    from attacks import attack
+
+    model = efficientnet_lite0().to(memory_format=torch.channels_last)
+    files = sorted(p for p in (bench / "images").rglob("*.jpg"))
+    digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    category = [p.parent.name for p in files]
+    gallery_arrays = [prepare(Image.open(p), args.size) for p in files]
+    started = time.perf_counter()
+    gallery = {norm: variants(*features(model, gallery_arrays, *stats)) for norm, stats in NORMALISATIONS.items()}
+    rate = 2 * len(files) / (time.perf_counter() - started)
+    print(f"gallery: {len(files)} images, model at {args.size}px: {rate:.1f} images/s "
+          f"({torch.get_num_threads()} threads, both layers)")
+    rows: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for seed in args.seeds:
+        rng = random.Random(seed)
+        picks = rng.sample(range(len(files)), min(args.queries, len(files)))
+        query_arrays = [prepare(attack(Image.open(files[i]), rng)[0], args.size) for i in picks]
+        for norm, stats in NORMALISATIONS.items():
+            queries = variants(*features(model, query_arrays, *stats))
+            for name, q in queries.items():
+                top = np.argsort(-(q @ gallery[norm][name].T), axis=1)[:, :10]
+                hits = [[digest[j] == digest[i] for j in row] for i, row in zip(picks, top, strict=True)]
+                r1 = np.mean([h[0] for h in hits])
+                r10 = np.mean([any(h) for h in hits])
+                p10 = np.mean([np.mean([category[j] == category[i] for j in row]) for i, row in zip(picks, top,
+                                                                                                   strict=True)])
+                rows.setdefault((name, norm), []).append((r1, r10, p10))
+    print(f"\n{'descriptor':42} {'input':9} " + " ".join(f"{'seed ' + str(s):>22}" for s in args.seeds)
+          + f" {'mean r@1':>9}")
+    print(f"{'':42} {'':9} " + " ".join(f"{'r@1   r@10  p@10':>22}" for _ in args.seeds))
+    for (name, norm), values in rows.items():
+        cells = " ".join(f"{r1:>10.3f} {r10:.3f} {p10:.3f}" for r1, r10, p10 in values)
+        print(f"{name:42} {norm:9} {cells} {np.mean([v[0] for v in values]):>9.3f}")
+
+
+if __name__ == "__main__":
+    main()
