@@ -107,7 +107,7 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
     except Exception as exc:
         raise ImageRejected("damaged", f"The file is damaged or truncated and cannot be decoded ({exc}).") from None
     # Cameras write multi-picture JPEGs (MPO); the first picture is a plain JPEG.
-    return DecodedImage(rgb, "JPEG" if image.format == "MPO" else image.format)
+    return DecodedImage(rgb, "JPEG" if image.format == "MPO" else str(image.format))
 
 
 def _fit(width: int, height: int, max_side: int) -> tuple[int, int]:

@@ -39,7 +39,7 @@ def last_seq() -> int:
 
 def vectors_for(identity: IndexIdentity, image_ids: Collection[int] | None = None) -> dict[int, np.ndarray]:
     """The stored vectors of one backbone and version, for these images or for all of them."""
-    rows = Embedding.objects.filter(backbone=identity.backbone, backbone_version=identity.backbone_version)
+    rows = Embedding.objects.of(identity)
     if image_ids is not None:
         rows = rows.filter(image_id__in=list(image_ids))
     return {image_id: np.frombuffer(bytes(vector), dtype=np.float32)

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -99,7 +100,7 @@ def _resnet_trunk(model: nn.Module) -> nn.Module:
 
 
 def _features_trunk(model: nn.Module) -> nn.Module:
-    return model.features
+    return cast(nn.Module, model.features)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -175,7 +176,7 @@ class Embedder:
         # bfloat16 on a GPU halves memory traffic; on this kind of CPU it is slower than float32.
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         trunk = backbone.load_trunk(weights_dir).eval()
-        self.trunk = trunk.to(self.device, self.dtype, memory_format=torch.channels_last)
+        self.trunk = trunk.to(self.device, self.dtype).to(memory_format=torch.channels_last)
         self._mean = torch.tensor(backbone.mean, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(backbone.std, device=self.device).view(1, 3, 1, 1) * 255
 

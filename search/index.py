@@ -200,7 +200,7 @@ class SnapshotStore:
         staging.mkdir()
         try:
             index.save_to(staging)
-            files = {}
+            files: dict[str, dict[str, int | str]] = {}
             for path in sorted(staging.iterdir()):
                 _fsync_path(path)
                 files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}

@@ -2,8 +2,22 @@ from __future__ import annotations
 
 import numpy as np
 from django.db import models
+from django.db.models import Q
 
 from gallery.models import Image
+from search.identity import IndexIdentity
+
+
+class EmbeddingQuerySet(models.QuerySet["Embedding"]):
+    def of(self, identity: IndexIdentity) -> EmbeddingQuerySet:
+        return self.filter(backbone=identity.backbone, backbone_version=identity.backbone_version)
+
+    def other_than(self, identity: IndexIdentity) -> EmbeddingQuerySet:
+        # Written as ranges rather than a negation so that the (backbone, backbone_version)
+        # index answers it without reading every row.
+        b, v = identity.backbone, identity.backbone_version
+        return self.filter(Q(backbone__lt=b) | Q(backbone__gt=b) | Q(backbone=b, backbone_version__lt=v)
+                           | Q(backbone=b, backbone_version__gt=v))
 
 
 class Embedding(models.Model):
@@ -16,7 +30,10 @@ class Embedding(models.Model):
     vector = models.BinaryField()
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = EmbeddingQuerySet.as_manager()
+
     class Meta:
+        indexes = [models.Index(fields=["backbone", "backbone_version"])]
         constraints = [
             models.UniqueConstraint(fields=["image", "backbone", "backbone_version"], name="one_vector_per_model"),
         ]

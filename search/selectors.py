@@ -29,8 +29,7 @@ def visible_image_ids(ids: set[int]) -> set[int]:
 
 def _ensure_one_vector_kind() -> None:
     identity = runtime.index_identity()
-    other = (Embedding.objects.exclude(backbone=identity.backbone, backbone_version=identity.backbone_version)
-             .values_list("backbone", "backbone_version").first())
+    other = Embedding.objects.other_than(identity).values_list("backbone", "backbone_version").first()
     if other:
         raise SearchUnavailable(
             f"Some images were embedded with {other[0]} ({other[1]}), but the site now uses "
@@ -68,8 +67,7 @@ def similar_to_picture(data: bytes, *, k: int) -> list[SimilarImage]:
 def similar_to_image(image: Image, *, k: int) -> list[SimilarImage]:
     """Images like a gallery image, by its stored vector (nothing is embedded again); not itself."""
     identity = runtime.index_identity()
-    embedding = Embedding.objects.filter(image=image, backbone=identity.backbone,
-                                         backbone_version=identity.backbone_version).first()
+    embedding = Embedding.objects.of(identity).filter(image=image).first()
     if embedding is None:
         raise SearchUnavailable(f"Image #{image.pk} is not indexed yet ({image.get_state_display().lower()}).")
     return similar_to_vectors(embedding.as_array()[None, :], k=k, exclude=[[image.pk]])[0]

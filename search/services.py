@@ -120,8 +120,7 @@ def _finish_batch(token: str, vectors: dict[int, np.ndarray], failed: dict[int, 
     for image_id, reason in failed.items():
         still_ours.filter(id=image_id).update(state=Image.State.FAILED, error=reason[:2000], claim_token="",
                                               claimed_at=None)
-    Embedding.objects.filter(image_id__in=indexed).exclude(
-        backbone=identity.backbone, backbone_version=identity.backbone_version).delete()
+    Embedding.objects.filter(image_id__in=indexed).other_than(identity).delete()
     Embedding.objects.bulk_create(
         [Embedding(image_id=image_id, backbone=identity.backbone, backbone_version=identity.backbone_version,
                    dim=identity.dim, vector=vectors[image_id].astype(np.float32).tobytes())

@@ -19,6 +19,11 @@ class MemorySource:
         self.rows[image_id] = vector
         self.log.append(Change(len(self.log) + 1, image_id, removed=False))
 
+    def add_all(self, vectors: np.ndarray) -> None:
+        """Add the vectors as images 1, 2, 3, ..."""
+        for image_id, vector in enumerate(vectors, start=1):
+            self.add(image_id, vector)
+
     def remove(self, image_id: int) -> None:
         self.rows.pop(image_id, None)
         self.log.append(Change(len(self.log) + 1, image_id, removed=True))
@@ -55,8 +60,7 @@ def top_ids(reader, vector, k=1, **kwargs):
 def test_it_finds_rows_before_any_snapshot_exists(setup):
     source, _, reader = setup
     vectors = unit_vectors(10)
-    for i, v in enumerate(vectors):
-        source.add(i + 1, v)
+    source.add_all(vectors)
     assert top_ids(reader, vectors[4]) == [5]
     assert reader.meta is None
 
@@ -64,8 +68,7 @@ def test_it_finds_rows_before_any_snapshot_exists(setup):
 def test_it_covers_rows_added_after_the_snapshot(setup):
     source, store, reader = setup
     vectors = unit_vectors(20)
-    for i in range(10):
-        source.add(i + 1, vectors[i])
+    source.add_all(vectors[:10])
     source.publish(store)
     source.add(11, vectors[10])
     assert top_ids(reader, vectors[10]) == [11]
@@ -77,8 +80,7 @@ def test_it_covers_rows_added_after_the_snapshot(setup):
 def test_a_removal_after_the_snapshot_hides_the_image_at_once(setup):
     source, store, reader = setup
     vectors = unit_vectors(10)
-    for i, v in enumerate(vectors):
-        source.add(i + 1, v)
+    source.add_all(vectors)
     source.publish(store)
     source.remove(4)
     assert 4 not in top_ids(reader, vectors[3], k=10)
@@ -87,8 +89,7 @@ def test_a_removal_after_the_snapshot_hides_the_image_at_once(setup):
 def test_a_vector_replaced_after_the_snapshot_is_found_by_its_new_value_only(setup):
     source, store, reader = setup
     vectors = unit_vectors(12)
-    for i in range(10):
-        source.add(i + 1, vectors[i])
+    source.add_all(vectors[:10])
     source.publish(store)
     source.add(1, vectors[11])
     hits = reader.search(vectors[11][None, :], 10, visible=everything)[0]
@@ -101,12 +102,11 @@ def test_a_vector_replaced_after_the_snapshot_is_found_by_its_new_value_only(set
 def test_it_loads_a_newer_snapshot_and_drops_the_tail_it_contains(setup):
     source, store, reader = setup
     vectors = unit_vectors(10)
-    for i in range(5):
-        source.add(i + 1, vectors[i])
+    source.add_all(vectors[:5])
     source.publish(store)
     reader.refresh()
-    for i in range(5, 10):
-        source.add(i + 1, vectors[i])
+    for image_id in range(5 + 1, 10 + 1):
+        source.add(image_id, vectors[image_id - 1])
     reader.refresh()
     assert reader.tail_size == 5
     source.publish(store)
@@ -119,8 +119,7 @@ def test_it_loads_a_newer_snapshot_and_drops_the_tail_it_contains(setup):
 def test_it_only_returns_what_the_visibility_filter_allows_and_over_fetches(setup):
     source, store, reader = setup
     vectors = unit_vectors(60)
-    for i, v in enumerate(vectors):
-        source.add(i + 1, v)
+    source.add_all(vectors)
     source.publish(store)
     hidden = set(range(1, 51))
     hits = reader.search(vectors[:1], 5, visible=lambda ids: ids - hidden)[0]
@@ -131,8 +130,7 @@ def test_it_only_returns_what_the_visibility_filter_allows_and_over_fetches(setu
 def test_it_leaves_out_excluded_ids_per_query(setup):
     source, _, reader = setup
     vectors = unit_vectors(5)
-    for i, v in enumerate(vectors):
-        source.add(i + 1, v)
+    source.add_all(vectors)
     assert top_ids(reader, vectors[0], k=1, exclude=[[1]]) != [1]
 
 
@@ -141,8 +139,7 @@ def test_a_corrupt_snapshot_falls_back_to_the_database_rows_and_reports_it(setup
     reports = []
     reader = IndexReader(store, IDENTITY, PARAMS, source, on_unusable_snapshot=reports.append)
     vectors = unit_vectors(10)
-    for i, v in enumerate(vectors):
-        source.add(i + 1, v)
+    source.add_all(vectors)
     source.publish(store)
     snapshot = store.root / store.read_meta().snapshot_id / "index.hnsw"
     snapshot.write_bytes(b"garbage")
