@@ -135,7 +135,7 @@ def load_lukemelas_state_dict(model: EfficientNetLite0, state: dict[str, torch.T
     if len(source) != len(target):
         raise IncompatibleWeights(f"checkpoint has {len(source)} tensors, EfficientNet-Lite0 needs {len(target)}")
     mapped = {}
-    for (src_key, src), (dst_key, dst) in zip(source, target, strict=False):
+    for (src_key, src), (dst_key, dst) in zip(source, target, strict=True):
         if src.shape != dst.shape:
             raise IncompatibleWeights(f"{src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
         mapped[dst_key] = src

@@ -170,11 +170,11 @@ class IndexReader:
             scored: dict[int, float] = {}
             if index is not None:
                 labels, scores = index.search(query, fetch + len(superseded))
-                for image_id, score in zip(labels[0].tolist(), scores[0].tolist(), strict=False):
+                for image_id, score in zip(labels[0].tolist(), scores[0].tolist(), strict=True):
                     if image_id not in superseded:
                         scored[image_id] = score
             labels, scores = exact_search(query, tail_ids, tail_vectors, fetch)
-            scored.update(zip(labels[0].tolist(), scores[0].tolist(), strict=False))
+            scored.update(zip(labels[0].tolist(), scores[0].tolist(), strict=True))
             for image_id in skip:
                 scored.pop(image_id, None)
             shown = visible(set(scored))

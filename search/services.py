@@ -106,7 +106,7 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
         except Exception as exc:
             failed[image.id] = f"The stored copy of the image could not be read: {exc}"
     vectors = embedder.embed_prepared(list(prepared.values()))
-    return _finish_batch(claim_token, dict(zip(prepared, vectors, strict=False)), failed)
+    return _finish_batch(claim_token, dict(zip(prepared, vectors, strict=True)), failed)
 
 
 @transaction.atomic
@@ -114,7 +114,7 @@ def _finish_batch(token: str, vectors: dict[int, np.ndarray], failed: dict[int, 
     identity = runtime.index_identity()
     now = timezone.now()
     still_ours = Image.objects.filter(claim_token=token, state=Image.State.EMBEDDING)
-    indexed = [image_id for image_id in still_ours.filter(id__in=list(vectors)).values_list("id", flat=True)]
+    indexed = list(still_ours.filter(id__in=list(vectors)).values_list("id", flat=True))
     still_ours.filter(id__in=indexed).update(state=Image.State.INDEXED, indexed_at=now, error="", claim_token="",
                                              claimed_at=None)
     for image_id, reason in failed.items():
@@ -139,7 +139,9 @@ def _finish_batch(token: str, vectors: dict[int, np.ndarray], failed: dict[int, 
 
 @dataclass(frozen=True)
 class IndexSyncResult:
-    status: str  # "published", "up_to_date", "busy" or "deferred"
+    # "published" or "up_to_date"; "busy" when another process is the writer; "deferred" when the
+    # caller should run it again in ``retry_in`` seconds; "scheduled" when such a run exists.
+    status: str
     meta: SnapshotMeta | None = None
     retry_in: float = 0.0
 
@@ -163,7 +165,8 @@ def index_sync() -> IndexSyncResult:
             # The writer re-checks the log after releasing the lock, so nothing is missed.
             return IndexSyncResult("busy")
         result = _sync_as_writer(store)
-    if result.status != "deferred" and changelog.last_seq() > (result.meta.applied_seq if result.meta else 0):
+    # A change committed while this run held the lock found it busy and gave up: run again.
+    if result.status in ("published", "up_to_date") and result.meta and changelog.last_seq() > result.meta.applied_seq:
         queue_index_sync()
     return result
 
@@ -177,8 +180,9 @@ def _sync_as_writer(store: SnapshotStore) -> IndexSyncResult:
         return IndexSyncResult("up_to_date", meta)
     wait = meta.created_at + _snapshot_spacing(meta) - time.time()
     if wait > 0:
-        return IndexSyncResult("deferred", meta, retry_in=wait) if _claim_deferred_run(store, wait) \
-            else IndexSyncResult("busy", meta)
+        if _claim_deferred_run(store, wait):
+            return IndexSyncResult("deferred", meta, retry_in=wait)
+        return IndexSyncResult("scheduled", meta)
     (store.root / _DEFER_FILE).unlink(missing_ok=True)
     index = _load_writer_index(store, meta)
     if index is None:

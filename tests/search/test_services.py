@@ -133,7 +133,8 @@ class TestIndexSync:
         assert result.meta.deleted == 1
         assert drop_id not in index.ids()
 
-    def test_snapshots_are_spaced_by_the_interval(self, db, snapshot_store, settings):
+    def test_snapshots_are_spaced_by_the_interval(self, db, snapshot_store, settings,
+                                                  django_capture_on_commit_callbacks):
         settings.LOOKALIKE_SNAPSHOT_INTERVAL = 60
         store_indexed(images.jpeg(1))
         first = services.index_sync()
@@ -141,7 +142,9 @@ class TestIndexSync:
         deferred = services.index_sync()
         assert deferred.status == "deferred"
         assert 50 < deferred.retry_in <= 60
-        assert services.index_sync().status == "busy", "a deferred run is already scheduled"
+        with django_capture_on_commit_callbacks() as queued:
+            assert services.index_sync().status == "scheduled"
+        assert queued == [], "a run that finds one scheduled asks for no other"
         assert snapshot_store.read_meta() == first.meta
 
     def test_a_slow_publish_stretches_the_spacing(self, db, snapshot_store, settings):

@@ -50,7 +50,7 @@ class Command(BaseCommand):
                 found = selectors.similar_to_pictures(list(decoded.values()), k=k)
             except selectors.SearchUnavailable as exc:
                 raise CommandError(str(exc)) from exc
-            answers = dict(zip(decoded, found, strict=False))
+            answers = dict(zip(decoded, found, strict=True))
             for name in batch:
                 self._print(name, answers.get(name), errors.get(name), bool(options["json"]))
 
