@@ -14,11 +14,18 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 
 
+@pytest.fixture(scope="session")
+def site(django_db_setup, live_server):
+    """The live server, set up after (so torn down before) the test database, whose removal
+    fails while the server thread still holds a connection to it."""
+    return live_server
+
+
 @pytest.fixture
-def browser(monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the test still reads the
-    # database synchronously, which is safe here because nothing else runs in the loop.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+def browser():
+    # Playwright's sync API runs an event loop in this thread, in which Django refuses to query
+    # the database: tests ask for the browser after their database fixtures and query nothing
+    # while it is up.
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -58,9 +65,9 @@ def shot(page: Page, name: str) -> Path:
     return path
 
 
-def test_upload_by_drag_and_drop_then_search(worker, live_server, browser, user, tmp_path):
+def test_upload_by_drag_and_drop_then_search(worker, site, user, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    base = live_server.url
+    base = site.url
     sign_in(page, base)
 
     page.goto(f"{base}/upload/")
@@ -98,14 +105,14 @@ def test_upload_by_drag_and_drop_then_search(worker, live_server, browser, user,
     shot(page, "similar")
 
 
-def test_pages_fit_a_phone_and_work_by_keyboard(live_server, browser, db):
+def test_pages_fit_a_phone_and_work_by_keyboard(site, db, browser):
     page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
     for name, path in (("gallery", "/"), ("search", "/search/"), ("sign-in", "/accounts/login/")):
-        page.goto(live_server.url + path)
+        page.goto(site.url + path)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{path} scrolls sideways by {overflow}px"
         assert shot(page, f"phone-{name}").stat().st_size > 0
-    page.goto(live_server.url + "/search/")
+    page.goto(site.url + "/search/")
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
     page.keyboard.press("Enter")

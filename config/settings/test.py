@@ -15,6 +15,10 @@ from config.settings.base import DATABASES, VAR_DIR
 SECRET_KEY = "test-only-secret-key"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
+# The live server answers each request in a thread of its own; a connection kept open for reuse
+# by a finished thread would block dropping the test database at the end.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # One file for the test database, so that worker processes can open it.
     DATABASES["default"]["NAME"] = VAR_DIR / "test.sqlite3"
