@@ -15,7 +15,7 @@ app.autodiscover_tasks()
 def _prepare_embedded_broker(sender: Celery, **kwargs: object) -> None:
     from django.conf import settings
 
-    if settings.CELERY_BROKER_URL == "filesystem://":
+    if settings.CELERY_BROKER_URL.startswith("filesystem://"):
         for folder in ("queue", "control"):
             (settings.BROKER_DIR / folder).mkdir(parents=True, exist_ok=True)
 

@@ -127,12 +127,12 @@ LOGGING = {
 # Celery: Redis when REDIS_URL is set, otherwise kombu's filesystem transport under VAR_DIR,
 # so that a fresh checkout runs with nothing else installed.
 REDIS_URL = env_optional("REDIS_URL")
-CELERY_BROKER_URL = env_optional("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
+CELERY_BROKER_URL = env_optional("CELERY_BROKER_URL") or REDIS_URL or "filesystem://localhost//"
 BROKER_DIR = VAR_DIR / "broker"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {"data_folder_in": str(BROKER_DIR / "queue"), "data_folder_out": str(BROKER_DIR / "queue"),
      "control_folder": str(BROKER_DIR / "control"), "polling_interval": 0.05}
-    if CELERY_BROKER_URL == "filesystem://"
+    if CELERY_BROKER_URL.startswith("filesystem://")
     else {"visibility_timeout": 3600}
 )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -47,9 +47,11 @@ class Command(BaseCommand):
                         stopping = True
                 time.sleep(0.5)
         finally:
+            # SIGTERM to each main process only: gunicorn and Celery then stop their own workers
+            # gracefully, letting running tasks finish.
             for process in processes.values():
                 if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGTERM)
+                    process.terminate()
             for process in processes.values():
                 try:
                     process.wait(30)
