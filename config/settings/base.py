@@ -152,6 +152,9 @@ LOOKALIKE_DEVICE = env_str("LOOKALIKE_DEVICE", "auto")
 LOOKALIKE_EMBED_BATCH_SIZE = env_int("LOOKALIKE_EMBED_BATCH_SIZE", 8, minimum=1)
 LOOKALIKE_MAX_UPLOAD_BYTES = env_int("LOOKALIKE_MAX_UPLOAD_BYTES", 40 * 1024 * 1024, minimum=1)
 LOOKALIKE_MAX_UPLOAD_FILES = env_int("LOOKALIKE_MAX_UPLOAD_FILES", 200, minimum=1)
+# Django refuses a request with more files than this before any view runs; leave room above
+# the site's own limit so that the upload view can answer with a clear message instead.
+DATA_UPLOAD_MAX_NUMBER_FILES = 2 * LOOKALIKE_MAX_UPLOAD_FILES
 LOOKALIKE_MAX_IMAGE_PIXELS = env_int("LOOKALIKE_MAX_IMAGE_PIXELS", 60_000_000, minimum=1)
 LOOKALIKE_PUBLIC_GALLERY = env_bool("LOOKALIKE_PUBLIC_GALLERY", True)
 LOOKALIKE_SEARCH_DEFAULT_K = env_int("LOOKALIKE_SEARCH_DEFAULT_K", 24, minimum=1)

@@ -1,5 +1,6 @@
 import pytest
 from django.urls import reverse
+from PIL import Image as PILImage
 
 from gallery.models import Image
 from tests import images
@@ -110,6 +111,15 @@ class TestUpload:
         assert response.status_code == 400
         assert response.json() == {"code": "too_many_files", "message": "Send at most 2 files at a time."}
         assert not Image.objects.exists()
+
+    def test_it_takes_as_many_files_as_the_setting_allows(self, alice_client, settings):
+        count = settings.LOOKALIKE_MAX_UPLOAD_FILES
+        files = [upload_file(f"{i}.png", images.encode(PILImage.new("RGB", (2, 2), (i % 256, i // 256, 0)), "PNG"),
+                             "image/png") for i in range(count)]
+        response = alice_client.post(reverse("gallery:upload"), {"files": files}, HTTP_ACCEPT="application/json")
+        assert response.status_code == 200
+        assert {r["status"] for r in response.json()["results"]} == {"accepted"}
+        assert Image.objects.count() == count
 
     def test_it_asks_for_a_file_when_none_is_sent(self, alice_client):
         response = alice_client.post(reverse("gallery:upload"), {})
