@@ -87,8 +87,12 @@ class IndexReader:
         self._signature = signature
         try:
             meta = self.store.read_meta()
+            if meta is not None and meta.identity != self.identity:
+                # Never compared with this site's vectors: the writer rebuilds it from the database.
+                raise IndexMismatch(f"{self.store.root} holds {meta.identity.describe()} vectors, "
+                                    f"not {self.identity.describe()}")
             index = self.store.load(meta, self.params) if meta else None
-        except SnapshotCorrupt as exc:
+        except (SnapshotCorrupt, IndexMismatch) as exc:
             if self.store.pointer_signature() != signature:
                 # A newer snapshot replaced this one while it was being read; take that one.
                 return self._load_snapshot(self.store.pointer_signature())
@@ -97,11 +101,6 @@ class IndexReader:
             if self.on_unusable_snapshot:
                 self.on_unusable_snapshot(str(exc))
             return
-        if meta is not None and meta.identity != self.identity:
-            raise IndexMismatch(
-                f"The index in {self.store.root} holds {meta.identity.describe()} vectors, but the site "
-                f"embeds with {self.identity.describe()}. Rebuild it: `python manage.py rebuild_index`."
-            )
         self._use_snapshot(meta, index)
 
     def _use_snapshot(self, meta: SnapshotMeta | None, index: HnswIndex | None) -> None:

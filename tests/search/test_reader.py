@@ -151,15 +151,19 @@ def test_a_corrupt_snapshot_falls_back_to_the_database_rows_and_reports_it(setup
     assert len(reports) == 1, "a corrupt snapshot is reported once, not on every query"
 
 
-def test_a_snapshot_of_other_vectors_is_an_error(setup):
+def test_a_snapshot_of_other_vectors_is_never_searched_and_is_reported(setup):
     source, store, _ = setup
-    other = IndexIdentity("other-backbone", "v9", 16)
-    index = HnswIndex(other, PARAMS)
-    index.upsert(np.array([1]), unit_vectors(1))
-    store.publish(index, applied_seq=1)
-    reader = IndexReader(store, IDENTITY, PARAMS, source)
-    with pytest.raises(IndexMismatch, match="other-backbone"):
-        reader.refresh()
+    reports = []
+    reader = IndexReader(store, IDENTITY, PARAMS, source, on_unusable_snapshot=reports.append)
+    vectors = unit_vectors(3)
+    source.add_all(vectors[:2])
+    other = HnswIndex(IndexIdentity("test-backbone", "v9", 16), PARAMS)
+    other.upsert(np.array([99]), vectors[2:3])
+    store.publish(other, applied_seq=2)
+    assert sorted(top_ids(reader, vectors[2], k=5)) == [1, 2]
+    assert reader.meta is None
+    assert len(reports) == 1
+    assert "v9" in reports[0]
 
 
 def test_a_query_of_the_wrong_dimension_is_an_error(setup):
