@@ -7,7 +7,6 @@ import numpy as np
 from django.conf import settings
 from PIL.Image import Image as PILImage
 
-from gallery.imaging import decode_image
 from gallery.models import Image
 from search import runtime
 from search.models import Embedding
@@ -58,10 +57,6 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int) -> list[list[Simila
     return similar_to_vectors(runtime.embedder().embed(pictures), k=k)
 
 
-def similar_to_picture(data: bytes, *, k: int) -> list[SimilarImage]:
-    """Search with an uploaded picture, which is validated like an upload and never stored."""
-    decoded = decode_image(data, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS)
-    return similar_to_pictures([decoded.image], k=k)[0]
 
 
 def similar_to_image(image: Image, *, k: int) -> list[SimilarImage]:

@@ -1,6 +1,7 @@
 """Search pages: search with a picture, and "find similar" from a gallery image."""
 from __future__ import annotations
 
+import base64
 import logging
 
 from django.conf import settings
@@ -10,7 +11,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from gallery import selectors as gallery_selectors
 from gallery.access import viewer_required
-from gallery.imaging import ImageRejected
+from gallery.imaging import ImageRejected, decode_image, encode_jpeg
 from gallery.services import read_limited
 from search import selectors
 from search.embedding import WeightsMissing
@@ -18,6 +19,8 @@ from search.embedding import WeightsMissing
 log = logging.getLogger(__name__)
 
 K_CHOICES = (12, 24, 48, 96)
+# The query is shown back inline, since it is never stored.
+QUERY_PREVIEW_SIDE = 192
 
 
 def _k_from(request: HttpRequest) -> int:
@@ -42,14 +45,18 @@ def search(request: HttpRequest) -> HttpResponse:
     if query is None:
         return _render_results(request, {"error": "Choose a picture to search with."}, status=400)
     try:
+        # Validated like an upload, and never stored.
         data = read_limited(query, settings.LOOKALIKE_MAX_UPLOAD_BYTES)
-        results = selectors.similar_to_picture(data, k=_k_from(request))
+        picture = decode_image(data, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS).image
+        [results] = selectors.similar_to_pictures([picture], k=_k_from(request))
     except ImageRejected as rejection:
         return _render_results(request, {"error": rejection.message}, status=400)
     except (selectors.SearchUnavailable, WeightsMissing) as exc:
         log.error("Search unavailable: %s", exc)
         return _render_results(request, {"error": str(exc)}, status=503)
-    return _render_results(request, {"results": results, "query_name": query.name, "searched": True})
+    preview = base64.b64encode(encode_jpeg(picture, max_side=QUERY_PREVIEW_SIDE, quality=80)).decode()
+    return _render_results(request, {"results": results, "query_name": query.name, "searched": True,
+                                     "query_preview": f"data:image/jpeg;base64,{preview}"})
 
 
 @require_GET

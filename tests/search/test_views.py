@@ -29,7 +29,9 @@ class TestSearchByPicture:
         assert results[0].image == gallery[3]
         # The gallery vector comes from the re-encoded display copy, hence not exactly 1.
         assert results[0].score > 0.99
-        assert "100%" in response.content.decode()
+        body = response.content.decode()
+        assert "100%" in body
+        assert 'src="data:image/jpeg;base64,' in body, "the query is shown back without being stored"
 
     def test_the_query_is_not_added_to_the_gallery(self, client, gallery):
         client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(99))})
