@@ -42,7 +42,3 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.original_name}"
-
-    @property
-    def is_settled(self) -> bool:
-        return self.state in (self.State.INDEXED, self.State.FAILED)

@@ -44,10 +44,11 @@ def embedder() -> Embedder:
                     device=settings.LOOKALIKE_DEVICE, batch_size=settings.LOOKALIKE_EMBED_BATCH_SIZE)
 
 
-def _ask_writer_to_rebuild(reason: str) -> None:
-    from search.tasks import sync_index
+def _ask_writer_to_rebuild(_reason: str) -> None:
+    # The reader has logged the reason; the writer rebuilds what it cannot use.
+    from search.services import queue_index_sync
 
-    sync_index.delay()
+    queue_index_sync()
 
 
 @functools.cache
