@@ -52,9 +52,9 @@ class DatabaseChangeSource:
     def __init__(self, identity: IndexIdentity) -> None:
         self.identity = identity
 
-    def changes_after(self, seq: int) -> list[Change]:
+    def changes_after(self, seq: int, limit: int | None = None) -> list[Change]:
         rows = IndexChange.objects.filter(seq__gt=seq).order_by("seq").values_list("seq", "image_id", "kind")
-        return [Change(s, image_id, kind == IndexChange.Kind.REMOVE) for s, image_id, kind in rows]
+        return [Change(s, image_id, kind == IndexChange.Kind.REMOVE) for s, image_id, kind in rows[:limit]]
 
     def vectors(self, image_ids: Collection[int]) -> dict[int, np.ndarray]:
         return vectors_for(self.identity, image_ids) if image_ids else {}

@@ -39,11 +39,19 @@ class Change:
 
 
 class ChangeSource(Protocol):
-    def changes_after(self, seq: int) -> list[Change]:
-        """Changes with a sequence number above ``seq``, in order."""
+    def changes_after(self, seq: int, limit: int | None = None) -> list[Change]:
+        """Changes with a sequence number above ``seq``, in order; the first ``limit`` of them."""
 
     def vectors(self, image_ids: Collection[int]) -> dict[int, np.ndarray]:
         """The current vectors of these images, for the reader's identity; absent ids are skipped."""
+
+
+def resolve_changes(changes: list[Change], source: ChangeSource) -> tuple[dict[int, np.ndarray], set[int]]:
+    """The current vector of every image these changes touch, and the images left without one
+    (removed, or whose vector is gone again already). Replaying them in any order is safe."""
+    removed_last = {c.image_id: c.removed for c in changes}
+    fresh = source.vectors([i for i, removed in removed_last.items() if not removed])
+    return fresh, set(removed_last) - set(fresh)
 
 
 @dataclass(frozen=True)
@@ -114,17 +122,14 @@ class IndexReader:
         changes = self.source.changes_after(self._tail_seq)
         if not changes:
             return
-        removed_last = {c.image_id: c.removed for c in changes}
-        fresh = self.source.vectors([i for i, removed in removed_last.items() if not removed])
-        for image_id in removed_last:
-            # The snapshot's copy of every changed image is superseded: by the tail's vector, or
-            # by nothing when the image was removed (or its vector is gone again already).
-            if image_id in fresh:
-                self._tail[image_id] = fresh[image_id]
-                self._removed.discard(image_id)
-            else:
-                self._tail.pop(image_id, None)
-                self._removed.add(image_id)
+        # The snapshot's copy of every changed image is superseded: by the tail's vector, or by
+        # nothing.
+        fresh, gone = resolve_changes(changes, self.source)
+        self._tail.update(fresh)
+        self._removed -= fresh.keys()
+        for image_id in gone:
+            self._tail.pop(image_id, None)
+        self._removed |= gone
         self._tail_seq = changes[-1].seq
         self._tail_matrix = None
 

@@ -23,6 +23,7 @@ from search import changelog, runtime
 from search.identity import IndexIdentity
 from search.index import HnswIndex, SnapshotCorrupt, SnapshotMeta, SnapshotStore
 from search.models import Embedding, IndexChange
+from search.reader import resolve_changes
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +174,11 @@ def index_sync() -> IndexSyncResult:
 
 def _sync_as_writer(store: SnapshotStore) -> IndexSyncResult:
     identity = runtime.index_identity()
-    meta = _usable_meta(store, identity)
+    latest = changelog.last_seq()
+    meta = _usable_meta(store, identity, latest)
     if meta is None:
         return IndexSyncResult("published", _rebuild_as_writer(store, identity))
-    if changelog.last_seq() <= meta.applied_seq:
+    if latest <= meta.applied_seq:
         return IndexSyncResult("up_to_date", meta)
     wait = meta.created_at + _snapshot_spacing(meta) - time.time()
     if wait > 0:
@@ -188,14 +190,13 @@ def _sync_as_writer(store: SnapshotStore) -> IndexSyncResult:
     if index is None:
         return IndexSyncResult("published", _rebuild_as_writer(store, identity))
     applied = meta.applied_seq
-    while changes := list(IndexChange.objects.filter(seq__gt=applied).order_by("seq")
-                          .values_list("seq", "image_id", "kind")[:_APPLY_CHUNK]):
-        removed_last = {image_id: kind == IndexChange.Kind.REMOVE for _, image_id, kind in changes}
-        fresh = changelog.vectors_for(identity, [i for i, removed in removed_last.items() if not removed])
+    source = changelog.DatabaseChangeSource(identity)
+    while changes := source.changes_after(applied, limit=_APPLY_CHUNK):
+        fresh, gone = resolve_changes(changes, source)
         if fresh:
             index.upsert(np.fromiter(fresh, dtype=np.int64, count=len(fresh)), np.stack(list(fresh.values())))
-        index.remove(i for i in removed_last if i not in fresh)
-        applied = changes[-1][0]
+        index.remove(gone)
+        applied = changes[-1].seq
     return IndexSyncResult("published", _publish(store, index, applied))
 
 
@@ -206,7 +207,7 @@ def _snapshot_spacing(meta: SnapshotMeta) -> float:
     return max(interval, 5 * meta.publish_seconds) if interval > 0 else 0.0
 
 
-def _usable_meta(store: SnapshotStore, identity: IndexIdentity) -> SnapshotMeta | None:
+def _usable_meta(store: SnapshotStore, identity: IndexIdentity, latest_seq: int) -> SnapshotMeta | None:
     try:
         meta = store.read_meta()
     except SnapshotCorrupt as exc:
@@ -216,7 +217,7 @@ def _usable_meta(store: SnapshotStore, identity: IndexIdentity) -> SnapshotMeta 
         log.warning("Rebuilding the index: it holds %s vectors, the site now uses %s",
                     meta.identity.describe(), identity.describe())
         return None
-    if meta is not None and meta.applied_seq > changelog.last_seq():
+    if meta is not None and meta.applied_seq > latest_seq:
         log.error("Rebuilding the index: its snapshot is ahead of the database (restored from a backup?)")
         return None
     return meta

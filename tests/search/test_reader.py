@@ -28,8 +28,8 @@ class MemorySource:
         self.rows.pop(image_id, None)
         self.log.append(Change(len(self.log) + 1, image_id, removed=True))
 
-    def changes_after(self, seq: int) -> list[Change]:
-        return [c for c in self.log if c.seq > seq]
+    def changes_after(self, seq: int, limit: int | None = None) -> list[Change]:
+        return [c for c in self.log if c.seq > seq][:limit]
 
     def vectors(self, image_ids):
         return {i: self.rows[i] for i in image_ids if i in self.rows}
