@@ -4,6 +4,17 @@ from django.conf import settings
 from django.db import models
 
 
+class Tag(models.Model):
+    # Stored lower-case, so that "Cat" and "cat" are one tag.
+    name = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Image(models.Model):
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -26,6 +37,9 @@ class Image(models.Model):
     display = models.FileField(max_length=255)
     thumbnail = models.FileField(max_length=255)
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    # Hidden images stay indexed but never appear in search or the public gallery.
+    hidden = models.BooleanField(default=False)
+    tags = models.ManyToManyField(Tag, blank=True, related_name="images")
     error = models.TextField(blank=True)
     # Which embedding run holds the image while it is in EMBEDDING, and since when.
     claim_token = models.CharField(max_length=64, blank=True)

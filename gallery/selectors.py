@@ -8,14 +8,14 @@ from gallery.models import Image
 
 
 def image_list_visible(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Image]:
-    """Indexed images for everyone; a signed-in user also sees their own uploads in progress or failed,
-    and staff see every image."""
+    """Indexed, unhidden images for everyone; a signed-in user also sees their own uploads in progress,
+    failed or hidden, and staff see every image."""
     images = Image.objects.select_related("owner")
     if user.is_authenticated and user.is_staff:
         return images
     if user.is_authenticated:
-        return images.filter(Q(state=Image.State.INDEXED) | Q(owner=user))
-    return images.filter(state=Image.State.INDEXED)
+        return images.filter(Q(state=Image.State.INDEXED, hidden=False) | Q(owner=user))
+    return images.filter(state=Image.State.INDEXED, hidden=False)
 
 
 def image_can_manage(*, image: Image, user: AbstractBaseUser | AnonymousUser) -> bool:

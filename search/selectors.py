@@ -23,7 +23,7 @@ class SimilarImage:
 
 
 def visible_image_ids(ids: set[int]) -> set[int]:
-    return set(Image.objects.filter(id__in=ids, state=Image.State.INDEXED).values_list("id", flat=True))
+    return set(Image.objects.filter(id__in=ids, state=Image.State.INDEXED, hidden=False).values_list("id", flat=True))
 
 
 def _ensure_one_vector_kind() -> None:
@@ -55,8 +55,6 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int) -> list[list[Simila
     if not pictures:
         return []
     return similar_to_vectors(runtime.embedder().embed(pictures), k=k)
-
-
 
 
 def similar_to_image(image: Image, *, k: int) -> list[SimilarImage]:

@@ -23,6 +23,15 @@ class TestGallery:
         assert shown.thumbnail.url in response.content.decode()
         assert "still-queued.jpg" not in response.content.decode()
 
+    def test_hidden_images_are_shown_to_their_owner_only(self, client, user, other_user):
+        mine = indexed(images.jpeg(1), "hidden-mine.jpg")
+        Image.objects.filter(pk=mine.pk).update(hidden=True, owner=user)
+        assert "hidden-mine.jpg" not in client.get(reverse("gallery:index")).content.decode()
+        client.force_login(other_user)
+        assert "hidden-mine.jpg" not in client.get(reverse("gallery:index")).content.decode()
+        client.force_login(user)
+        assert "hidden-mine.jpg" in client.get(reverse("gallery:index")).content.decode()
+
     def test_an_owner_also_sees_their_images_in_progress(self, alice_client, user):
         store(images.jpeg(2), "mine-queued.jpg", owner=user)
         assert "mine-queued.jpg" in alice_client.get(reverse("gallery:index")).content.decode()

@@ -75,6 +75,14 @@ class TestSearchByPicture:
         assert gallery[3].pk not in result_ids(response)
         assert len(result_ids(response)) == 5
 
+    def test_a_hidden_image_never_comes_back(self, client, gallery):
+        services.index_sync()
+        gallery[3].hidden = True
+        gallery[3].save(update_fields=["hidden"])
+        response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(3)), "k": 96})
+        assert gallery[3].pk not in result_ids(response)
+        assert len(result_ids(response)) == 5
+
     def test_an_image_indexed_after_the_snapshot_is_found(self, client, gallery):
         services.index_sync()
         late = store_indexed(images.jpeg(42), "late.jpg")
