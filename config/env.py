@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -74,3 +75,28 @@ def env_list(name: str, default: list[str]) -> list[str]:
 def env_path(name: str, default: Path) -> Path:
     value = _raw(name)
     return Path(value).expanduser().resolve() if value else default
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+_PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
+def parse_rate(name: str, value: str) -> tuple[int, int] | None:
+    """``"60/minute"`` as (60, 60): how many, per how many seconds. "0" or empty means no limit."""
+    if value.strip() in ("", "0"):
+        return None
+    match = _RATE.match(value)
+    if not match:
+        raise ImproperlyConfigured(
+            f"{name}={value!r} is not a rate; write it as COUNT/PERIOD with a period of second, minute, hour "
+            "or day (e.g. 60/minute), or 0 for no limit."
+        )
+    count = int(match.group(1))
+    return (count, _PERIOD_SECONDS[match.group(2).lower()]) if count else None
+
+
+def env_rate(name: str, default: str) -> str:
+    """A rate such as "60/minute", checked now and kept as written (see ``parse_rate``)."""
+    value = _raw(name) or default
+    parse_rate(name, value)
+    return value

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from config.env import env_bool, env_float, env_int, env_list, env_optional, env_path, env_str
+from config.env import env_bool, env_float, env_int, env_list, env_optional, env_path, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 
@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "gallery",
     "search",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -121,6 +122,7 @@ LOGGING = {
     "loggers": {
         "gallery": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO"), "propagate": False},
         "search": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO"), "propagate": False},
+        "api": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO"), "propagate": False},
     },
 }
 
@@ -135,6 +137,13 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
     if CELERY_BROKER_URL.startswith("filesystem://")
     else {"visibility_timeout": 3600}
 )
+# The cache holds the rate-limit counters, which every web process must share: Redis when it is
+# configured, otherwise files under VAR_DIR, which all processes on one machine see.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(VAR_DIR / "cache")}
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
@@ -164,3 +173,9 @@ LOOKALIKE_INDEX_EF_CONSTRUCTION = env_int("LOOKALIKE_INDEX_EF_CONSTRUCTION", 200
 LOOKALIKE_INDEX_EF_SEARCH = env_int("LOOKALIKE_INDEX_EF_SEARCH", 128, minimum=1)
 LOOKALIKE_SNAPSHOT_INTERVAL = env_float("LOOKALIKE_SNAPSHOT_INTERVAL", 2.0, minimum=0.0)
 LOOKALIKE_EMBED_LEASE_SECONDS = env_int("LOOKALIKE_EMBED_LEASE_SECONDS", 600, minimum=1)
+# Rate limits per signed-in user, or per client address for anonymous requests ("0" turns one off).
+LOOKALIKE_RATE_LIMIT_SEARCH = env_rate("LOOKALIKE_RATE_LIMIT_SEARCH", "60/minute")
+LOOKALIKE_RATE_LIMIT_UPLOAD = env_rate("LOOKALIKE_RATE_LIMIT_UPLOAD", "300/hour")  # counts files
+LOOKALIKE_RATE_LIMIT_URL_FETCH = env_rate("LOOKALIKE_RATE_LIMIT_URL_FETCH", "20/minute")
+# How many reverse proxies in front of the site append to X-Forwarded-For; 0 trusts only REMOTE_ADDR.
+LOOKALIKE_TRUSTED_PROXY_COUNT = env_int("LOOKALIKE_TRUSTED_PROXY_COUNT", 0, minimum=0)

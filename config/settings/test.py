@@ -9,8 +9,9 @@ os.environ.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="lookalike-test-"))
 # other's tasks.
 os.environ.setdefault("LOOKALIKE_TEST_QUEUE", f"lookalike-test-{uuid.uuid4().hex[:12]}")
 
+from config.env import env_rate
 from config.settings.base import *  # noqa: F403
-from config.settings.base import DATABASES, VAR_DIR
+from config.settings.base import CACHES, DATABASES, VAR_DIR
 
 SECRET_KEY = "test-only-secret-key"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -28,3 +29,10 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ["LOOKALIKE_TEST_QUEUE"]
 LOOKALIKE_SNAPSHOT_INTERVAL = 0.2
+# Cache keys of this session's own (a Redis may be shared); a test may pass another prefix to
+# the processes it starts through LOOKALIKE_TEST_CACHE_PREFIX.
+CACHES["default"]["KEY_PREFIX"] = os.environ.get("LOOKALIKE_TEST_CACHE_PREFIX") or os.environ["LOOKALIKE_TEST_QUEUE"]
+# No rate limits unless a test, or a process it starts, sets them.
+LOOKALIKE_RATE_LIMIT_SEARCH = env_rate("LOOKALIKE_RATE_LIMIT_SEARCH", "0")
+LOOKALIKE_RATE_LIMIT_UPLOAD = env_rate("LOOKALIKE_RATE_LIMIT_UPLOAD", "0")
+LOOKALIKE_RATE_LIMIT_URL_FETCH = env_rate("LOOKALIKE_RATE_LIMIT_URL_FETCH", "0")
