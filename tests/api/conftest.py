@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from api.services import api_token_create
+
+
+@pytest.fixture
+def fresh_cache(settings) -> str:
+    """A cache namespace of this test's own, so that no counter of another test is seen."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": prefix}}
+    return prefix
+
+
+@pytest.fixture
+def secret(user) -> str:
+    return api_token_create(user=user, name="script")[1]
+
+
+@pytest.fixture
+def other_secret(other_user) -> str:
+    return api_token_create(user=other_user, name="bob's script")[1]
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
