@@ -17,7 +17,7 @@ from functools import wraps
 from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import render
 
@@ -104,19 +104,25 @@ def rate_limit_hit(request: HttpRequest, *, scope: str, cost: int = 1) -> None:
 
 
 def files_in(field: str) -> Callable[[HttpRequest], int]:
-    """The cost of an upload: how many files it sends in ``field``. A body that cannot be parsed
-    costs nothing here; the view refuses it with its own message."""
+    """The cost of an upload: how many files it sends in ``field``. A body that cannot be parsed, or
+    with more files than one request may send, costs nothing here: the view refuses it with its own
+    message, and a refused request should not use up the budget."""
     def count(request: HttpRequest) -> int:
         try:
-            return len(request.FILES.getlist(field))
+            files = len(request.FILES.getlist(field))
         except (BadRequest, SuspiciousOperation, MultiPartParserError, RequestDataTooBig, OSError):
             return 0
+        return files if files <= settings.LOOKALIKE_MAX_UPLOAD_FILES else 0
 
     return count
 
 
 def too_many_requests_page(request: HttpRequest, exc: RateLimited) -> HttpResponse:
-    response = render(request, "api/rate_limited.html", {"message": exc.message}, status=429)
+    """A page saying so, or the site's JSON error to a page's script that asked for JSON."""
+    if "application/json" in request.headers.get("Accept", ""):
+        response: HttpResponse = JsonResponse({"code": "rate_limited", "message": exc.message}, status=429)
+    else:
+        response = render(request, "api/rate_limited.html", {"message": exc.message}, status=429)
     response["Retry-After"] = str(exc.retry_after)
     return response
 

@@ -14,6 +14,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from api.ratelimit import files_in, rate_limit
 from gallery import selectors, services
 from gallery.access import viewer_required
 from gallery.models import Image
@@ -56,6 +57,7 @@ def _wants_json(request: HttpRequest) -> bool:
 
 @login_required
 @require_http_methods(["GET", "POST"])
+@rate_limit("upload", cost=files_in("files"))
 def upload(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "gallery/upload.html")

@@ -32,6 +32,19 @@ class TestEnvironmentHelpers:
         with pytest.raises(ImproperlyConfigured, match="Set the environment variable SOME_SECRET"):
             env.env_str("SOME_SECRET")
 
+    @pytest.mark.parametrize(("raw", "expected"), [
+        ("60/minute", (60, 60)), ("300 / hours", (300, 3600)), ("5/SECOND", (5, 1)), ("1/day", (1, 86400)),
+        ("0", None), ("", None), ("0/minute", None),
+    ])
+    def test_rates_are_a_count_per_period(self, raw, expected):
+        assert env.parse_rate("SOME_RATE", raw) == expected
+
+    @pytest.mark.parametrize("raw", ["lots", "60", "60/fortnight", "-1/minute", "1.5/hour", "/minute", "60/"])
+    def test_a_malformed_rate_names_the_variable(self, monkeypatch, raw):
+        monkeypatch.setenv("SOME_RATE", raw)
+        with pytest.raises(ImproperlyConfigured, match=r"SOME_RATE=.* is not a rate; write it as COUNT/PERIOD"):
+            env.env_rate("SOME_RATE", "1/minute")
+
     def test_lists_are_comma_separated(self, monkeypatch):
         monkeypatch.setenv("SOME_HOSTS", "a.example, b.example,")
         assert env.env_list("SOME_HOSTS", []) == ["a.example", "b.example"]
@@ -104,3 +117,25 @@ def test_docker_compose_runs_commands_that_exist():
                                         env=bare_env(DATA_DIR=os.environ["DATA_DIR"]), capture_output=True)
                 assert listed.returncode == 0, f"{name}: manage.py {subcommand} does not exist"
     assert (PROJECT_ROOT / services["web"]["build"] / "Dockerfile").exists()
+
+
+class TestCache:
+    """Rate-limit counters live in the cache, which every web process must share."""
+
+    def cache_setting(self, environ: dict[str, str]) -> str:
+        proc = manage(environ, "shell", "-c", "from django.conf import settings; print(settings.CACHES['default'])")
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def test_it_is_redis_when_redis_is_configured(self, tmp_path):
+        shown = self.cache_setting(bare_env(DATA_DIR=str(tmp_path), REDIS_URL="redis://cache.example:6379/3"))
+        assert "RedisCache" in shown and "redis://cache.example:6379/3" in shown
+
+    def test_it_is_files_in_the_data_directory_otherwise(self, tmp_path):
+        shown = self.cache_setting(bare_env(DATA_DIR=str(tmp_path)))
+        assert "FileBasedCache" in shown and str(tmp_path / "var" / "cache") in shown
+
+    def test_a_malformed_rate_limit_stops_start_up(self, tmp_path):
+        proc = manage(bare_env(DATA_DIR=str(tmp_path), LOOKALIKE_RATE_LIMIT_SEARCH="lots"), "check")
+        assert proc.returncode != 0
+        assert "LOOKALIKE_RATE_LIMIT_SEARCH='lots' is not a rate" in proc.stderr

@@ -1,0 +1,219 @@
+import subprocess
+import sys
+import time
+
+import pytest
+from django.test import Client, RequestFactory
+from django.urls import reverse
+
+from api.ratelimit import RateLimited, client_address, rate_limit, rate_limit_hit
+from api.services import api_token_create
+from gallery.models import Image
+from tests import images
+from tests.api.conftest import bearer
+from tests.conftest import PROJECT_ROOT, process_env, upload_file
+
+IMAGES_URL = "/api/v1/images"
+
+
+def anonymous_request(address: str = "192.0.2.1", forwarded: str | None = None):
+    request = RequestFactory().post("/", REMOTE_ADDR=address,
+                                    **({"HTTP_X_FORWARDED_FOR": forwarded} if forwarded else {}))
+    from django.contrib.auth.models import AnonymousUser
+
+    request.user = AnonymousUser()
+    return request
+
+
+def user_request(user, address: str = "192.0.2.1"):
+    request = anonymous_request(address)
+    request.user = user
+    return request
+
+
+def upload(client, secret, *seeds: int):
+    files = [upload_file(f"{seed}.jpg", images.jpeg(seed, size=(32, 32))) for seed in seeds]
+    return client.post(IMAGES_URL, {"image": files}, headers=bearer(secret))
+
+
+class TestTheApi:
+    def test_requests_beyond_the_limit_get_429_and_retry_after(self, client, user, secret, settings, fresh_cache):
+        settings.LOOKALIKE_RATE_LIMIT_UPLOAD = "2/day"
+        assert upload(client, secret, 1).status_code == 202
+        assert upload(client, secret, 2).status_code == 202
+        response = upload(client, secret, 3)
+        assert response.status_code == 429
+        assert response.json()["code"] == "rate_limited"
+        assert "2 per day" in response.json()["message"]
+        assert 1 <= int(response["Retry-After"]) <= 86400
+        assert Image.objects.count() == 2
+
+    def test_uploads_count_files_and_a_refused_request_uses_nothing(self, client, user, secret, settings,
+                                                                    fresh_cache):
+        settings.LOOKALIKE_RATE_LIMIT_UPLOAD = "3/day"
+        assert upload(client, secret, 1, 2).status_code == 202
+        assert upload(client, secret, 3, 4).status_code == 429, "two files do not fit in what is left"
+        assert upload(client, secret, 5).status_code == 202
+        assert upload(client, secret, 6).status_code == 429
+        assert Image.objects.count() == 3
+
+    def test_each_user_has_a_budget_of_their_own(self, client, user, secret, other_secret, settings, fresh_cache):
+        settings.LOOKALIKE_RATE_LIMIT_UPLOAD = "1/day"
+        assert upload(client, secret, 1).status_code == 202
+        assert upload(client, secret, 2).status_code == 429
+        assert upload(client, other_secret, 3).status_code == 202, "the same address, another user"
+
+    def test_a_limit_of_zero_is_no_limit(self, client, user, secret, settings, fresh_cache):
+        settings.LOOKALIKE_RATE_LIMIT_UPLOAD = "0"
+        for seed in range(5):
+            assert upload(client, secret, seed).status_code == 202
+
+    def test_a_new_window_starts_afresh(self, client, user, secret, settings, fresh_cache):
+        settings.LOOKALIKE_RATE_LIMIT_UPLOAD = "1/second"
+        # Start just after a second begins, so that two uploads fit in one window.
+        time.sleep(1 - time.time() % 1 + 0.01)
+        assert upload(client, secret, 1).status_code == 202
+        refused = upload(client, secret, 2)
+        assert refused.status_code == 429 and refused["Retry-After"] == "1"
+        time.sleep(1 - time.time() % 1 + 0.01)
+        assert upload(client, secret, 2).status_code == 202
+
+
+class TestTheUploadPage:
+    def test_it_is_limited_by_files_too(self, client, user, settings, fresh_cache):
+        settings.LOOKALIKE_RATE_LIMIT_UPLOAD = "2/day"
+        client.force_login(user)
+
+        def files(count: int) -> list:
+            return [upload_file(f"{i}.jpg", images.jpeg(i, size=(32, 32))) for i in range(count)]
+
+        response = client.post(reverse("gallery:upload"), {"files": files(3)})
+        assert response.status_code == 429
+        assert "Too many uploaded files" in response.content.decode()
+        assert int(response["Retry-After"]) >= 1
+        assert client.get(reverse("gallery:upload")).status_code == 200, "showing the form is free"
+        scripted = client.post(reverse("gallery:upload"), {"files": files(3)}, headers={"Accept": "application/json"})
+        assert scripted.status_code == 429 and scripted.json()["code"] == "rate_limited"
+        assert client.post(reverse("gallery:upload"), {"files": files(2)}).status_code == 200
+        assert Image.objects.count() == 2
+
+    def test_a_request_with_too_many_files_is_refused_without_using_the_budget(self, client, user, settings,
+                                                                               fresh_cache):
+        settings.LOOKALIKE_RATE_LIMIT_UPLOAD = "3/day"
+        settings.LOOKALIKE_MAX_UPLOAD_FILES = 2
+        client.force_login(user)
+        files = [upload_file(f"{i}.jpg", images.jpeg(i, size=(32, 32))) for i in range(3)]
+        assert client.post(reverse("gallery:upload"), {"files": files}).status_code == 400
+        for file in files:
+            file.seek(0)
+        assert client.post(reverse("gallery:upload"), {"files": files[:2]}).status_code == 200
+        assert Image.objects.count() == 2
+
+
+class TestWhoIsCounted:
+    def test_anonymous_requests_count_per_address_and_users_per_account(self, user, other_user, settings,
+                                                                        fresh_cache):
+        settings.LOOKALIKE_RATE_LIMIT_SEARCH = "2/day"
+        for _ in range(2):
+            rate_limit_hit(anonymous_request("192.0.2.1"), scope="search")
+        with pytest.raises(RateLimited):
+            rate_limit_hit(anonymous_request("192.0.2.1"), scope="search")
+        rate_limit_hit(anonymous_request("192.0.2.2"), scope="search")
+        rate_limit_hit(user_request(user, "192.0.2.1"), scope="search")
+        rate_limit_hit(user_request(user, "192.0.2.1"), scope="search")
+        with pytest.raises(RateLimited):
+            rate_limit_hit(user_request(user, "198.51.100.9"), scope="search")
+        rate_limit_hit(user_request(other_user, "192.0.2.1"), scope="search")
+
+    def test_scopes_count_apart(self, settings, fresh_cache):
+        settings.LOOKALIKE_RATE_LIMIT_SEARCH = "1/day"
+        settings.LOOKALIKE_RATE_LIMIT_URL_FETCH = "1/day"
+        rate_limit_hit(anonymous_request(), scope="search")
+        rate_limit_hit(anonymous_request(), scope="url_fetch")
+        with pytest.raises(RateLimited, match="Too many URL fetches"):
+            rate_limit_hit(anonymous_request(), scope="url_fetch")
+
+    def test_forwarded_addresses_are_ignored_unless_proxies_are_trusted(self, settings):
+        request = anonymous_request("10.0.0.5", forwarded="203.0.113.9, 198.51.100.7")
+        assert client_address(request) == "10.0.0.5"
+        settings.LOOKALIKE_TRUSTED_PROXY_COUNT = 1
+        assert client_address(request) == "198.51.100.7", "what the one trusted proxy saw; the rest is forgeable"
+        settings.LOOKALIKE_TRUSTED_PROXY_COUNT = 2
+        assert client_address(request) == "203.0.113.9"
+        settings.LOOKALIKE_TRUSTED_PROXY_COUNT = 3
+        assert client_address(request) == "10.0.0.5", "fewer entries than proxies: the header is not trusted"
+        settings.LOOKALIKE_TRUSTED_PROXY_COUNT = 1
+        assert client_address(anonymous_request("10.0.0.5", forwarded="not-an-address")) == "10.0.0.5"
+
+    def test_clients_behind_a_trusted_proxy_count_apart(self, settings, fresh_cache):
+        settings.LOOKALIKE_TRUSTED_PROXY_COUNT = 1
+        settings.LOOKALIKE_RATE_LIMIT_SEARCH = "1/day"
+        rate_limit_hit(anonymous_request("10.0.0.5", forwarded="203.0.113.1"), scope="search")
+        rate_limit_hit(anonymous_request("10.0.0.5", forwarded="203.0.113.2"), scope="search")
+        with pytest.raises(RateLimited):
+            rate_limit_hit(anonymous_request("10.0.0.5", forwarded="198.51.100.1, 203.0.113.1"), scope="search")
+
+
+CHILD = """
+import sys
+import django
+django.setup()
+from django.contrib.auth.models import AnonymousUser
+from django.test import RequestFactory
+from api.ratelimit import RateLimited, rate_limit_hit
+refused = 0
+for _ in range(int(sys.argv[1])):
+    request = RequestFactory().post("/", REMOTE_ADDR="192.0.2.77")
+    request.user = AnonymousUser()
+    try:
+        rate_limit_hit(request, scope="search")
+    except RateLimited:
+        refused += 1
+print(refused)
+"""
+
+
+def test_the_limit_holds_across_processes(settings, fresh_cache, db):
+    settings.LOOKALIKE_RATE_LIMIT_SEARCH = "3/day"
+    env = dict(process_env(), LOOKALIKE_TEST_CACHE_PREFIX=fresh_cache, LOOKALIKE_RATE_LIMIT_SEARCH="3/day")
+
+    def child(hits: int) -> int:
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(hits)], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return int(proc.stdout.strip())
+
+    assert child(2) == 0
+    rate_limit_hit(anonymous_request("192.0.2.77"), scope="search")
+    assert child(1) == 1, "another process sees this one's request"
+    with pytest.raises(RateLimited):
+        rate_limit_hit(anonymous_request("192.0.2.77"), scope="search")
+
+
+def test_the_decorator_counts_only_the_methods_it_is_told(settings, fresh_cache):
+    settings.LOOKALIKE_RATE_LIMIT_SEARCH = "1/day"
+    from django.http import HttpResponse
+
+    view = rate_limit("search", methods=("GET", "POST"))(lambda request: HttpResponse("ok"))
+    get = RequestFactory().get("/", REMOTE_ADDR="192.0.2.8")
+    from django.contrib.auth.models import AnonymousUser
+
+    get.user = AnonymousUser()
+    assert view(get).status_code == 200
+    assert view(get).status_code == 429
+
+
+def test_an_unknown_scope_is_a_programming_error():
+    with pytest.raises(ValueError, match="Unknown rate-limit scope"):
+        rate_limit("searches")
+
+
+def test_a_token_is_counted_as_its_user(client, user, settings, fresh_cache):
+    settings.LOOKALIKE_RATE_LIMIT_UPLOAD = "1/day"
+    _, first = api_token_create(user=user, name="one")
+    _, second = api_token_create(user=user, name="two")
+    assert upload(client, first, 1).status_code == 202
+    assert upload(client, second, 2).status_code == 429
+    browser = Client()
+    browser.force_login(user)
+    assert browser.post(reverse("gallery:upload"), {"files": [upload_file("3.jpg", images.jpeg(3))]}).status_code == 429
