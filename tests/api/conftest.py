@@ -5,6 +5,8 @@ import uuid
 import pytest
 
 from api.services import api_token_create
+from gallery.models import Image
+from tests.conftest import store
 
 
 @pytest.fixture
@@ -27,3 +29,11 @@ def other_secret(other_user) -> str:
 
 def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
+
+
+def indexed(data: bytes, name: str = "p.jpg", owner=None, **fields) -> Image:
+    """A stored image marked indexed (no vector: for tests that do not search)."""
+    image = store(data, name, owner)
+    Image.objects.filter(pk=image.pk).update(state=Image.State.INDEXED, **fields)
+    image.refresh_from_db()
+    return image

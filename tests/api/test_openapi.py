@@ -1,13 +1,20 @@
 """The API behaves as its OpenAPI description says: fuzzed by schemathesis against the running
 site, and, status by status, by real requests whose answers are validated against the description."""
+import json
+from types import SimpleNamespace
+
+import jsonschema_rs
 import pytest
 import schemathesis
+from django.test import Client
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from api.openapi import openapi_description
 from api.services import api_token_create
-from tests.api.conftest import bearer
+from tests import images
+from tests.api.conftest import bearer, indexed
+from tests.conftest import upload_file
 
 schema = schemathesis.openapi.from_dict(openapi_description())
 
@@ -25,3 +32,118 @@ def test_the_api_keeps_to_its_description(case, live_server, live_secret):
     # cannot say "a decodable picture": random bytes in `image` are rightly refused (415).
     case.call_and_validate(base_url=live_server.url, headers=bearer(live_secret),
                            excluded_checks=[positive_data_acceptance])
+
+
+# Status by status ------------------------------------------------------------------------------
+
+DESCRIPTION = openapi_description()
+IMAGES = "/api/v1/images"
+IMAGE = "/api/v1/images/{image_id}"
+
+
+def documented() -> set[tuple[str, str, int]]:
+    return {(method.upper(), path, int(status))
+            for path, item in DESCRIPTION["paths"].items()
+            for method, operation in item.items() if method != "parameters"
+            for status in operation["responses"]}
+
+
+def validate(response, method: str, path: str) -> None:
+    """The response is one the description lists for this operation, and has the described shape."""
+    operation = DESCRIPTION["paths"][path][method.lower()]
+    assert str(response.status_code) in operation["responses"], f"{method} {path}: undocumented {response.status_code}"
+    described = operation["responses"][str(response.status_code)]
+    for header in described.get("headers", {}):
+        assert response.has_header(header), f"{method} {path} {response.status_code}: no {header} header"
+    content = described.get("content")
+    if content is None:
+        assert response.content == b""
+        return
+    media_type = response["Content-Type"].split(";")[0]
+    assert media_type in content, f"{method} {path} {response.status_code}: {media_type} is not described"
+    if media_type == "application/json":
+        schema = {**content[media_type]["schema"], "components": DESCRIPTION["components"]}
+        jsonschema_rs.validator_for(schema).validate(json.loads(response.content))
+
+
+@pytest.fixture
+def world(user, other_user, secret):
+    """Alice (with a token and an image of her own) and Bob's public image."""
+    return SimpleNamespace(secret=secret, mine=indexed(images.jpeg(1), "mine.jpg", owner=user),
+                           theirs=indexed(images.jpeg(2), "theirs.jpg", owner=other_user), user=user)
+
+
+def image_path(image) -> str:
+    return IMAGE.replace("{image_id}", str(image.pk))
+
+
+def upload_as(client, world, *files, **extra):
+    return client.post(IMAGES, {"image": list(files)}, headers=bearer(world.secret), **extra)
+
+
+def session_client(user, *, csrf: bool = False) -> Client:
+    browser = Client(enforce_csrf_checks=csrf)
+    browser.force_login(user)
+    return browser
+
+
+SCENARIOS = {
+    ("POST", IMAGES, 202): [lambda client, w: upload_as(client, w, upload_file("new.jpg", images.jpeg(7)))],
+    ("POST", IMAGES, 400): [lambda client, w: upload_as(client, w),
+                            lambda client, w: upload_as(client, w, upload_file("empty.jpg", b""))],
+    ("POST", IMAGES, 401): [lambda client, w: client.post(IMAGES, {"image": upload_file("a.jpg", images.jpeg(7))})],
+    ("POST", IMAGES, 403): [lambda client, w: session_client(w.user, csrf=True).post(
+        IMAGES, {"image": upload_file("a.jpg", images.jpeg(7))})],
+    ("POST", IMAGES, 413): [
+        lambda client, w: upload_as(client, w, upload_file("a.jpg", images.jpeg(7)), CONTENT_LENGTH=str(10**13)),
+        lambda client, w: upload_as(client, w, upload_file("big.bin", b"x" * 2000)),
+    ],
+    ("POST", IMAGES, 415): [lambda client, w: upload_as(client, w, upload_file("a.txt", b"text", "text/plain"))],
+    ("POST", IMAGES, 429): [lambda client, w: [upload_as(client, w, upload_file(f"{i}.jpg", images.jpeg(10 + i)))
+                                               for i in range(3)][-1]],
+    ("GET", IMAGE, 200): [lambda client, w: client.get(image_path(w.theirs))],
+    ("GET", IMAGE, 401): [lambda client, w: client.get(image_path(w.theirs), headers=bearer("lka_wrong"))],
+    ("GET", IMAGE, 404): [lambda client, w: client.get(IMAGE.replace("{image_id}", "987654"))],
+    ("DELETE", IMAGE, 204): [lambda client, w: client.delete(image_path(w.mine), headers=bearer(w.secret))],
+    ("DELETE", IMAGE, 401): [lambda client, w: client.delete(image_path(w.mine))],
+    ("DELETE", IMAGE, 403): [lambda client, w: client.delete(image_path(w.theirs), headers=bearer(w.secret)),
+                             lambda client, w: session_client(w.user, csrf=True).delete(image_path(w.mine))],
+    ("DELETE", IMAGE, 404): [lambda client, w: client.delete(IMAGE.replace("{image_id}", "987654"),
+                                                             headers=bearer(w.secret))],
+    ("GET", "/api/v1/openapi.json", 200): [lambda client, w: client.get("/api/v1/openapi.json")],
+    ("GET", "/api/v1/docs/", 200): [lambda client, w: client.get("/api/v1/docs/")],
+}
+
+
+@pytest.mark.parametrize(("key", "index"), [(key, i) for key, makers in SCENARIOS.items()
+                                            for i in range(len(makers))],
+                         ids=lambda value: " ".join(map(str, value)) if isinstance(value, tuple) else str(value))
+def test_each_documented_status_happens_as_described(client, world, settings, fresh_cache, key, index):
+    method, path, status = key
+    settings.LOOKALIKE_MAX_UPLOAD_BYTES = 1000 if key == ("POST", IMAGES, 413) else settings.LOOKALIKE_MAX_UPLOAD_BYTES
+    settings.LOOKALIKE_RATE_LIMIT_UPLOAD = "2/day"
+    response = SCENARIOS[key][index](client, world)
+    assert response.status_code == status, response.content[:300]
+    validate(response, method, path)
+
+
+def test_every_documented_status_has_a_scenario():
+    assert set(SCENARIOS) == documented()
+
+
+def test_the_description_is_served_as_it_is_written(client, db):
+    assert client.get("/api/v1/openapi.json").json() == json.loads(json.dumps(DESCRIPTION))
+
+
+def test_the_docs_page_is_rendered_from_the_description(client, db):
+    body = client.get("/api/v1/docs/").content.decode()
+    for path, item in DESCRIPTION["paths"].items():
+        for method, operation in item.items():
+            if method != "parameters":
+                assert f'id="{operation["operationId"]}"' in body and path in body
+                for status in operation["responses"]:
+                    assert f"<code>{status}</code>" in body
+    for name in DESCRIPTION["components"]["schemas"]:
+        assert f'id="schema-{name}"' in body
+    assert "<script" not in body.split("</main>")[0], "readable without scripts"
+    assert "http://" not in body.replace("http://testserver", "") and "cdn" not in body.lower()

@@ -9,7 +9,7 @@ from PIL import Image as PILImage
 from api.services import api_token_create, api_token_revoke
 from gallery.models import Image, Tag
 from tests import images
-from tests.api.conftest import bearer
+from tests.api.conftest import bearer, indexed
 from tests.conftest import store, upload_file
 
 IMAGES_URL = "/api/v1/images"
@@ -17,13 +17,6 @@ IMAGES_URL = "/api/v1/images"
 
 def image_url(image_id: object) -> str:
     return f"/api/v1/images/{image_id}"
-
-
-def indexed(data: bytes, name: str = "p.jpg", owner=None, **fields) -> Image:
-    image = store(data, name, owner)
-    Image.objects.filter(pk=image.pk).update(state=Image.State.INDEXED, **fields)
-    image.refresh_from_db()
-    return image
 
 
 def assert_error(response, status: int, code: str) -> dict:
