@@ -1,6 +1,7 @@
 """Settings read from the environment. A malformed value stops start-up and names the variable."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable
@@ -63,6 +64,24 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
 
 def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
     return _number(name, default, minimum, float, "a number")
+
+
+def env_optional_float(name: str, *, minimum: float, maximum: float) -> float | None:
+    number = _number(name, None, minimum, float, "a number")
+    if number is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name}={number} is above its maximum of {maximum}.")
+    return number
+
+
+def env_networks(name: str) -> list[str]:
+    """IP networks in CIDR notation (``10.0.0.0/8,192.168.1.5/32``), checked here rather than at first use."""
+    networks = env_list(name, [])
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {network!r} is not an IP network such as 10.0.0.0/8.") from None
+    return networks
 
 
 def env_list(name: str, default: list[str]) -> list[str]:

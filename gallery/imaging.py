@@ -41,16 +41,12 @@ class ImageRejected(ValueError):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    image: Image.Image  # RGB, turned upright by its EXIF orientation
+    # RGB, turned upright by its EXIF orientation; a large JPEG is decoded at a reduced scale.
+    image: Image.Image
     format: str
-
-    @property
-    def width(self) -> int:
-        return self.image.width
-
-    @property
-    def height(self) -> int:
-        return self.image.height
+    # The file's own size, upright: what the image is, whatever scale it was decoded at.
+    width: int
+    height: int
 
 
 def _refusal_for_unidentified(data: bytes) -> ImageRejected:
@@ -106,8 +102,10 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
         rgb = to_rgb(upright)
     except Exception as exc:
         raise ImageRejected("damaged", f"The file is damaged or truncated and cannot be decoded ({exc}).") from None
+    if upright.size != image.size:  # turned a quarter by its EXIF orientation
+        width, height = height, width
     # Cameras write multi-picture JPEGs (MPO); the first picture is a plain JPEG.
-    return DecodedImage(rgb, "JPEG" if image.format == "MPO" else str(image.format))
+    return DecodedImage(rgb, "JPEG" if image.format == "MPO" else str(image.format), width, height)
 
 
 def _fit(width: int, height: int, max_side: int) -> tuple[int, int]:

@@ -1,15 +1,24 @@
 """Reads of the search app: the images most similar to a picture, a vector or a gallery image."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 from django.conf import settings
+from django.db.models import QuerySet
 from PIL.Image import Image as PILImage
 
 from gallery.models import Image
-from search import runtime
+from search import changelog, runtime
+from search.index import exact_search
 from search.models import Embedding
+from search.reader import Hit
+
+# A filter that leaves at most this many images is answered by exact search over their stored
+# vectors: over-fetching from HNSW would have to read most of the index to find them.
+EXACT_SEARCH_MAX_CANDIDATES = 5000
 
 
 class SearchUnavailable(RuntimeError):
@@ -22,8 +31,41 @@ class SimilarImage:
     score: float  # cosine similarity, 1.0 for the same picture
 
 
+@dataclass(frozen=True)
+class SearchFilters:
+    tags: tuple[str, ...] = ()  # images with every one of these tags
+    uploader: str = ""  # a user name
+    uploaded_from: date | None = None  # inclusive
+    uploaded_to: date | None = None  # inclusive
+
+    @property
+    def active(self) -> bool:
+        return bool(self.tags or self.uploader or self.uploaded_from or self.uploaded_to)
+
+
+def searchable_images(*, filters: SearchFilters = SearchFilters()) -> QuerySet[Image]:
+    """Images that search may return: indexed, not hidden, and passing the filters."""
+    images = Image.objects.filter(state=Image.State.INDEXED, hidden=False)
+    for tag in filters.tags:
+        images = images.filter(tags__name=tag.lower())
+    if filters.uploader:
+        images = images.filter(owner__username__iexact=filters.uploader)
+    if filters.uploaded_from:
+        images = images.filter(created_at__date__gte=filters.uploaded_from)
+    if filters.uploaded_to:
+        images = images.filter(created_at__date__lte=filters.uploaded_to)
+    return images
+
+
 def visible_image_ids(ids: set[int]) -> set[int]:
-    return set(Image.objects.filter(id__in=ids, state=Image.State.INDEXED, hidden=False).values_list("id", flat=True))
+    return _visible_under(SearchFilters())(ids)
+
+
+def _visible_under(filters: SearchFilters) -> Callable[[set[int]], set[int]]:
+    def visible(ids: set[int]) -> set[int]:
+        return set(searchable_images(filters=filters).filter(id__in=ids).values_list("id", flat=True))
+
+    return visible
 
 
 def _ensure_one_vector_kind() -> None:
@@ -41,13 +83,33 @@ def clamp_k(k: int | None) -> int:
     return max(1, min(k or settings.LOOKALIKE_SEARCH_DEFAULT_K, settings.LOOKALIKE_SEARCH_MAX_K))
 
 
-def similar_to_vectors(vectors: np.ndarray, *, k: int, exclude: list[list[int]] | None = None
-                       ) -> list[list[SimilarImage]]:
+def similar_to_vectors(vectors: np.ndarray, *, k: int, exclude: list[list[int]] | None = None,
+                       filters: SearchFilters = SearchFilters()) -> list[list[SimilarImage]]:
     _ensure_one_vector_kind()
-    hits = runtime.index_reader().search(vectors, k, visible=visible_image_ids, exclude=exclude)
-    images = Image.objects.in_bulk({hit.image_id for row in hits for hit in row})
+    hits = _filtered_hits(vectors, k, exclude, filters) if filters.active else None
+    if hits is None:
+        hits = runtime.index_reader().search(vectors, k, visible=_visible_under(filters), exclude=exclude)
+    images = Image.objects.select_related("owner").in_bulk({hit.image_id for row in hits for hit in row})
     return [[SimilarImage(images[hit.image_id], hit.score) for hit in row if hit.image_id in images]
             for row in hits]
+
+
+def _filtered_hits(vectors: np.ndarray, k: int, exclude: list[list[int]] | None,
+                   filters: SearchFilters) -> list[list[Hit]] | None:
+    """Exact search over the few images a narrow filter leaves, or None when it leaves many."""
+    candidates = list(searchable_images(filters=filters).values_list("id", flat=True)[:EXACT_SEARCH_MAX_CANDIDATES + 1])
+    if len(candidates) > EXACT_SEARCH_MAX_CANDIDATES:
+        return None
+    stored = changelog.vectors_for(runtime.index_identity(), candidates)
+    ids = np.fromiter(stored, dtype=np.int64, count=len(stored))
+    matrix = np.stack(list(stored.values())) if stored else np.zeros((0, vectors.shape[1]), dtype=np.float32)
+    rows = []
+    for row, query in enumerate(vectors):
+        skip = set(exclude[row]) if exclude else set()
+        labels, scores = exact_search(query[None, :], ids, matrix, k + len(skip))
+        rows.append([Hit(i, s) for i, s in zip(labels[0].tolist(), scores[0].tolist(), strict=True)
+                     if i not in skip][:k])
+    return rows
 
 
 def similar_to_pictures(pictures: list[PILImage], *, k: int) -> list[list[SimilarImage]]:

@@ -1,70 +1,112 @@
-"""Search pages: search with a picture, and "find similar" from a gallery image."""
+"""Search pages: search with a picture (file, paste, URL, or a region of one), and "find similar"
+from a gallery image. The logic lives in ``search.queries``; the API answers the same searches."""
 from __future__ import annotations
 
 import base64
 import logging
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.core.files.uploadedfile import UploadedFile
+from django.http import HttpRequest, HttpResponse, QueryDict
+from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from gallery import selectors as gallery_selectors
 from gallery.access import viewer_required
-from gallery.imaging import ImageRejected, decode_image, encode_jpeg
+from gallery.imaging import ImageRejected, encode_jpeg
 from gallery.services import read_limited
-from search import selectors
-from search.embedding import WeightsMissing
+from search import queries
+from search.queries import QueryError
 
 log = logging.getLogger(__name__)
 
 K_CHOICES = (12, 24, 48, 96)
-# The query is shown back inline, since it is never stored.
-QUERY_PREVIEW_SIDE = 192
+MIN_SCORE_CHOICES = ((0, "Any"), (50, "50%"), (70, "70%"), (80, "80%"), (90, "90%"))
+# Uploaded and fetched queries are shown back inline, since they are never stored; large enough
+# to draw a region on.
+QUERY_PREVIEW_SIDE = 640
 
 
-def _k_from(request: HttpRequest) -> int:
-    try:
-        return selectors.clamp_k(int(request.POST.get("k") or request.GET.get("k") or 0))
-    except ValueError:
-        return selectors.clamp_k(None)
+def _is_fragment(request: HttpRequest) -> bool:
+    """The page's script asks for the results alone, to put them in place without a reload."""
+    return request.headers.get("X-Requested-With") == "fetch"
 
 
-def _render_results(request: HttpRequest, context: dict[str, object], status: int = 200) -> HttpResponse:
-    context.setdefault("k", _k_from(request))
-    context["k_choices"] = K_CHOICES
-    return render(request, "search/search.html", context, status=status)
+def _render(request: HttpRequest, context: dict[str, object], status: int = 200) -> HttpResponse:
+    data = request.POST if request.method == "POST" else request.GET
+    params = context.get("params")
+    selected_k = params.k if params else settings.LOOKALIKE_SEARCH_DEFAULT_K
+    context.update(k_choices=sorted({*K_CHOICES, selected_k}), min_score_choices=MIN_SCORE_CHOICES, form=data,
+                   selected_k=selected_k,
+                   selected_min_score=params.min_score_percent if params else 0)
+    template = "search/_results.html" if _is_fragment(request) else "search/search.html"
+    return render(request, template, context, status=status)
 
 
 @require_http_methods(["GET", "POST"])
 @viewer_required
 def search(request: HttpRequest) -> HttpResponse:
-    if request.method == "GET":
-        return _render_results(request, {})
-    query = request.FILES.get("image")
-    if query is None:
-        return _render_results(request, {"error": "Choose a picture to search with."}, status=400)
-    try:
-        # Validated like an upload, and never stored.
-        data = read_limited(query, settings.LOOKALIKE_MAX_UPLOAD_BYTES)
-        picture = decode_image(data, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS).image
-        [results] = selectors.similar_to_pictures([picture], k=_k_from(request))
-    except ImageRejected as rejection:
-        return _render_results(request, {"error": rejection.message}, status=400)
-    except (selectors.SearchUnavailable, WeightsMissing) as exc:
-        log.error("Search unavailable: %s", exc)
-        return _render_results(request, {"error": str(exc)}, status=503)
-    preview = base64.b64encode(encode_jpeg(picture, max_side=QUERY_PREVIEW_SIDE, quality=80)).decode()
-    return _render_results(request, {"results": results, "query_name": query.name, "searched": True,
-                                     "query_preview": f"data:image/jpeg;base64,{preview}"})
+    data = request.POST if request.method == "POST" else request.GET
+    if request.method == "GET" and not data.get("image_id"):
+        return _render(request, {})
+    return _search(request, data)
 
 
 @require_GET
 @viewer_required
 def similar(request: HttpRequest, image_id: int) -> HttpResponse:
-    source = get_object_or_404(gallery_selectors.image_list_visible(user=request.user), pk=image_id)
+    data = request.GET.copy()
+    data["image_id"] = str(image_id)
+    return _search(request, data)
+
+
+def _search(request: HttpRequest, data: QueryDict) -> HttpResponse:
+    context: dict[str, object] = {}
     try:
-        results = selectors.similar_to_image(source, k=_k_from(request))
-    except selectors.SearchUnavailable as exc:
-        return _render_results(request, {"error": str(exc), "source": source}, status=409)
-    return _render_results(request, {"results": results, "source": source, "searched": True})
+        params = queries.search_params_from(data)
+        context["params"] = params
+        query = _query_from(request, data, context)
+        outcome = queries.search_run(query=query, user=request.user, params=params)
+    except QueryError as error:
+        if error.status >= 500:
+            log.error("Search unavailable: %s", error.message)
+        context["error"] = error.message
+        return _render(request, context, status=error.status)
+    context.update(outcome=outcome, searched=True)
+    response = _render(request, context)
+    response["Server-Timing"] = f"embed;dur={outcome.embed_ms:.1f}, index;dur={outcome.index_ms:.1f}"
+    return response
+
+
+def _query_from(request: HttpRequest, data: QueryDict, context: dict[str, object]) -> queries.Query:
+    """The query picture: an uploaded file, else a URL, else a gallery image."""
+    upload = request.FILES.get("image")
+    if upload is not None:
+        query = queries.query_from_upload(data=_read_upload(upload))
+        context.update(query_name=upload.name, query_preview=_preview(query))
+    elif data.get("url", "").strip():
+        query = queries.query_from_url(url=data["url"])
+        context.update(query_name=data["url"].strip(), query_preview=_preview(query))
+    elif data.get("image_id", "").strip():
+        try:
+            image_id = int(data["image_id"])
+        except ValueError:
+            raise QueryError("invalid_parameter", "image_id must be the number of a gallery image.") from None
+        query = queries.query_from_image(image_id=image_id, user=request.user)
+        context.update(source=query.source)
+    else:
+        raise QueryError("no_query", "Choose a picture, paste one, or give its URL to search with.")
+    context.update(query_width=query.width, query_height=query.height)
+    return query
+
+
+def _read_upload(upload: UploadedFile) -> bytes:
+    try:
+        return read_limited(upload, settings.LOOKALIKE_MAX_UPLOAD_BYTES)
+    except ImageRejected as rejection:
+        raise QueryError(rejection.code, rejection.message, 413) from None
+
+
+def _preview(query: queries.Query) -> str:
+    assert query.picture is not None
+    jpeg = encode_jpeg(query.picture, max_side=QUERY_PREVIEW_SIDE, quality=80)
+    return f"data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}"

@@ -67,7 +67,12 @@ def store_indexed(data: bytes, name: str = "picture.jpg", owner=None) -> Image:
 @pytest.fixture
 def clean_index() -> Iterator[Path]:
     """An empty index folder: each test starts with no snapshot, as after a fresh install."""
+    from search import runtime
+
     shutil.rmtree(settings.INDEX_DIR, ignore_errors=True)
+    # A rolled-back test database hands out the same ids and sequence numbers again, which a
+    # reader kept from an earlier test would take for rows it has already read.
+    runtime.index_reader.cache_clear()
     yield settings.INDEX_DIR
     shutil.rmtree(settings.INDEX_DIR, ignore_errors=True)
 
@@ -147,3 +152,67 @@ def wait_for(condition, timeout: float = 60, interval: float = 0.1, message: str
 @pytest.fixture
 def bench_cat() -> Path:
     return images.bench_image("cat", 1)
+
+
+class PictureServer:
+    """A real HTTP server on the loopback, for searches by URL: each path is one way to answer."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.picture = images.jpeg(7)
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                route = server.routes.get(self.path.split("?", 1)[0])
+                if route is None:
+                    self.send_error(404)
+                    return
+                status, headers, body, delay = route
+                if delay:
+                    time.sleep(delay)
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.routes: dict[str, tuple[int, dict[str, str], bytes, float]] = {
+            "/picture.jpg": (200, {"Content-Type": "image/jpeg"}, self.picture, 0),
+            "/page.html": (200, {"Content-Type": "image/jpeg"}, b"<!doctype html><title>Not a picture</title>", 0),
+            "/slow.jpg": (200, {"Content-Type": "image/jpeg"}, self.picture, 3.0),
+            "/to-picture": (302, {"Location": "/picture.jpg"}, b"", 0),
+            "/to-private": (302, {"Location": "http://10.1.2.3/picture.jpg"}, b"", 0),
+            "/to-metadata": (301, {"Location": "http://169.254.169.254/latest/meta-data/"}, b"", 0),
+            "/loop": (302, {"Location": "/loop"}, b"", 0),
+            "/huge.jpg": (200, {"Content-Type": "image/jpeg"}, self.picture + b"\0" * (2 * 1024 * 1024), 0),
+            "/missing.jpg": (404, {}, b"gone", 0),
+        }
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def picture_server(settings) -> Iterator[PictureServer]:
+    """The server, with the loopback allowed for fetching (it is refused by default)."""
+    settings.LOOKALIKE_URL_FETCH_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+    settings.LOOKALIKE_URL_FETCH_TIMEOUT = 1.0
+    server = PictureServer()
+    yield server
+    server.close()

@@ -6,7 +6,18 @@ from pathlib import Path
 
 import dj_database_url
 
-from config.env import env_bool, env_float, env_int, env_list, env_optional, env_path, env_rate, env_str
+from config.env import (
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_networks,
+    env_optional,
+    env_optional_float,
+    env_path,
+    env_rate,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 
@@ -168,6 +179,11 @@ LOOKALIKE_MAX_IMAGE_PIXELS = env_int("LOOKALIKE_MAX_IMAGE_PIXELS", 60_000_000, m
 LOOKALIKE_PUBLIC_GALLERY = env_bool("LOOKALIKE_PUBLIC_GALLERY", True)
 LOOKALIKE_SEARCH_DEFAULT_K = env_int("LOOKALIKE_SEARCH_DEFAULT_K", 24, minimum=1)
 LOOKALIKE_SEARCH_MAX_K = env_int("LOOKALIKE_SEARCH_MAX_K", 500, minimum=1)
+# Unset: the threshold calibrated for the backbone (search/verdicts.py).
+LOOKALIKE_EDITED_COPY_THRESHOLD = env_optional_float("LOOKALIKE_EDITED_COPY_THRESHOLD", minimum=-1.0, maximum=1.0)
+LOOKALIKE_URL_FETCH_TIMEOUT = env_float("LOOKALIKE_URL_FETCH_TIMEOUT", 10.0, minimum=0.1)
+# Private networks that search-by-URL may fetch from anyway (an intranet image server, say).
+LOOKALIKE_URL_FETCH_ALLOWED_NETWORKS = env_networks("LOOKALIKE_URL_FETCH_ALLOWED_NETWORKS")
 LOOKALIKE_INDEX_M = env_int("LOOKALIKE_INDEX_M", 16, minimum=2)
 LOOKALIKE_INDEX_EF_CONSTRUCTION = env_int("LOOKALIKE_INDEX_EF_CONSTRUCTION", 200, minimum=1)
 LOOKALIKE_INDEX_EF_SEARCH = env_int("LOOKALIKE_INDEX_EF_SEARCH", 128, minimum=1)

@@ -91,6 +91,17 @@ def test_exif_orientation_turns_the_image_upright(orientation, upright_size):
     assert decode_image(data, max_pixels=LIMIT).image.size == upright_size
 
 
+@pytest.mark.parametrize(("orientation", "size"), [(1, (4000, 3000)), (6, (3000, 4000))])
+def test_a_large_jpeg_keeps_its_own_size_though_decoded_smaller(orientation, size):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = images.encode(images.picture(3, (4000, 3000)), "JPEG", quality=80, exif=exif.tobytes())
+    decoded = decode_image(data, max_pixels=LIMIT)
+    assert (decoded.width, decoded.height) == size
+    assert max(decoded.image.size) < 4000
+    assert (decoded.image.width > decoded.image.height) == (size[0] > size[1])
+
+
 @pytest.mark.parametrize(("mode", "fmt"), [("L", "PNG"), ("LA", "PNG"), ("RGBA", "PNG"), ("P", "PNG"),
                                            ("1", "PNG"), ("CMYK", "JPEG"), ("RGBA", "WEBP")])
 def test_every_mode_becomes_rgb(mode, fmt):

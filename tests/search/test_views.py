@@ -1,11 +1,16 @@
+import datetime
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
-from gallery.models import Image
+from gallery.models import Image, Tag
 from gallery.services import image_delete
 from search import services
 from tests import images
 from tests.conftest import store, store_indexed, upload_file
+
+FETCH = {"HTTP_X_REQUESTED_WITH": "fetch"}
 
 
 @pytest.fixture
@@ -13,65 +18,142 @@ def gallery(db, clean_index):
     return [store_indexed(images.jpeg(i), f"picture-{i}.jpg") for i in range(6)]
 
 
+def results(response) -> list:
+    return response.context["outcome"].results
+
+
 def result_ids(response) -> list[int]:
-    return [r.image.pk for r in response.context["results"]]
+    return [r.image.pk for r in results(response)]
+
+
+def search(client, data: bytes | None = None, **fields):
+    if data is not None:
+        fields["image"] = upload_file("q.jpg", data)
+    return client.post(reverse("search:search"), fields)
+
+
+class TestSearchPage:
+    def test_it_offers_a_drop_zone_a_url_field_and_options(self, client, db):
+        body = client.get(reverse("search:search")).content.decode()
+        assert "data-dropzone" in body and 'name="image"' in body
+        assert 'name="url"' in body and "Ctrl+V" in body
+        for field in ("k", "min_score", "tags", "uploader", "uploaded_from", "uploaded_to", "box"):
+            assert f'name="{field}"' in body
+
+    def test_the_script_gets_the_results_alone(self, client, gallery):
+        response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(3))}, **FETCH)
+        body = response.content.decode()
+        assert "data-result-grid" in body and "<html" not in body
+
+    def test_it_reports_server_time_split_into_embedding_and_index(self, client, gallery):
+        timing = search(client, images.jpeg(3))["Server-Timing"]
+        assert timing.startswith("embed;dur=") and ", index;dur=" in timing
 
 
 class TestSearchByPicture:
-    def test_it_offers_a_drop_zone(self, client, db):
-        body = client.get(reverse("search:search")).content.decode()
-        assert "data-dropzone" in body and 'name="image"' in body
-
-    def test_the_same_picture_comes_first_with_a_full_score(self, client, gallery):
-        response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(3))})
+    def test_the_same_file_comes_first_labelled_as_such(self, client, gallery):
+        response = search(client, images.jpeg(3))
         assert response.status_code == 200
-        results = response.context["results"]
-        assert results[0].image == gallery[3]
+        first = results(response)[0]
+        assert first.image == gallery[3] and first.verdict == "same_file"
         # The gallery vector comes from the re-encoded display copy, hence not exactly 1.
-        assert results[0].score > 0.99
+        assert first.score > 0.99
         body = response.content.decode()
-        assert "100%" in body
+        assert "Same file" in body and "100%" in body
         assert 'src="data:image/jpeg;base64,' in body, "the query is shown back without being stored"
 
+    def test_an_edited_copy_above_the_threshold_is_labelled_as_one(self, client, gallery, settings):
+        settings.LOOKALIKE_EDITED_COPY_THRESHOLD = 0.9
+        edited = images.encode(images.picture(3).crop((10, 10, 300, 230)), "JPEG", quality=40)
+        response = search(client, edited)
+        first, *rest = results(response)
+        assert first.image == gallery[3] and first.verdict == "edited_copy" and first.score >= 0.9
+        assert all(r.verdict == "similar" for r in rest if r.score < 0.9)
+        assert "Edited copy" in response.content.decode()
+
+    def test_without_a_threshold_no_result_is_called_an_edited_copy(self, client, gallery, settings, monkeypatch):
+        from search import verdicts
+
+        settings.LOOKALIKE_EDITED_COPY_THRESHOLD = None
+        monkeypatch.setattr(verdicts, "CALIBRATED_THRESHOLDS", {})
+        edited = images.encode(images.picture(3).crop((10, 10, 300, 230)), "JPEG", quality=40)
+        assert {r.verdict for r in results(search(client, edited))} == {"similar"}
+
     def test_the_query_is_not_added_to_the_gallery(self, client, gallery):
-        client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(99))})
+        search(client, images.jpeg(99))
         assert Image.objects.count() == len(gallery)
 
     def test_it_returns_what_exists_when_k_is_larger_than_the_gallery(self, client, gallery):
-        response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(1)), "k": 96})
-        assert sorted(result_ids(response)) == sorted(i.pk for i in gallery)
+        assert sorted(result_ids(search(client, images.jpeg(1), k=96))) == sorted(i.pk for i in gallery)
 
-    @pytest.mark.parametrize(("k", "expected"), [("2", 2), ("0", 6), ("-5", 1), ("many", 6), ("100000", 6)])
-    def test_k_is_kept_within_bounds(self, client, gallery, settings, k, expected):
-        settings.LOOKALIKE_SEARCH_DEFAULT_K = 24
-        response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(1)), "k": k})
-        assert response.status_code == 200
-        assert len(result_ids(response)) == expected
+    @pytest.mark.parametrize("k", ["0", "-5", "many", "100000", "2.5"])
+    def test_a_k_out_of_bounds_gets_a_clear_message(self, client, gallery, k):
+        response = search(client, images.jpeg(1), k=k)
+        assert response.status_code == 400
+        assert "must be a whole number from 1 to 500" in response.context["error"]
+
+    def test_a_minimum_similarity_hides_weak_matches(self, client, gallery):
+        response = search(client, images.jpeg(3), min_score="0.99")
+        assert result_ids(response) == [gallery[3].pk]
+
+    def test_it_says_plainly_when_nothing_passes_the_minimum(self, client, gallery):
+        response = search(client, images.jpeg(77), min_score="0.995")
+        assert response.status_code == 200 and results(response) == []
+        assert "Nothing is 100% similar or more" in response.content.decode()
+
+    @pytest.mark.parametrize("value", ["-0.1", "1.5", "high"])
+    def test_a_minimum_out_of_range_gets_a_clear_message(self, client, gallery, value):
+        response = search(client, images.jpeg(3), min_score=value)
+        assert response.status_code == 400
+        assert "min_score must be a similarity from 0 to 1" in response.context["error"]
+
+    def test_results_come_a_page_at_a_time(self, client, gallery):
+        everything = result_ids(search(client, images.jpeg(2), k=12))
+        first = search(client, images.jpeg(2), k=2)
+        assert result_ids(first) == everything[:2] and first.context["outcome"].has_more
+        assert "Load more" in first.content.decode()
+        second = search(client, images.jpeg(2), k=2, offset=2)
+        assert result_ids(second) == everything[2:4]
+        last = search(client, images.jpeg(2), k=2, offset=4)
+        assert result_ids(last) == everything[4:6] and not last.context["outcome"].has_more
+        assert "Load more" not in last.content.decode()
+
+    def test_an_offset_past_the_end_says_there_is_no_more(self, client, gallery):
+        response = search(client, images.jpeg(2), k=12, offset=12)
+        assert "No more results" in response.content.decode()
 
     def test_an_empty_gallery_says_there_are_no_matches(self, client, db, clean_index):
-        response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(1))})
+        response = search(client, images.jpeg(1))
         assert response.status_code == 200
         assert "No matches" in response.content.decode()
 
-    @pytest.mark.parametrize(("data", "message"), [
-        (b"", "The file is empty."),
-        (b"plain text", "not an image"),
-        (images.jpeg(1)[:300], "damaged"),
+    @pytest.mark.parametrize(("data", "status", "message"), [
+        (b"", 400, "The file is empty."),
+        (b"plain text", 415, "not an image"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>", 415,
+         "SVG images are not accepted"),
+        (images.jpeg(1)[:300], 400, "damaged"),
     ])
-    def test_a_bad_picture_gets_a_clear_message(self, client, db, data, message):
-        response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", data)})
-        assert response.status_code == 400
+    def test_a_bad_picture_gets_a_clear_message(self, client, db, data, status, message):
+        response = search(client, data)
+        assert response.status_code == status
         assert message in response.context["error"]
+
+    def test_a_picture_over_the_size_limit_is_refused_with_413(self, client, db, settings):
+        settings.LOOKALIKE_MAX_UPLOAD_BYTES = 1000
+        response = search(client, images.jpeg(1))
+        assert response.status_code == 413
+        assert "larger than the limit" in response.context["error"]
 
     def test_no_picture_gets_a_clear_message(self, client, db):
         response = client.post(reverse("search:search"), {})
         assert response.status_code == 400
-        assert "Choose a picture" in response.content.decode()
+        assert "Choose a picture, paste one, or give its URL" in response.content.decode()
 
     def test_a_deleted_image_leaves_results_at_once(self, client, gallery):
         services.index_sync()
         image_delete(image=gallery[3])
-        response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(3)), "k": 96})
+        response = search(client, images.jpeg(3), k=96)
         assert gallery[3].pk not in result_ids(response)
         assert len(result_ids(response)) == 5
 
@@ -79,15 +161,135 @@ class TestSearchByPicture:
         services.index_sync()
         gallery[3].hidden = True
         gallery[3].save(update_fields=["hidden"])
-        response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(3)), "k": 96})
+        response = search(client, images.jpeg(3), k=96)
         assert gallery[3].pk not in result_ids(response)
         assert len(result_ids(response)) == 5
 
     def test_an_image_indexed_after_the_snapshot_is_found(self, client, gallery):
         services.index_sync()
         late = store_indexed(images.jpeg(42), "late.jpg")
-        response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(42))})
-        assert result_ids(response)[0] == late.pk
+        assert result_ids(search(client, images.jpeg(42)))[0] == late.pk
+
+
+class TestRegion:
+    def test_a_region_finds_the_image_it_was_cut_from(self, client, db, clean_index):
+        whole = images.picture(5, (640, 480))
+        left, right = whole.crop((0, 0, 320, 480)), whole.crop((320, 0, 640, 480))
+        left_image = store_indexed(images.encode(left, "JPEG", quality=92), "left.jpg")
+        right_image = store_indexed(images.encode(right, "JPEG", quality=92), "right.jpg")
+        for i in range(4):
+            store_indexed(images.jpeg(50 + i), f"other-{i}.jpg")
+        query = images.encode(whole, "JPEG", quality=92)
+        assert result_ids(search(client, query, box="0,0,320,480"))[0] == left_image.pk
+        response = search(client, query, box="320,0,320,480")
+        assert result_ids(response)[0] == right_image.pk
+        assert response.context["outcome"].results[0].verdict != "same_file", "a region is not the file"
+        assert 'data-box="320,0,320,480"' in response.content.decode()
+
+    def test_a_region_of_a_large_photo_is_in_its_own_pixels(self, client, db, clean_index):
+        whole = images.picture(6, (4000, 3000))
+        right_image = store_indexed(images.encode(whole.crop((2000, 0, 4000, 3000)), "JPEG"), "right.jpg")
+        store_indexed(images.encode(whole.crop((0, 0, 2000, 3000)), "JPEG"), "left.jpg")
+        response = search(client, images.encode(whole, "JPEG", quality=85), box="2000,0,2000,3000")
+        assert result_ids(response)[0] == right_image.pk
+
+    @pytest.mark.parametrize(("box", "message"), [
+        ("0,0,0,10", "no area"),
+        ("10,10,-5,20", "no area"),
+        ("300,200,100,100", "not inside the picture, which is 320 × 240 pixels"),
+        ("-1,0,10,10", "not inside the picture"),
+        ("0,0,4,4", "too small"),
+        ("a,b,c,d", "x,y,width,height"),
+        ("1,2,3", "x,y,width,height"),
+    ])
+    def test_a_bad_region_gets_a_clear_message(self, client, gallery, box, message):
+        response = search(client, images.jpeg(3), box=box)
+        assert response.status_code == 400
+        assert message in response.context["error"]
+
+
+class TestFilters:
+    @pytest.fixture
+    def tagged(self, gallery, user, other_user):
+        beach, dog = Tag.objects.create(name="beach"), Tag.objects.create(name="dog")
+        gallery[1].tags.add(beach, dog)
+        gallery[2].tags.add(beach)
+        Image.objects.filter(pk__in=[gallery[1].pk, gallery[4].pk]).update(owner=user)
+        Image.objects.filter(pk=gallery[2].pk).update(owner=other_user)
+        Image.objects.filter(pk=gallery[5].pk).update(created_at=timezone.now() - datetime.timedelta(days=30))
+        return gallery
+
+    def test_by_tag(self, client, tagged):
+        assert sorted(result_ids(search(client, images.jpeg(1), tags="Beach"))) == [tagged[1].pk, tagged[2].pk]
+        assert result_ids(search(client, images.jpeg(1), tags="beach, dog")) == [tagged[1].pk]
+
+    def test_by_uploader(self, client, tagged):
+        assert sorted(result_ids(search(client, images.jpeg(1), uploader="alice"))) == [tagged[1].pk, tagged[4].pk]
+
+    def test_by_upload_date(self, client, tagged):
+        month_ago = (timezone.now() - datetime.timedelta(days=30)).date()
+        old = search(client, images.jpeg(1), uploaded_to=(month_ago + datetime.timedelta(days=1)).isoformat())
+        assert result_ids(old) == [tagged[5].pk]
+        recent = search(client, images.jpeg(1), uploaded_from=timezone.now().date().isoformat(), k=96)
+        assert tagged[5].pk not in result_ids(recent) and len(result_ids(recent)) == 5
+
+    def test_a_filter_that_leaves_nothing_says_so(self, client, tagged):
+        response = search(client, images.jpeg(1), tags="volcano")
+        assert results(response) == []
+        assert "No matches with these filters" in response.content.decode()
+
+    @pytest.mark.parametrize(("field", "value", "message"), [
+        ("uploaded_from", "yesterday", "uploaded_from must be a date written as YYYY-MM-DD"),
+        ("uploaded_to", "2024-13-01", "uploaded_to must be a date"),
+    ])
+    def test_a_bad_date_gets_a_clear_message(self, client, gallery, field, value, message):
+        response = search(client, images.jpeg(1), **{field: value})
+        assert response.status_code == 400
+        assert message in response.context["error"]
+
+    def test_dates_in_the_wrong_order_get_a_clear_message(self, client, gallery):
+        response = search(client, images.jpeg(1), uploaded_from="2024-05-02", uploaded_to="2024-05-01")
+        assert response.status_code == 400
+        assert "uploaded_from is after uploaded_to" in response.context["error"]
+
+    def test_a_wide_filter_goes_through_the_index(self, client, tagged, monkeypatch):
+        from search import selectors
+
+        monkeypatch.setattr(selectors, "EXACT_SEARCH_MAX_CANDIDATES", 1)
+        assert sorted(result_ids(search(client, images.jpeg(1), tags="beach"))) == [tagged[1].pk, tagged[2].pk]
+
+
+class TestSearchByUrl:
+    def test_the_server_fetches_the_picture(self, client, gallery, picture_server):
+        picture = store_indexed(picture_server.picture, "served.jpg")
+        response = client.post(reverse("search:search"), {"url": picture_server.url("/picture.jpg")})
+        assert response.status_code == 200
+        assert results(response)[0].image == picture and results(response)[0].verdict == "same_file"
+        assert Image.objects.count() == len(gallery) + 1, "the fetched picture is not stored"
+
+    @pytest.mark.parametrize(("path", "status", "message"), [
+        ("/page.html", 415, "did not give a usable picture"),
+        ("/slow.jpg", 400, "did not send the picture within 1 seconds"),
+        ("/to-private", 400, "only public addresses are fetched"),
+        ("/to-metadata", 400, "only public addresses are fetched"),
+        ("/huge.jpg", 413, "larger than"),
+        ("/missing.jpg", 400, "404"),
+    ])
+    def test_a_bad_url_gets_a_clear_message(self, client, gallery, picture_server, settings, path, status, message):
+        settings.LOOKALIKE_MAX_UPLOAD_BYTES = 1024 * 1024
+        response = client.post(reverse("search:search"), {"url": picture_server.url(path)})
+        assert response.status_code == status
+        assert message in response.context["error"]
+
+    def test_the_loopback_is_refused_by_default(self, client, gallery):
+        response = client.post(reverse("search:search"), {"url": "http://127.0.0.1:8000/media/x.jpg"})
+        assert response.status_code == 400
+        assert "only public addresses" in response.context["error"]
+
+    def test_a_url_that_is_not_http_is_refused(self, client, gallery):
+        response = client.post(reverse("search:search"), {"url": "file:///etc/passwd"})
+        assert response.status_code == 400
+        assert "Only http:// and https://" in response.context["error"]
 
 
 class TestFindSimilar:
@@ -95,15 +297,43 @@ class TestFindSimilar:
         response = client.get(reverse("search:similar", args=[gallery[0].pk]), {"k": 12})
         assert response.status_code == 200
         assert sorted(result_ids(response)) == sorted(i.pk for i in gallery[1:])
-        scores = [r.score for r in response.context["results"]]
+        scores = [r.score for r in results(response)]
         assert scores == sorted(scores, reverse=True)
+
+    def test_it_embeds_nothing(self, client, gallery, monkeypatch):
+        from search import runtime
+
+        monkeypatch.setattr(runtime, "embedder", lambda: pytest.fail("a gallery image was embedded again"))
+        assert client.get(reverse("search:similar", args=[gallery[0].pk])).status_code == 200
 
     def test_each_result_links_to_its_own_similar_page(self, client, gallery):
         body = client.get(reverse("search:similar", args=[gallery[0].pk])).content.decode()
         assert reverse("search:similar", args=[gallery[1].pk]) in body
 
+    def test_a_region_of_a_gallery_image_is_searched(self, client, gallery):
+        response = client.get(reverse("search:search"), {"image_id": gallery[2].pk, "box": "0,0,160,120"})
+        assert response.status_code == 200
+        assert result_ids(response)[0] == gallery[2].pk, "a region of the image finds the image itself"
+
+    def test_load_more_asks_for_the_next_page_the_same_way(self, client, gallery):
+        body = client.get(reverse("search:similar", args=[gallery[0].pk]), {"k": 2, "tags": ""}).content.decode()
+        assert 'id="load-more" method="get"' in body
+        assert f'name="image_id" value="{gallery[0].pk}"' in body and 'name="offset" value="2"' in body
+
     def test_an_unknown_image_is_not_found(self, client, db):
-        assert client.get(reverse("search:similar", args=[12345])).status_code == 404
+        response = client.get(reverse("search:similar", args=[12345]))
+        assert response.status_code == 404
+        assert "There is no image #12345" in response.content.decode()
+
+    def test_a_deleted_image_is_not_found(self, client, gallery):
+        deleted_id = gallery[0].pk
+        image_delete(image=gallery[0])
+        assert client.get(reverse("search:similar", args=[deleted_id])).status_code == 404
+
+    def test_someone_elses_image_in_progress_is_not_found(self, client, user, other_user):
+        queued = store(images.jpeg(1), owner=user)
+        client.force_login(other_user)
+        assert client.get(reverse("search:similar", args=[queued.pk])).status_code == 404
 
     def test_an_image_not_yet_indexed_says_so(self, alice_client, user):
         queued = store(images.jpeg(1), owner=user)
@@ -111,11 +341,16 @@ class TestFindSimilar:
         assert response.status_code == 409
         assert "not indexed yet (queued)" in response.content.decode()
 
+    def test_an_image_id_that_is_not_a_number_gets_a_clear_message(self, client, db):
+        response = client.get(reverse("search:search"), {"image_id": "seven"})
+        assert response.status_code == 400
+        assert "image_id must be the number of a gallery image" in response.context["error"]
+
 
 def test_vectors_of_another_model_stop_search_with_the_fix(client, gallery):
     from search.models import Embedding
 
     Embedding.objects.filter(image=gallery[0]).update(backbone_version="an-older-recipe")
-    response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(1))})
+    response = search(client, images.jpeg(1))
     assert response.status_code == 503
     assert "rebuild_index --reembed" in response.context["error"]

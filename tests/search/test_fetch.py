@@ -1,0 +1,94 @@
+import ipaddress
+import time
+
+import pytest
+
+from search.fetch import FetchLimits, FetchRefused, fetch_url
+from tests.conftest import PictureServer
+
+LOOPBACK_ALLOWED = FetchLimits(max_bytes=1024 * 1024, timeout=1.0,
+                               allowed_networks=[ipaddress.ip_network("127.0.0.1/32")])
+DEFAULT = FetchLimits(max_bytes=1024 * 1024, timeout=1.0)
+
+
+@pytest.fixture
+def server():
+    server = PictureServer()
+    yield server
+    server.close()
+
+
+def refusal(url: str, limits: FetchLimits = LOOPBACK_ALLOWED) -> FetchRefused:
+    with pytest.raises(FetchRefused) as caught:
+        fetch_url(url, limits)
+    return caught.value
+
+
+def test_it_fetches_a_picture(server):
+    assert fetch_url(server.url("/picture.jpg"), LOOPBACK_ALLOWED) == server.picture
+
+
+def test_it_follows_a_redirect_to_an_allowed_address(server):
+    assert fetch_url(server.url("/to-picture"), LOOPBACK_ALLOWED) == server.picture
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x.jpg", "http://localhost/x.jpg", "http://[::1]/x.jpg",
+                                 "http://10.0.0.8/x.jpg", "http://192.168.1.1/x.jpg", "http://172.16.0.1/x.jpg",
+                                 "http://169.254.169.254/latest/meta-data/", "http://224.0.0.1/x.jpg",
+                                 "http://0.0.0.0/x.jpg", "http://[::ffff:127.0.0.1]/x.jpg", "http://100.64.0.1/x.jpg"])
+def test_private_loopback_link_local_and_multicast_addresses_are_refused(url):
+    assert refusal(url, DEFAULT).code == "url_forbidden"
+
+
+def test_the_loopback_is_refused_unless_allowed(server):
+    error = refusal(server.url("/picture.jpg"), DEFAULT)
+    assert error.code == "url_forbidden"
+    assert "only public addresses" in error.message
+
+
+@pytest.mark.parametrize("path", ["/to-private", "/to-metadata"])
+def test_a_redirect_to_a_private_address_is_refused(server, path):
+    assert refusal(server.url(path)).code == "url_forbidden"
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("ftp://example.com/x.jpg", "Only http:// and https://"),
+    ("file:///etc/passwd", "Only http:// and https://"),
+    ("http://", "no host name"),
+    ("http://user:secret@example.com/x.jpg", "user name or password"),
+    ("http://example.com:99999/x.jpg", "not a valid URL"),
+])
+def test_a_url_that_is_not_fetchable_is_refused_with_the_reason(url, message):
+    error = refusal(url, DEFAULT)
+    assert error.code == "invalid_url"
+    assert message in error.message
+
+
+def test_a_slow_server_is_given_up_on_in_time(server):
+    started = time.monotonic()
+    assert refusal(server.url("/slow.jpg")).code == "url_timeout"
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_body_over_the_limit_is_refused(server):
+    assert refusal(server.url("/huge.jpg")).code == "too_large"
+
+
+def test_endless_redirects_are_refused(server):
+    assert refusal(server.url("/loop")).code == "url_redirects"
+
+
+def test_an_error_status_is_reported(server):
+    error = refusal(server.url("/missing.jpg"))
+    assert error.code == "url_failed"
+    assert "404" in error.message
+
+
+def test_a_closed_port_is_unreachable(server):
+    port = server.httpd.server_address[1]
+    server.close()
+    assert refusal(f"http://127.0.0.1:{port}/picture.jpg").code == "url_unreachable"
+
+
+def test_an_unknown_host_is_reported():
+    assert refusal("http://no-such-host.invalid/x.jpg", DEFAULT).code == "url_unreachable"
