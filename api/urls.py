@@ -7,6 +7,7 @@ app_name = "api"
 urlpatterns = [
     path("api/v1/images", views.images, name="images"),
     re_path(r"^api/v1/images/(?P<image_id>[^/]+)$", views.image, name="image"),
+    path("api/v1/search", views.search, name="search"),
     path("api/v1/openapi.json", views.openapi, name="openapi"),
     path("api/v1/docs/", views.docs, name="docs"),
     # Anything else under the API is answered in JSON too, never with the site's HTML pages.

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Mapping
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 
 from api.endpoint import (
+    FORM_CONTENT_TYPES,
     Anonymous,
     ApiError,
     api_endpoint,
@@ -18,11 +22,12 @@ from api.endpoint import (
     too_many_files_error,
 )
 from api.openapi import openapi_description, operations
-from api.ratelimit import files_in, rate_limit
+from api.ratelimit import files_in, rate_limit, rate_limit_hit
 from gallery import selectors as gallery_selectors
 from gallery import services as gallery_services
 from gallery.models import Image
 from gallery.services import UploadResult
+from search import queries
 
 # Room for the multipart framing and form fields around the files themselves.
 BODY_OVERHEAD_BYTES = 1024 * 1024
@@ -108,6 +113,83 @@ def docs(request: HttpRequest) -> HttpResponse:
     schemas = {name: json.dumps(schema, indent=2) for name, schema in description["components"]["schemas"].items()}
     return render(request, "api/docs.html", {"api": description, "operations": operations(description),
                                              "schemas": schemas})
+
+
+def search_body_limit() -> int:
+    return settings.LOOKALIKE_MAX_UPLOAD_BYTES + BODY_OVERHEAD_BYTES
+
+
+def _search_input(request: HttpRequest) -> tuple[Mapping[str, object], UploadedFile | None]:
+    """The request's fields (a JSON object or a form) and its uploaded picture, if any."""
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(request.body)
+        except ValueError:
+            raise ApiError(400, "invalid_json", "The body is not valid JSON.") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_json", "The body must be a JSON object, such as {\"image_id\": 12}.")
+        return data, None
+    if request.content_type in FORM_CONTENT_TYPES:
+        return request.POST, request.FILES.get("image")
+    if request.body:
+        raise ApiError(415, "unsupported_content_type",
+                       "Send multipart/form-data (to upload a picture) or application/json.")
+    return {}, None
+
+
+def _image_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        value = None
+    try:
+        number = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = 0
+    if not 1 <= number < 2**63:
+        raise ApiError(400, "invalid_parameter", "image_id must be the id of a gallery image, a whole number.")
+    return number
+
+
+def _query(request: HttpRequest, data: Mapping[str, object], upload: UploadedFile | None) -> queries.Query:
+    given = [name for name, present in (("image", upload is not None), ("url", data.get("url") not in (None, "")),
+                                        ("image_id", data.get("image_id") not in (None, ""))) if present]
+    if not given:
+        raise ApiError(400, "missing_query", 'Search with one of: a picture in "image", a "url" or an "image_id".')
+    if len(given) > 1:
+        raise ApiError(400, "ambiguous_query",
+                       f"Search with one picture at a time; this request has {' and '.join(given)}.")
+    if upload is not None:
+        # One byte more than the limit is enough to know that the picture is too large.
+        return queries.query_from_upload(data=upload.read(settings.LOOKALIKE_MAX_UPLOAD_BYTES + 1))
+    if "url" in given:
+        rate_limit_hit(request, scope="url_fetch")
+        return queries.query_from_url(url=data["url"])  # type: ignore[arg-type]
+    return queries.query_from_image(image_id=_image_id(data["image_id"]), user=request.user)
+
+
+def search_result(result: queries.Result) -> dict[str, object]:
+    return {
+        "id": result.image.pk,
+        "original_name": result.image.original_name,
+        "score": round(result.score, 4),
+        "verdict": result.verdict,
+        "url": reverse("gallery:detail", args=[result.image.pk]),
+        "thumbnail_url": result.image.thumbnail.url,
+    }
+
+
+@api_endpoint(methods=("POST",), anonymous=Anonymous.VIEWER, max_body_bytes=search_body_limit)
+@rate_limit("search", respond=rate_limited_response)
+def search(request: HttpRequest) -> JsonResponse:
+    started = time.perf_counter()
+    data, upload = _search_input(request)
+    try:
+        params = queries.search_params_from(data)
+        query = _query(request, data, upload)
+        outcome = queries.search_run(query=query, user=request.user, params=params)
+    except queries.QueryError as error:
+        raise ApiError(error.status, error.code, error.message) from None
+    return JsonResponse({"results": [search_result(result) for result in outcome.results],
+                         "took_ms": round((time.perf_counter() - started) * 1000, 1), "has_more": outcome.has_more})
 
 
 @api_endpoint(methods=("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"), anonymous=Anonymous.ALLOWED)
