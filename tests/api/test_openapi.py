@@ -12,9 +12,10 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from api.openapi import openapi_description
 from api.services import api_token_create
+from search.models import Embedding
 from tests import images
 from tests.api.conftest import bearer, indexed
-from tests.conftest import upload_file
+from tests.conftest import store, upload_file
 
 schema = schemathesis.openapi.from_dict(openapi_description())
 
@@ -39,6 +40,7 @@ def test_the_api_keeps_to_its_description(case, live_server, live_secret):
 DESCRIPTION = openapi_description()
 IMAGES = "/api/v1/images"
 IMAGE = "/api/v1/images/{image_id}"
+SEARCH = "/api/v1/search"
 
 
 def documented() -> set[tuple[str, str, int]]:
@@ -67,10 +69,11 @@ def validate(response, method: str, path: str) -> None:
 
 
 @pytest.fixture
-def world(user, other_user, secret):
-    """Alice (with a token and an image of her own) and Bob's public image."""
+def world(user, other_user, secret, clean_index):
+    """Alice (with a token, an image of her own and one still queued) and Bob's public image."""
     return SimpleNamespace(secret=secret, mine=indexed(images.jpeg(1), "mine.jpg", owner=user),
-                           theirs=indexed(images.jpeg(2), "theirs.jpg", owner=other_user), user=user)
+                           theirs=indexed(images.jpeg(2), "theirs.jpg", owner=other_user),
+                           queued=store(images.jpeg(3), "queued.jpg", owner=user), user=user)
 
 
 def image_path(image) -> str:
@@ -79,6 +82,16 @@ def image_path(image) -> str:
 
 def upload_as(client, world, *files, **extra):
     return client.post(IMAGES, {"image": list(files)}, headers=bearer(world.secret), **extra)
+
+
+def search_as(client, world, body: dict):
+    return client.post(SEARCH, json.dumps(body), content_type="application/json", headers=bearer(world.secret))
+
+
+def search_with_vectors_of_another_model(client, world):
+    Embedding.objects.create(image=world.theirs, backbone="another", backbone_version="1", dim=2,
+                             vector=b"\0" * 8)
+    return client.post(SEARCH, {"image": upload_file("q.jpg", images.jpeg(5))})
 
 
 def session_client(user, *, csrf: bool = False) -> Client:
@@ -110,6 +123,21 @@ SCENARIOS = {
                              lambda client, w: session_client(w.user, csrf=True).delete(image_path(w.mine))],
     ("DELETE", IMAGE, 404): [lambda client, w: client.delete(IMAGE.replace("{image_id}", "987654"),
                                                              headers=bearer(w.secret))],
+    ("POST", SEARCH, 200): [lambda client, w: client.post(SEARCH, {"image": upload_file("q.jpg", images.jpeg(5))}),
+                            lambda client, w: client.post(SEARCH, {"image": upload_file("q.jpg", images.jpeg(5)),
+                                                                   "k": "3", "box": "0,0,100,100"})],
+    ("POST", SEARCH, 400): [lambda client, w: search_as(client, w, {"image_id": w.theirs.pk, "k": 0}),
+                            lambda client, w: client.post(SEARCH, b"{", content_type="application/json")],
+    ("POST", SEARCH, 401): [lambda client, w: client.post(SEARCH, {"image_id": "1"}, headers=bearer("lka_x"))],
+    ("POST", SEARCH, 403): [lambda client, w: session_client(w.user, csrf=True).post(SEARCH, {"image_id": "1"})],
+    ("POST", SEARCH, 404): [lambda client, w: search_as(client, w, {"image_id": 987654})],
+    ("POST", SEARCH, 409): [lambda client, w: search_as(client, w, {"image_id": w.queued.pk})],
+    ("POST", SEARCH, 413): [lambda client, w: client.post(SEARCH, {"image": upload_file("q.jpg", images.jpeg(5))},
+                                                          CONTENT_LENGTH=str(10**12))],
+    ("POST", SEARCH, 415): [lambda client, w: client.post(SEARCH, {"image": upload_file("q.txt", b"text")}),
+                            lambda client, w: client.post(SEARCH, b"text", content_type="text/plain")],
+    ("POST", SEARCH, 429): [lambda client, w: [search_as(client, w, {"image_id": 987654}) for _ in range(3)][-1]],
+    ("POST", SEARCH, 503): [search_with_vectors_of_another_model],
     ("GET", "/api/v1/openapi.json", 200): [lambda client, w: client.get("/api/v1/openapi.json")],
     ("GET", "/api/v1/docs/", 200): [lambda client, w: client.get("/api/v1/docs/")],
 }
@@ -122,6 +150,7 @@ def test_each_documented_status_happens_as_described(client, world, settings, fr
     method, path, status = key
     settings.LOOKALIKE_MAX_UPLOAD_BYTES = 1000 if key == ("POST", IMAGES, 413) else settings.LOOKALIKE_MAX_UPLOAD_BYTES
     settings.LOOKALIKE_RATE_LIMIT_UPLOAD = "2/day"
+    settings.LOOKALIKE_RATE_LIMIT_SEARCH = "2/day"
     response = SCENARIOS[key][index](client, world)
     assert response.status_code == status, response.content[:300]
     validate(response, method, path)
