@@ -11,12 +11,14 @@ from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.views import defaults
 
 from api.endpoint import (
     FORM_CONTENT_TYPES,
     Anonymous,
     ApiError,
     api_endpoint,
+    error_response,
     not_authenticated,
     rate_limited_response,
     too_many_files_error,
@@ -190,6 +192,22 @@ def search(request: HttpRequest) -> JsonResponse:
         raise ApiError(error.status, error.code, error.message) from None
     return JsonResponse({"results": [search_result(result) for result in outcome.results],
                          "took_ms": round((time.perf_counter() - started) * 1000, 1), "has_more": outcome.has_more})
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's answer to a request refused before any view (a Host header not in ALLOWED_HOSTS,
+    say): JSON under the API, the site's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return error_response(ApiError(400, "bad_request", "The request was refused before it reached the API "
+                                                           "(for instance, its Host header is not this site's)."))
+    return defaults.bad_request(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return error_response(ApiError(500, "internal_error", "Something went wrong on the server; it has been "
+                                                              "logged."))
+    return defaults.server_error(request)
 
 
 @api_endpoint(methods=("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"), anonymous=Anonymous.ALLOWED)

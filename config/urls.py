@@ -10,3 +10,7 @@ urlpatterns = [
     path("", include("search.urls")),
     path("", include("gallery.urls")),
 ]
+
+# Errors raised before any view (a disallowed Host header, say) are answered in JSON under /api/.
+handler400 = "api.views.bad_request"
+handler500 = "api.views.server_error"

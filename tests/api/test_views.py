@@ -245,3 +245,30 @@ def test_garbage_never_gets_html_or_a_server_error(client, user, secret, content
                 assert set(response.json()) == {"code", "message"}
     # A delete in the loop above may have removed the image; nothing else may have changed.
     assert Image.objects.exclude(pk=image.pk).count() == 0
+
+
+def test_a_request_refused_before_any_view_is_answered_in_json(client, db):
+    response = client.get("/api/v1/openapi.json", HTTP_HOST="evil.example")
+    assert response.status_code == 400
+    assert response.json()["code"] == "bad_request"
+    assert "text/html" in client.get("/", HTTP_HOST="evil.example")["Content-Type"], "pages keep their own"
+
+
+def test_a_crash_is_answered_in_json_and_logged(client, db, monkeypatch, caplog):
+    from api import views
+
+    def crash(**kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(views.gallery_selectors, "image_list_visible", crash)
+    response = client.get(image_url(1))
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert "a bug" in caplog.text
+
+
+def test_a_crash_outside_any_view_is_answered_in_json_under_the_api(rf):
+    from api.views import server_error
+
+    assert server_error(rf.get("/api/v1/images/1")).json()["code"] == "internal_error"
+    assert "text/html" in server_error(rf.get("/"))["Content-Type"]
