@@ -48,6 +48,8 @@ def api_token_revoke(*, token_id: int, user: AbstractBaseUser) -> ApiToken:
 
 def api_token_mark_used(*, token: ApiToken) -> None:
     now = timezone.now()
+    if token.last_used_at is not None and token.last_used_at >= now - LAST_USED_RESOLUTION:
+        return  # recorded lately: no write at all
     ApiToken.objects.filter(pk=token.pk).filter(
         Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_RESOLUTION)
     ).update(last_used_at=now)

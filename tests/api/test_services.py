@@ -62,3 +62,11 @@ def test_use_is_recorded_at_most_once_a_minute(user):
     ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now() - timedelta(minutes=2))
     services.api_token_mark_used(token=token)
     assert ApiToken.objects.get(pk=token.pk).last_used_at > first
+
+
+def test_a_token_used_lately_costs_no_write(user, django_assert_num_queries):
+    token, _ = services.api_token_create(user=user, name="t")
+    services.api_token_mark_used(token=token)
+    token.refresh_from_db()
+    with django_assert_num_queries(0):
+        services.api_token_mark_used(token=token)

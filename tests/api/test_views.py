@@ -270,5 +270,5 @@ def test_a_crash_is_answered_in_json_and_logged(client, db, monkeypatch, caplog)
 def test_a_crash_outside_any_view_is_answered_in_json_under_the_api(rf):
     from api.views import server_error
 
-    assert server_error(rf.get("/api/v1/images/1")).json()["code"] == "internal_error"
+    assert json.loads(server_error(rf.get("/api/v1/images/1")).content)["code"] == "internal_error"
     assert "text/html" in server_error(rf.get("/"))["Content-Type"]
