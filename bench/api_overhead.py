@@ -3,15 +3,15 @@
 
 - reading an image (`GET /api/v1/images/<id>`) anonymously, with a bearer token and with a
   session, so that the cost of token authentication shows as a ratio;
-- one rate-limit check (`api.ratelimit.rate_limit_hit`) on the file cache and, when REDIS_URL
-  is set, on Redis;
+- one rate-limit check (`api.ratelimit.rate_limit_hit`) on the file cache and, with `--redis`,
+  on Redis;
 - a search through the API (`POST /api/v1/search`) by gallery image and by upload, on a gallery
   of the first N bench images embedded here, with the server time the API reports (`took_ms`).
 
 It runs on a throw-away SQLite database and data directory (the test settings), in-process
 through Django's test client, so the times are the server's, without a network.
 
-    .venv/bin/python bench/api_overhead.py [--requests 400] [--gallery 200] [--searches 100]
+    .venv/bin/python bench/api_overhead.py [--requests 400] [--gallery 200] [--searches 100] [--redis URL]
 """
 from __future__ import annotations
 
@@ -91,14 +91,14 @@ def authentication(repeat: int, image_id: int, secret: str, user) -> list[str]:
     return lines
 
 
-def rate_limits(repeat: int) -> list[str]:
+def rate_limits(repeat: int, redis_url: str | None) -> list[str]:
     request = RequestFactory().post("/", REMOTE_ADDR="192.0.2.1")
     request.user = AnonymousUser()
     backends = {"file cache": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
                                "LOCATION": str(settings.VAR_DIR / "bench-cache"), "KEY_PREFIX": "bench"}}
-    if os.environ.get("REDIS_URL"):
+    if redis_url:
         backends["Redis"] = {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                             "LOCATION": os.environ["REDIS_URL"], "KEY_PREFIX": f"bench-{os.getpid()}"}
+                             "LOCATION": redis_url, "KEY_PREFIX": f"bench-{os.getpid()}"}
     lines, base = [], None
     for name, backend in backends.items():
         with override_settings(CACHES={"default": backend}, LOOKALIKE_RATE_LIMIT_SEARCH="1000000000/day"):
@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--gallery", type=int, default=200)
     parser.add_argument("--searches", type=int, default=100)
+    parser.add_argument("--redis", help="also time rate-limit checks on this Redis (keys expire within a day)")
     args = parser.parse_args()
     call_command("migrate", verbosity=0)
     user = get_user_model().objects.create_user(f"bench-{os.getpid()}", password="bench-password")
@@ -150,7 +151,7 @@ def main() -> None:
     print(f"{len(images)} indexed images; {args.requests} requests per row, {args.searches} searches.\n")
     print("| what | p50 ms | p99 ms | p50 ratio |")
     print("| --- | --- | --- | --- |")
-    for line in (authentication(args.requests, images[0].pk, secret, user) + rate_limits(args.requests)
+    for line in (authentication(args.requests, images[0].pk, secret, user) + rate_limits(args.requests, args.redis)
                  + searches(args.searches, images, secret)):
         print(line)
 
