@@ -82,17 +82,17 @@ def _query_from(request: HttpRequest, data: QueryDict, context: dict[str, object
     upload = request.FILES.get("image")
     if upload is not None:
         query = queries.query_from_upload(data=_read_upload(upload))
-        context.update(query_name=upload.name, query_preview=_preview(query))
+        context.update(query_kind="upload", query_name=upload.name, query_preview=_preview(query))
     elif data.get("url", "").strip():
         query = queries.query_from_url(url=data["url"])
-        context.update(query_name=data["url"].strip(), query_preview=_preview(query))
+        context.update(query_kind="url", query_name=data["url"].strip(), query_preview=_preview(query))
     elif data.get("image_id", "").strip():
         try:
             image_id = int(data["image_id"])
         except ValueError:
             raise QueryError("invalid_parameter", "image_id must be the number of a gallery image.") from None
         query = queries.query_from_image(image_id=image_id, user=request.user)
-        context.update(source=query.source)
+        context.update(query_kind="image", source=query.source)
     else:
         raise QueryError("no_query", "Choose a picture, paste one, or give its URL to search with.")
     context.update(query_width=query.width, query_height=query.height)
