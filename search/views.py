@@ -3,6 +3,7 @@ from a gallery image. The logic lives in ``search.queries``; the API answers the
 from __future__ import annotations
 
 import base64
+import io
 import logging
 
 from django.conf import settings
@@ -13,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from gallery.access import viewer_required
 from gallery.imaging import ImageRejected, encode_jpeg
-from gallery.services import read_limited
+from gallery.services import image_upload, read_limited
 from search import queries
 from search.queries import QueryError
 
@@ -81,18 +82,23 @@ def _query_from(request: HttpRequest, data: QueryDict, context: dict[str, object
     """The query picture: an uploaded file, else a URL, else a gallery image."""
     upload = request.FILES.get("image")
     if upload is not None:
-        query = queries.query_from_upload(data=_read_upload(upload))
-        context.update(query_name=upload.name, query_preview=_preview(query))
+        picture = _read_upload(upload)
+        query = queries.query_from_upload(data=picture)
+        context.update(query_kind="upload", query_name=upload.name, query_preview=_preview(query))
+        if data.get("add_to_gallery") and request.user.is_authenticated:
+            # Only when asked: a query picture is otherwise never stored.
+            context["added"] = image_upload(source=io.BytesIO(picture), original_name=upload.name,
+                                            owner=request.user)
     elif data.get("url", "").strip():
         query = queries.query_from_url(url=data["url"])
-        context.update(query_name=data["url"].strip(), query_preview=_preview(query))
+        context.update(query_kind="url", query_name=data["url"].strip(), query_preview=_preview(query))
     elif data.get("image_id", "").strip():
         try:
             image_id = int(data["image_id"])
         except ValueError:
             raise QueryError("invalid_parameter", "image_id must be the number of a gallery image.") from None
         query = queries.query_from_image(image_id=image_id, user=request.user)
-        context.update(source=query.source)
+        context.update(query_kind="image", source=query.source)
     else:
         raise QueryError("no_query", "Choose a picture, paste one, or give its URL to search with.")
     context.update(query_width=query.width, query_height=query.height)

@@ -6,9 +6,9 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tests import images
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, store_indexed
 
-pytestmark = [pytest.mark.browser, pytest.mark.worker]
+pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -65,6 +65,7 @@ def shot(page: Page, name: str) -> Path:
     return path
 
 
+@pytest.mark.worker
 def test_upload_by_drag_and_drop_then_search(worker, site, user, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     base = site.url
@@ -118,3 +119,93 @@ def test_pages_fit_a_phone_and_work_by_keyboard(site, db, browser):
     page.keyboard.press("Enter")
     page.keyboard.press("Tab")
     expect(page.locator("input[name=image]")).to_be_focused()
+
+
+def paste_picture(page: Page, name: str, data: bytes) -> None:
+    """Paste the way Ctrl+V does after copying an image: a paste event carrying the file."""
+    page.evaluate("""([name, b64]) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+        const paste = new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true });
+        document.dispatchEvent(paste);
+    }""", [name, base64.b64encode(data).decode()])
+
+
+@pytest.fixture
+def halves_gallery(transactional_db, clean_index):
+    """A photo's two halves among 24 other pictures: more than one page of results."""
+    whole = images.picture(5, (640, 480))
+    halves = [store_indexed(images.encode(whole.crop(box), "JPEG", quality=92), name)
+              for box, name in (((0, 0, 320, 480), "left-half.jpg"), ((320, 0, 640, 480), "right-half.jpg"))]
+    others = [store_indexed(images.jpeg(100 + i), f"other-{i}.jpg") for i in range(24)]
+    return images.encode(whole, "JPEG", quality=92), halves, others
+
+
+def test_search_by_paste_then_a_region_then_load_more(site, halves_gallery, browser):
+    whole, _halves, _others = halves_gallery
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{site.url}/search/")
+    paste_picture(page, "pasted.jpg", whole)
+    tiles = page.locator("[data-result-grid] .tile")
+    expect(tiles).to_have_count(24)
+    expect(page.locator(".query-card")).to_contain_text("640 × 480 pixels")
+    expect(tiles.nth(0)).to_contain_text("half.jpg")
+    shot(page, "search-pasted")
+
+    page.get_by_role("button", name="Load more").click()
+    expect(tiles).to_have_count(26)
+    expect(page.get_by_role("button", name="Load more")).to_have_count(0)
+
+    # Drag over the right half of the picture shown: that region alone is searched.
+    picture = page.locator("[data-cropper] img")
+    picture.scroll_into_view_if_needed()
+    box = picture.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.52, box["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.5, steps=5)
+    page.mouse.move(box["x"] + box["width"] - 1, box["y"] + box["height"] - 1, steps=5)
+    page.mouse.up()
+    expect(page.locator(".query-card")).to_contain_text("searching the region")
+    expect(tiles.nth(0)).to_contain_text("right-half.jpg")
+    expect(page.locator("[data-crop-box]")).to_be_visible()
+    shot(page, "search-region")
+
+    page.get_by_role("button", name="Search the whole picture").click()
+    expect(page.locator(".query-card")).not_to_contain_text("searching the region")
+
+    tiles.nth(0).get_by_role("link", name="Similar").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Images similar to")
+    expect(tiles).to_have_count(24)
+
+
+def test_search_says_what_went_wrong_and_when_nothing_matches(site, halves_gallery, browser, tmp_path):
+    whole, _halves, _others = halves_gallery
+    page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page.goto(f"{site.url}/search/")
+    page.get_by_label("or search by the address of a picture").fill("http://127.0.0.1:1/secret.jpg")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.get_by_role("alert")).to_contain_text("only public addresses are fetched")
+    shot(page, "phone-search-error")
+
+    not_a_picture = tmp_path / "notes.jpg"
+    not_a_picture.write_bytes(b"meeting notes, not a picture")
+    page.locator("input[name=image]").set_input_files(str(not_a_picture))
+    expect(page.get_by_role("alert")).to_contain_text("not an image")
+
+    page.get_by_text("Options and filters").click()
+    page.get_by_label("Tags").fill("volcano")
+    picture = tmp_path / "photo.jpg"
+    picture.write_bytes(whole)
+    page.locator("input[name=image]").set_input_files(str(picture))
+    expect(page.get_by_role("heading", name="No matches with these filters")).to_be_visible()
+    page.get_by_label("Tags").fill("")
+    page.get_by_label("Minimum similarity").select_option("90%")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.locator("[data-search-progress]")).to_have_text("")
+    expect(page.get_by_role("heading", name="No matches with these filters")).to_have_count(0)
+    scores = page.locator("[data-result-grid] .score").all_inner_texts()
+    assert scores and all(int(score.rstrip("%")) >= 90 for score in scores), scores
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the results scroll sideways by {overflow}px"
+    shot(page, "phone-search-results")

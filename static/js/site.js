@@ -31,19 +31,194 @@
       var title = dropzone.querySelector(".dropzone-title");
       var n = input.files.length;
       if (title) title.textContent = n ? (n === 1 ? input.files[0].name : n + " files chosen") : "Drop images here";
-      if (dropzone.hasAttribute("data-autosubmit") && n) input.form.requestSubmit();
+      // After every other change listener, so that the form knows which query is current.
+      if (dropzone.hasAttribute("data-autosubmit") && n) window.setTimeout(function () { input.form.requestSubmit(); });
     });
   }
 
-  // Searching takes a moment while the picture is embedded: say so, and stop double submits.
+  // Search: the results come in place, so that the picture stays chosen for "load more" and for
+  // searching a region of it; progress shows while the server embeds the query.
   var searchForm = document.querySelector("[data-search-form]");
-  if (searchForm) {
-    searchForm.addEventListener("submit", function () {
-      searchForm.classList.add("busy");
-      var button = searchForm.querySelector("button[type=submit]");
-      button.disabled = true;
-      button.textContent = "Searching…";
+  var resultsBox = document.querySelector("[data-results]");
+  if (searchForm && resultsBox && window.fetch && window.FormData) {
+    var progress = searchForm.querySelector("[data-search-progress]");
+    var fileInput = searchForm.querySelector("[data-file-input]");
+    var urlField = searchForm.querySelector("input[name=url]");
+    var boxField = searchForm.querySelector("[data-box-field]");
+    var offsetField = searchForm.querySelector("[data-offset-field]");
+    var lastSource = null;
+    var inFlight = null;
+
+    var hasQuery = function () {
+      return (fileInput && fileInput.files.length) || (urlField && urlField.value.trim()) ||
+        searchForm.querySelector("input[name=image_id]");
+    };
+
+    var setBusy = function (busy) {
+      searchForm.classList.toggle("busy", busy);
+      resultsBox.setAttribute("aria-busy", busy ? "true" : "false");
+      searchForm.querySelectorAll("button[type=submit]").forEach(function (b) { b.disabled = busy; });
+    };
+
+    var run = function (append) {
+      if (!hasQuery()) {
+        progress.textContent = "Choose a picture, paste one, or give its URL to search with.";
+        return;
+      }
+      if (lastSource === "url" && fileInput) fileInput.value = "";
+      if (lastSource === "file" && urlField) urlField.value = "";
+      if (!append) offsetField.value = "0";
+      var started = Date.now();
+      progress.textContent = "Searching…";
+      var ticker = window.setInterval(function () {
+        progress.textContent = "Searching… " + ((Date.now() - started) / 1000).toFixed(1) + " s";
+      }, 200);
+      setBusy(true);
+      var request = fetch(searchForm.action, {
+        method: "POST", body: new FormData(searchForm), credentials: "same-origin",
+        headers: { "X-Requested-With": "fetch" }
+      });
+      inFlight = request;
+      request.then(function (r) { return r.text(); })
+        .then(function (html) {
+          if (request !== inFlight) return;
+          if (append) appendPage(html); else resultsBox.innerHTML = html;
+          progress.textContent = "";
+          bindResults();
+        })
+        .catch(function () {
+          progress.textContent = "The search failed; check your connection and try again.";
+        })
+        .finally(function () {
+          window.clearInterval(ticker);
+          if (request === inFlight) setBusy(false);
+        });
+    };
+
+    var appendPage = function (html) {
+      var page = new DOMParser().parseFromString(html, "text/html");
+      var grid = resultsBox.querySelector("[data-result-grid]");
+      var tiles = page.querySelectorAll("[data-result-grid] > *");
+      tiles.forEach(function (tile) { grid.append(document.adoptNode(tile)); });
+      var oldMore = resultsBox.querySelector("[data-load-more-row]");
+      var newMore = page.querySelector("[data-load-more-row]");
+      if (newMore) oldMore.replaceWith(document.adoptNode(newMore)); else if (oldMore) oldMore.remove();
+      var error = page.querySelector(".error");
+      if (error) progress.textContent = error.textContent;
+      if (tiles.length) tiles[0].querySelector("a").focus();
+    };
+
+    // Each element is bound once: a page of results appended later brings only its new ones.
+    var unbound = function (selector) {
+      var element = resultsBox.querySelector(selector);
+      if (!element || element.dataset.bound) return null;
+      element.dataset.bound = "true";
+      return element;
+    };
+
+    var bindResults = function () {
+      var more = unbound("[data-load-more]");
+      if (more) {
+        more.hidden = false;
+        more.addEventListener("click", function (event) {
+          event.preventDefault();
+          offsetField.value = more.dataset.nextOffset;
+          run(true);
+        });
+      }
+      var clear = unbound("[data-clear-box]");
+      if (clear) clear.addEventListener("click", function () { boxField.value = ""; run(false); });
+      var cropper = unbound("[data-cropper]");
+      if (cropper) bindCropper(cropper);
+    };
+
+    // Drag a rectangle on the query picture to search that region; the box is sent in the
+    // picture's own pixels, whatever size it is shown at.
+    var bindCropper = function (cropper) {
+      var img = cropper.querySelector("img");
+      var frame = cropper.querySelector("[data-crop-box]");
+      var scale = function () { return Number(cropper.dataset.width) / img.clientWidth; };
+      var draw = function (x, y, w, h) {
+        frame.hidden = false;
+        frame.style.left = x + "px"; frame.style.top = y + "px";
+        frame.style.width = w + "px"; frame.style.height = h + "px";
+      };
+      var showBox = function () {
+        if (!cropper.dataset.box || !img.clientWidth) return;
+        var b = cropper.dataset.box.split(",").map(Number), s = scale();
+        draw(b[0] / s, b[1] / s, b[2] / s, b[3] / s);
+      };
+      if (img.complete) showBox(); else img.addEventListener("load", showBox);
+      var start = null;
+      var point = function (event) {
+        var r = img.getBoundingClientRect();
+        return { x: Math.min(Math.max(event.clientX - r.left, 0), r.width),
+                 y: Math.min(Math.max(event.clientY - r.top, 0), r.height) };
+      };
+      cropper.addEventListener("pointerdown", function (event) {
+        event.preventDefault();
+        start = point(event);
+        cropper.setPointerCapture(event.pointerId);
+        draw(start.x, start.y, 0, 0);
+      });
+      cropper.addEventListener("pointermove", function (event) {
+        if (!start) return;
+        var p = point(event);
+        draw(Math.min(start.x, p.x), Math.min(start.y, p.y), Math.abs(p.x - start.x), Math.abs(p.y - start.y));
+      });
+      cropper.addEventListener("pointerup", function (event) {
+        if (!start) return;
+        var p = point(event), s = scale();
+        var x = Math.min(start.x, p.x), y = Math.min(start.y, p.y);
+        var w = Math.abs(p.x - start.x), h = Math.abs(p.y - start.y);
+        start = null;
+        if (w < 6 || h < 6) { frame.hidden = true; return; }
+        var box = [x * s, y * s, w * s, h * s].map(Math.round);
+        box[2] = Math.min(box[2], Number(cropper.dataset.width) - box[0]);
+        box[3] = Math.min(box[3], Number(cropper.dataset.height) - box[1]);
+        boxField.value = box.join(",");
+        run(false);
+      });
+    };
+
+    if (fileInput) fileInput.addEventListener("change", function () {
+      lastSource = "file";
+      boxField.value = "";
     });
+    if (urlField) urlField.addEventListener("input", function () { lastSource = "url"; boxField.value = ""; });
+    searchForm.addEventListener("submit", function (event) {
+      event.preventDefault();
+      run(false);
+    });
+
+    // Paste a picture (or the address of one) anywhere on the page.
+    document.addEventListener("paste", function (event) {
+      var data = event.clipboardData;
+      if (!data) return;
+      var picture = Array.prototype.find.call(data.files || [], function (f) { return /^image\//.test(f.type); });
+      if (picture && fileInput) {
+        event.preventDefault();
+        var transfer = new DataTransfer();
+        transfer.items.add(picture);
+        fileInput.files = transfer.files;
+        lastSource = "file";
+        boxField.value = "";
+        var title = searchForm.querySelector(".dropzone-title");
+        if (title) title.textContent = picture.name || "Pasted picture";
+        run(false);
+        return;
+      }
+      var text = (data.getData("text") || "").trim();
+      var typing = document.activeElement && /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName);
+      if (!typing && urlField && /^https?:\/\/\S+$/.test(text)) {
+        event.preventDefault();
+        urlField.value = text;
+        lastSource = "url";
+        boxField.value = "";
+        run(false);
+      }
+    });
+    bindResults();
   }
 
   // Uploads: send with fetch, list each file's outcome, then follow the states until settled.

@@ -83,6 +83,19 @@ class TestSearchByPicture:
         search(client, images.jpeg(99))
         assert Image.objects.count() == len(gallery)
 
+    def test_a_signed_in_user_may_ask_to_add_the_picture_to_the_gallery(self, alice_client, user, gallery):
+        response = search(alice_client, images.jpeg(99), add_to_gallery="1")
+        added = Image.objects.get(owner=user)
+        assert "Added to the gallery as" in response.content.decode()
+        assert Image.objects.count() == len(gallery) + 1 and added.state == Image.State.QUEUED
+        again = search(alice_client, images.jpeg(99), add_to_gallery="1")
+        expected = f'Already in the gallery as <a href="/images/{added.pk}/">image #{added.pk}</a>'
+        assert expected in again.content.decode()
+
+    def test_an_anonymous_visitor_cannot_add_to_the_gallery(self, client, gallery):
+        search(client, images.jpeg(99), add_to_gallery="1")
+        assert Image.objects.count() == len(gallery)
+
     def test_it_returns_what_exists_when_k_is_larger_than_the_gallery(self, client, gallery):
         assert sorted(result_ids(search(client, images.jpeg(1), k=96))) == sorted(i.pk for i in gallery)
 
