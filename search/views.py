@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods
 
+from api.ratelimit import RateLimited, rate_limit_hit
 from gallery.access import viewer_required
 from gallery.imaging import ImageRejected, encode_jpeg
 from gallery.services import image_upload, read_limited
@@ -63,10 +64,16 @@ def similar(request: HttpRequest, image_id: int) -> HttpResponse:
 def _search(request: HttpRequest, data: QueryDict) -> HttpResponse:
     context: dict[str, object] = {}
     try:
+        rate_limit_hit(request, scope="search")
         params = queries.search_params_from(data)
         context["params"] = params
         query = _query_from(request, data, context)
         outcome = queries.search_run(query=query, user=request.user, params=params)
+    except RateLimited as limited:
+        context["error"] = limited.message
+        response = _render(request, context, status=429)
+        response["Retry-After"] = str(limited.retry_after)
+        return response
     except QueryError as error:
         if error.status >= 500:
             log.error("Search unavailable: %s", error.message)
@@ -90,6 +97,7 @@ def _query_from(request: HttpRequest, data: QueryDict, context: dict[str, object
             context["added"] = image_upload(source=io.BytesIO(picture), original_name=upload.name,
                                             owner=request.user)
     elif data.get("url", "").strip():
+        rate_limit_hit(request, scope="url_fetch")
         query = queries.query_from_url(url=data["url"])
         context.update(query_kind="url", query_name=data["url"].strip(), query_preview=_preview(query))
     elif data.get("image_id", "").strip():

@@ -367,3 +367,31 @@ def test_vectors_of_another_model_stop_search_with_the_fix(client, gallery):
     response = search(client, images.jpeg(1))
     assert response.status_code == 503
     assert "rebuild_index --reembed" in response.context["error"]
+
+
+class TestRateLimits:
+    def test_searches_beyond_the_limit_are_refused_with_retry_after(self, client, gallery, settings):
+        settings.LOOKALIKE_RATE_LIMIT_SEARCH = "2/minute"
+        assert search(client, images.jpeg(1)).status_code == 200
+        assert client.get(reverse("search:similar", args=[gallery[0].pk])).status_code == 200
+        refused = search(client, images.jpeg(1))
+        assert refused.status_code == 429
+        assert 0 < int(refused["Retry-After"]) <= 60
+        assert "Too many searches: the limit is 2 per minute" in refused.context["error"]
+        assert client.get(reverse("search:similar", args=[gallery[0].pk])).status_code == 429
+
+    def test_each_signed_in_user_has_a_budget_of_their_own(self, client, gallery, settings, user, other_user):
+        settings.LOOKALIKE_RATE_LIMIT_SEARCH = "1/minute"
+        client.force_login(user)
+        assert search(client, images.jpeg(1)).status_code == 200
+        assert search(client, images.jpeg(1)).status_code == 429
+        client.force_login(other_user)
+        assert search(client, images.jpeg(1)).status_code == 200
+
+    def test_url_fetches_have_a_limit_of_their_own(self, client, gallery, picture_server, settings):
+        settings.LOOKALIKE_RATE_LIMIT_URL_FETCH = "1/minute"
+        url = picture_server.url("/picture.jpg")
+        assert client.post(reverse("search:search"), {"url": url}).status_code == 200
+        refused = client.post(reverse("search:search"), {"url": url})
+        assert refused.status_code == 429 and "Too many URL fetches" in refused.context["error"]
+        assert search(client, images.jpeg(1)).status_code == 200, "searching by picture is still allowed"
