@@ -19,6 +19,9 @@ ACCEPTED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "GIF": "GIF", 
 ACCEPTED_LABEL = ", ".join(ACCEPTED_FORMATS.values())
 DISPLAY_MAX_SIDE = 1600
 THUMBNAIL_MAX_SIDE = 400
+# Only the first frame is ever decoded, but the original is kept and other software may decode
+# every frame of it; no real animation comes near this many frames.
+MAX_FRAMES = 1000
 
 # Recognised by their first bytes, so that a refusal can name what the file is.
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
@@ -41,16 +44,12 @@ class ImageRejected(ValueError):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    image: Image.Image  # RGB, turned upright by its EXIF orientation
+    # RGB, turned upright by its EXIF orientation; a large JPEG is decoded at a reduced scale.
+    image: Image.Image
     format: str
-
-    @property
-    def width(self) -> int:
-        return self.image.width
-
-    @property
-    def height(self) -> int:
-        return self.image.height
+    # The upright size of the file itself, whatever the scale it was decoded at.
+    width: int
+    height: int
 
 
 def _refusal_for_unidentified(data: bytes) -> ImageRejected:
@@ -96,6 +95,9 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
             "too_many_pixels",
             f"The image is {width} × {height} pixels; the limit is {max_pixels / 1e6:g} megapixels.",
         )
+    frames = _frame_count(image)
+    if frames > MAX_FRAMES:
+        raise ImageRejected("too_many_frames", f"The animation has {frames} frames; the limit is {MAX_FRAMES}.")
     if image.format in ("JPEG", "MPO"):
         # Decoding straight to a reduced scale costs a fraction of a full decode and still
         # reads the whole file, so truncation is detected all the same.
@@ -106,8 +108,18 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
         rgb = to_rgb(upright)
     except Exception as exc:
         raise ImageRejected("damaged", f"The file is damaged or truncated and cannot be decoded ({exc}).") from None
+    turned = upright.size != image.size
     # Cameras write multi-picture JPEGs (MPO); the first picture is a plain JPEG.
-    return DecodedImage(rgb, "JPEG" if image.format == "MPO" else str(image.format))
+    return DecodedImage(rgb, "JPEG" if image.format == "MPO" else str(image.format),
+                        width=height if turned else width, height=width if turned else height)
+
+
+def _frame_count(image: Image.Image) -> int:
+    try:
+        # Counting reads the frame headers only, without decoding any frame.
+        return int(getattr(image, "n_frames", 1))
+    except Exception as exc:
+        raise ImageRejected("damaged", f"The file is damaged: its frames cannot be read ({exc}).") from None
 
 
 def _fit(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -146,7 +158,8 @@ def encode_jpeg(image: Image.Image, *, max_side: int, quality: int = 85) -> byte
         image = image.copy()
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality, optimize=True, progressive=max(image.size) > 256)
+    # An empty comment: Pillow would otherwise copy the decoded file's JPEG comment into the copy.
+    image.save(buffer, "JPEG", quality=quality, optimize=True, progressive=max(image.size) > 256, comment=b"")
     return buffer.getvalue()
 
 

@@ -64,6 +64,10 @@ def store_indexed(data: bytes, name: str = "picture.jpg", owner=None) -> Image:
     return image
 
 
+def media_files() -> set[str]:
+    return {str(p.relative_to(settings.MEDIA_ROOT)) for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()}
+
+
 @pytest.fixture
 def clean_index() -> Iterator[Path]:
     """An empty index folder: each test starts with no snapshot, as after a fresh install."""

@@ -2,17 +2,12 @@ import io
 import os
 
 import pytest
-from django.conf import settings
 
 from gallery.models import Image
 from gallery.services import clean_original_name, image_delete, image_upload
 from search.models import Embedding, IndexChange
 from tests import images
-from tests.conftest import store, store_indexed
-
-
-def media_files() -> set[str]:
-    return {str(p.relative_to(settings.MEDIA_ROOT)) for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()}
+from tests.conftest import media_files, store, store_indexed
 
 
 def upload(data: bytes, name: str = "photo.jpg", owner=None):
