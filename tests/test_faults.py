@@ -178,6 +178,8 @@ while not os.path.exists(stop):
     except Exception as exc:
         failures += 1
         errors.append(repr(exc))
+    if searches + failures == 1:
+        print("searching", flush=True)
     time.sleep(0.02)
 print(json.dumps({"searches": searches, "failures": failures, "errors": errors[:5]}))
 """
@@ -191,6 +193,8 @@ def test_workers_embed_at_once_while_other_processes_search(worker, tmp_path):
     searchers = [subprocess.Popen([sys.executable, "-c", SEARCHER, str(stop)], cwd=PROJECT_ROOT, env=process_env(),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     try:
+        for searcher in searchers:
+            assert searcher.stdout.readline().strip() == "searching"
         stored = [store(images.jpeg(100 + i, size=(160, 120)), f"busy-{i}.jpg") for i in range(24)]
         ids = {image.pk for image in stored}
         wait_for(lambda: Image.objects.filter(pk__in=ids, state=Image.State.INDEXED).count() == len(ids), 300,
