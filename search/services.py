@@ -160,9 +160,10 @@ _APPLY_CHUNK = 5000
 def index_sync(*, verify: bool = False) -> IndexSyncResult:
     """Apply the change log to the index and publish a snapshot, if this process may write.
 
-    With ``verify``, a published snapshot whose files do not match their checksums is rebuilt
-    from the database even when no change is waiting. Snapshots are spaced by ``_snapshot_spacing``: readers cover the newest rows meanwhile, so
-    a burst of uploads costs a few snapshots instead of one per image.
+    Snapshots are spaced by ``_snapshot_spacing``: readers cover the newest rows meanwhile, so
+    a burst of uploads costs a few snapshots instead of one per image. With ``verify``, a
+    published snapshot whose files do not match their checksums is rebuilt from the database
+    even when no change is waiting.
     """
     store = runtime.snapshot_store()
     with store.writer_lock() as is_writer:
