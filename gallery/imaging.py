@@ -47,7 +47,7 @@ class DecodedImage:
     # RGB, turned upright by its EXIF orientation; a large JPEG is decoded at a reduced scale.
     image: Image.Image
     format: str
-    # The upright size of the file itself, whatever the scale it was decoded at.
+    # The file's own size, upright: what the image is, whatever scale it was decoded at.
     width: int
     height: int
 
@@ -108,10 +108,10 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
         rgb = to_rgb(upright)
     except Exception as exc:
         raise ImageRejected("damaged", f"The file is damaged or truncated and cannot be decoded ({exc}).") from None
-    turned = upright.size != image.size
+    if upright.size != image.size:  # turned a quarter by its EXIF orientation
+        width, height = height, width
     # Cameras write multi-picture JPEGs (MPO); the first picture is a plain JPEG.
-    return DecodedImage(rgb, "JPEG" if image.format == "MPO" else str(image.format),
-                        width=height if turned else width, height=width if turned else height)
+    return DecodedImage(rgb, "JPEG" if image.format == "MPO" else str(image.format), width, height)
 
 
 def _frame_count(image: Image.Image) -> int:
