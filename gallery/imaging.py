@@ -66,6 +66,14 @@ def _refusal_for_unidentified(data: bytes) -> ImageRejected:
     return ImageRejected("not_an_image", f"The file is not an image in an accepted format ({ACCEPTED_LABEL}).")
 
 
+def _frame_count(image: Image.Image) -> int:
+    try:
+        # Counting reads the frame headers only, without decoding any frame.
+        return int(getattr(image, "n_frames", 1))
+    except Exception as exc:
+        raise ImageRejected("damaged", f"The file is damaged: its frames cannot be read ({exc}).") from None
+
+
 def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     """Decode the first frame of an uploaded file, or raise ``ImageRejected``."""
     if not data:
@@ -112,14 +120,6 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
         width, height = height, width
     # Cameras write multi-picture JPEGs (MPO); the first picture is a plain JPEG.
     return DecodedImage(rgb, "JPEG" if image.format == "MPO" else str(image.format), width, height)
-
-
-def _frame_count(image: Image.Image) -> int:
-    try:
-        # Counting reads the frame headers only, without decoding any frame.
-        return int(getattr(image, "n_frames", 1))
-    except Exception as exc:
-        raise ImageRejected("damaged", f"The file is damaged: its frames cannot be read ({exc}).") from None
 
 
 def _fit(width: int, height: int, max_side: int) -> tuple[int, int]:
