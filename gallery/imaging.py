@@ -19,6 +19,9 @@ ACCEPTED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "GIF": "GIF", 
 ACCEPTED_LABEL = ", ".join(ACCEPTED_FORMATS.values())
 DISPLAY_MAX_SIDE = 1600
 THUMBNAIL_MAX_SIDE = 400
+# Only the first frame is ever decoded, but the original is kept and other software may decode
+# every frame of it; no real animation comes near this many frames.
+MAX_FRAMES = 1000
 
 # Recognised by their first bytes, so that a refusal can name what the file is.
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
@@ -63,6 +66,14 @@ def _refusal_for_unidentified(data: bytes) -> ImageRejected:
     return ImageRejected("not_an_image", f"The file is not an image in an accepted format ({ACCEPTED_LABEL}).")
 
 
+def _frame_count(image: Image.Image) -> int:
+    try:
+        # Counting reads the frame headers only, without decoding any frame.
+        return int(getattr(image, "n_frames", 1))
+    except Exception as exc:
+        raise ImageRejected("damaged", f"The file is damaged: its frames cannot be read ({exc}).") from None
+
+
 def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     """Decode the first frame of an uploaded file, or raise ``ImageRejected``."""
     if not data:
@@ -92,6 +103,9 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
             "too_many_pixels",
             f"The image is {width} × {height} pixels; the limit is {max_pixels / 1e6:g} megapixels.",
         )
+    frames = _frame_count(image)
+    if frames > MAX_FRAMES:
+        raise ImageRejected("too_many_frames", f"The animation has {frames} frames; the limit is {MAX_FRAMES}.")
     if image.format in ("JPEG", "MPO"):
         # Decoding straight to a reduced scale costs a fraction of a full decode and still
         # reads the whole file, so truncation is detected all the same.
@@ -144,7 +158,8 @@ def encode_jpeg(image: Image.Image, *, max_side: int, quality: int = 85) -> byte
         image = image.copy()
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality, optimize=True, progressive=max(image.size) > 256)
+    # An empty comment: Pillow would otherwise copy the decoded file's JPEG comment into the copy.
+    image.save(buffer, "JPEG", quality=quality, optimize=True, progressive=max(image.size) > 256, comment=b"")
     return buffer.getvalue()
 
 

@@ -15,6 +15,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.db.models import Count, Sum
 from django.template.defaultfilters import filesizeformat
 
 from gallery.imaging import DISPLAY_MAX_SIDE, THUMBNAIL_MAX_SIDE, ImageRejected, decode_image, encode_jpeg
@@ -64,6 +65,22 @@ def read_limited(source: BinaryIO, limit: int) -> bytes:
     return data
 
 
+def _check_quota(owner: AbstractBaseUser | None, size: int) -> None:
+    """Refuse a file that would take its owner past the upload quota (0 means no limit)."""
+    max_images, max_bytes = settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES, settings.LOOKALIKE_UPLOAD_QUOTA_BYTES
+    if owner is None or not owner.is_authenticated or not (max_images or max_bytes):
+        return
+    used = Image.objects.filter(owner=owner).aggregate(images=Count("id"), bytes=Sum("byte_size"))
+    if max_images and used["images"] >= max_images:
+        raise ImageRejected("quota_exceeded", f"You have reached your quota of {max_images} images; "
+                                              "delete some to upload more.")
+    used_bytes = used["bytes"] or 0
+    if max_bytes and used_bytes + size > max_bytes:
+        raise ImageRejected("quota_exceeded",
+                            f"This file ({filesizeformat(size)}) would take you past your quota of "
+                            f"{filesizeformat(max_bytes)}; you have used {filesizeformat(used_bytes)}.")
+
+
 def image_upload(*, source: BinaryIO, original_name: str, owner: AbstractBaseUser | None) -> UploadResult:
     """Validate, store and queue one uploaded file. Nothing is stored for a refused file."""
     name = clean_original_name(original_name)
@@ -73,6 +90,7 @@ def image_upload(*, source: BinaryIO, original_name: str, owner: AbstractBaseUse
         existing = Image.objects.filter(sha256=digest).first()
         if existing:
             return UploadResult.duplicate(name, existing)
+        _check_quota(owner, len(data))
         decoded = decode_image(data, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS)
     except ImageRejected as rejection:
         return UploadResult.refused(name, rejection)

@@ -8,16 +8,20 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import TooManyFilesSent
+from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from api.ratelimit import files_in, rate_limit
 from gallery import selectors, services
 from gallery.access import viewer_required
 from gallery.models import Image
+from gallery.uploads import FileSizeLimit
 
 GALLERY_PAGE_SIZE = 48
 _SERVED_MEDIA = {"display", "thumbs"}
@@ -55,18 +59,33 @@ def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
+@csrf_exempt  # checked by _upload, once the body has been read under the size limit
 @login_required
 @require_http_methods(["GET", "POST"])
 @rate_limit("upload", cost=files_in("files"))
 def upload(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "gallery/upload.html")
+    max_files, max_bytes = settings.LOOKALIKE_MAX_UPLOAD_FILES, settings.LOOKALIKE_MAX_UPLOAD_BYTES
+    if int(request.META.get("CONTENT_LENGTH") or 0) > max_files * (max_bytes + 4096):
+        # Refused before a byte of the body is read.
+        return _upload_error(request, "too_large", f"The upload is too large: {_too_large_detail()}", 413)
+    size_limit = FileSizeLimit(request, max_bytes)
+    request.upload_handlers.insert(0, size_limit)
     try:
         files = request.FILES.getlist("files")
     except TooManyFilesSent:
-        files = None
+        return _upload_error(request, "too_many_files", f"Send at most {max_files} files at a time.", 400)
+    if size_limit.too_large is not None:
+        name = services.clean_original_name(size_limit.too_large)
+        return _upload_error(request, "too_large", f"{name} is too large: {_too_large_detail()}", 413)
+    return _upload(request, files)
+
+
+@csrf_protect
+def _upload(request: HttpRequest, files: list[UploadedFile]) -> HttpResponse:
     limit = settings.LOOKALIKE_MAX_UPLOAD_FILES
-    if files is None or len(files) > limit:
+    if len(files) > limit:
         return _upload_error(request, "too_many_files", f"Send at most {limit} files at a time.", 400)
     if not files:
         return _upload_error(request, "no_files", "Choose one or more images to upload.", 400)
@@ -78,6 +97,11 @@ def upload(request: HttpRequest) -> HttpResponse:
             for r in results
         ]})
     return render(request, "gallery/upload.html", {"results": results})
+
+
+def _too_large_detail() -> str:
+    per_file = filesizeformat(settings.LOOKALIKE_MAX_UPLOAD_BYTES)
+    return f"nothing from this upload was stored. Each file may be at most {per_file}."
 
 
 def _upload_error(request: HttpRequest, code: str, message: str, status: int) -> HttpResponse:
@@ -116,7 +140,9 @@ def original(request: HttpRequest, image_id: int) -> FileResponse:
     image = get_object_or_404(Image, pk=image_id)
     if not selectors.image_can_manage(image=image, user=request.user):
         raise Http404
-    response = FileResponse(image.original.open("rb"), as_attachment=True, filename=image.original_name)
+    # The type comes from the stored name, which the decoded format chose, never from the uploaded name.
+    response = FileResponse(image.original.open("rb"), as_attachment=True, filename=image.original_name,
+                            content_type=mimetypes.guess_type(image.original.name)[0] or "application/octet-stream")
     response["X-Content-Type-Options"] = "nosniff"
     return response
 

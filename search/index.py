@@ -225,7 +225,8 @@ class SnapshotStore:
         self._prune(keep={snapshot_id})
         return meta
 
-    def load(self, meta: SnapshotMeta, params: HnswParams) -> HnswIndex:
+    def verify(self, meta: SnapshotMeta) -> None:
+        """Raise ``SnapshotCorrupt`` unless every file of the snapshot is there and matches its checksum."""
         folder = self.root / meta.snapshot_id
         for name, expected in meta.files.items():
             path = folder / name
@@ -235,6 +236,10 @@ class SnapshotStore:
                 raise SnapshotCorrupt(f"{path} does not match its checksum")
         if set(meta.files) != {_INDEX_FILE, _DELETED_FILE}:
             raise SnapshotCorrupt(f"{folder} lists unexpected files {sorted(meta.files)}")
+
+    def load(self, meta: SnapshotMeta, params: HnswParams) -> HnswIndex:
+        self.verify(meta)
+        folder = self.root / meta.snapshot_id
         graph = hnswlib.Index(space="ip", dim=meta.dim)
         try:
             graph.load_index(str(folder / _INDEX_FILE), max_elements=meta.capacity)
@@ -245,6 +250,12 @@ class SnapshotStore:
         return HnswIndex(meta.identity, stored, graph=graph, deleted=deleted.tolist())
 
     def _prune(self, keep: set[str]) -> None:
+        # A writer killed while publishing leaves its staging folder; the one writer is past that now.
+        for stale in self.root.glob(".*.tmp"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
         # The previous snapshot stays for a reader that read CURRENT.json just before it changed.
         folders = sorted((p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                          key=lambda p: p.stat().st_mtime)

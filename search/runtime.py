@@ -45,10 +45,10 @@ def embedder() -> Embedder:
 
 
 def _ask_writer_to_rebuild(_reason: str) -> None:
-    # The reader has logged the reason; the writer rebuilds what it cannot use.
+    # The reader has logged the reason; the writer checks the snapshot and rebuilds what it cannot use.
     from search.services import queue_index_sync
 
-    queue_index_sync()
+    queue_index_sync(verify=True)
 
 
 @functools.cache

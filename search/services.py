@@ -28,13 +28,16 @@ from search.reader import resolve_changes
 log = logging.getLogger(__name__)
 
 
-def queue_index_sync() -> None:
-    """Ask the index writer to run once the current transaction commits (at once outside one)."""
+def queue_index_sync(*, verify: bool = False) -> None:
+    """Ask the index writer to run once the current transaction commits (at once outside one).
+
+    ``verify`` makes it check the published snapshot's files too, for a reader that found them damaged.
+    """
     from search.tasks import sync_index
 
     # robust: a broker that is down must not undo or fail the write that asked; the next
     # change asks again, and readers cover the rows meanwhile.
-    transaction.on_commit(sync_index.delay, robust=True)
+    transaction.on_commit(lambda: sync_index.delay(verify=verify), robust=True)
 
 
 # Embedding ---------------------------------------------------------------------------------
@@ -154,28 +157,36 @@ _DEFER_FILE = "deferred-until"
 _APPLY_CHUNK = 5000
 
 
-def index_sync() -> IndexSyncResult:
+def index_sync(*, verify: bool = False) -> IndexSyncResult:
     """Apply the change log to the index and publish a snapshot, if this process may write.
 
     Snapshots are spaced by ``_snapshot_spacing``: readers cover the newest rows meanwhile, so
-    a burst of uploads costs a few snapshots instead of one per image.
+    a burst of uploads costs a few snapshots instead of one per image. With ``verify``, a
+    published snapshot whose files do not match their checksums is rebuilt from the database
+    even when no change is waiting.
     """
     store = runtime.snapshot_store()
     with store.writer_lock() as is_writer:
         if not is_writer:
             # The writer re-checks the log after releasing the lock, so nothing is missed.
             return IndexSyncResult("busy")
-        result = _sync_as_writer(store)
+        result = _sync_as_writer(store, verify=verify)
     # A change committed while this run held the lock found it busy and gave up: run again.
     if result.status in ("published", "up_to_date") and result.meta and changelog.last_seq() > result.meta.applied_seq:
         queue_index_sync()
     return result
 
 
-def _sync_as_writer(store: SnapshotStore) -> IndexSyncResult:
+def _sync_as_writer(store: SnapshotStore, *, verify: bool) -> IndexSyncResult:
     identity = runtime.index_identity()
     latest = changelog.last_seq()
     meta = _usable_meta(store, identity, latest)
+    if meta is not None and verify:
+        try:
+            store.verify(meta)
+        except SnapshotCorrupt as exc:
+            log.error("Rebuilding the index from the database: %s", exc)
+            meta = None
     if meta is None:
         return IndexSyncResult("published", _rebuild_as_writer(store, identity))
     if latest <= meta.applied_seq:

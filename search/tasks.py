@@ -12,7 +12,7 @@ def embed_image(self, image_id: int) -> None:
 
 
 @shared_task(name="search.sync_index")
-def sync_index() -> None:
-    result = services.index_sync()
+def sync_index(verify: bool = False) -> None:
+    result = services.index_sync(verify=verify)
     if result.status == "deferred":
         sync_index.apply_async(countdown=result.retry_in)

@@ -64,6 +64,10 @@ def store_indexed(data: bytes, name: str = "picture.jpg", owner=None) -> Image:
     return image
 
 
+def media_files() -> set[str]:
+    return {str(p.relative_to(settings.MEDIA_ROOT)) for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()}
+
+
 @pytest.fixture
 def clean_index() -> Iterator[Path]:
     """An empty index folder: each test starts with no snapshot, as after a fresh install."""
@@ -104,13 +108,29 @@ class Worker:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, **env: str) -> None:
+        """Start the worker; ``env`` sets environment variables (settings) for this run of it only."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO", "--concurrency=2",
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=PROJECT_ROOT, env=process_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=PROJECT_ROOT, env={**process_env(), **env}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
+
+    def busiest_pool_process(self) -> int:
+        """The pool process (a child of the worker's main process) that has used the most CPU: the
+        one running a task, when only one is."""
+        assert self.process is not None
+        children: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                children[int(stat.parent.name)] = int(fields[11]) + int(fields[12])  # user + system time
+        return max(children, key=children.__getitem__)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import random
+import struct
+import zlib
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -43,3 +45,28 @@ def png(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
 
 def bench_image(category: str, number: int) -> Path:
     return BENCH_IMAGES / category / f"{category}-{number:04d}.jpg"
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge size: a pixel flood."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + pixels + chunk(b"IEND", b"")
+
+
+def jpeg_header_claiming(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header is rewritten to claim a huge size."""
+    data = bytearray(jpeg(1, size=(64, 64)))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def animation(fmt: str, frames: int, size: tuple[int, int] = (32, 32)) -> bytes:
+    """An animation whose frames differ in colour, first frame red."""
+    pictures = [Image.new("RGB", size, (255 - i % 256, 0, i % 256)) for i in range(frames)]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, fmt, save_all=True, append_images=pictures[1:], duration=40, loop=0)
+    return buffer.getvalue()

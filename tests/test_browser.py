@@ -68,10 +68,12 @@ def shot(page: Page, name: str) -> Path:
 @pytest.mark.worker
 def test_upload_by_drag_and_drop_then_search(worker, site, user, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    blocked = []
+    page.on("console", lambda message: "Content Security Policy" in message.text and blocked.append(message.text))
     base = site.url
     sign_in(page, base)
 
-    page.goto(f"{base}/upload/")
+    assert "default-src 'self'" in page.goto(f"{base}/upload/").headers["content-security-policy"]
     cat = images.bench_image("cat", 5).read_bytes()
     drop_files(page, {"cat.jpg": cat, "shapes.jpg": images.jpeg(3), "cat-again.jpg": cat, "notes.jpg": b"hello"})
     expect(page.locator(".dropzone-title")).to_have_text("4 files chosen")
@@ -104,6 +106,7 @@ def test_upload_by_drag_and_drop_then_search(worker, site, user, browser, tmp_pa
     expect(page.get_by_role("heading", level=1)).to_contain_text("Images similar to cat.jpg")
     expect(page.locator(".tile")).to_have_count(1)
     shot(page, "similar")
+    assert blocked == [], "the pages break their own Content-Security-Policy"
 
 
 def test_pages_fit_a_phone_and_work_by_keyboard(site, db, browser):

@@ -55,7 +55,15 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "config.security.ContentSecurityPolicyMiddleware",
 ]
+
+# Security headers on every response, in every environment.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+                           "form-action 'self'; frame-ancestors 'none'")
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -175,6 +183,9 @@ LOOKALIKE_MAX_UPLOAD_FILES = env_int("LOOKALIKE_MAX_UPLOAD_FILES", 200, minimum=
 # Django refuses a request with more files than this before any view runs; leave room above
 # the site's own limit so that the upload view can answer with a clear message instead.
 DATA_UPLOAD_MAX_NUMBER_FILES = 2 * LOOKALIKE_MAX_UPLOAD_FILES
+# Per user, over everything they have stored; 0 means no limit.
+LOOKALIKE_UPLOAD_QUOTA_IMAGES = env_int("LOOKALIKE_UPLOAD_QUOTA_IMAGES", 0, minimum=0)
+LOOKALIKE_UPLOAD_QUOTA_BYTES = env_int("LOOKALIKE_UPLOAD_QUOTA_BYTES", 0, minimum=0)
 LOOKALIKE_MAX_IMAGE_PIXELS = env_int("LOOKALIKE_MAX_IMAGE_PIXELS", 60_000_000, minimum=1)
 LOOKALIKE_PUBLIC_GALLERY = env_bool("LOOKALIKE_PUBLIC_GALLERY", True)
 LOOKALIKE_SEARCH_DEFAULT_K = env_int("LOOKALIKE_SEARCH_DEFAULT_K", 24, minimum=1)

@@ -2,17 +2,12 @@ import io
 import os
 
 import pytest
-from django.conf import settings
 
 from gallery.models import Image
 from gallery.services import clean_original_name, image_delete, image_upload
 from search.models import Embedding, IndexChange
 from tests import images
-from tests.conftest import store, store_indexed
-
-
-def media_files() -> set[str]:
-    return {str(p.relative_to(settings.MEDIA_ROOT)) for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()}
+from tests.conftest import media_files, store, store_indexed
 
 
 def upload(data: bytes, name: str = "photo.jpg", owner=None):
@@ -100,3 +95,37 @@ class TestDelete:
         assert not Embedding.objects.exists()
         assert IndexChange.objects.order_by("-seq").values_list("kind", "image_id").first() == ("remove", image_id)
         assert not any(os.path.exists(p) for p in paths)
+
+
+class TestQuota:
+    def test_a_user_past_the_image_quota_is_refused_with_the_reason(self, db, user, other_user, settings):
+        settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES = 2
+        store(images.jpeg(1), owner=user)
+        store(images.jpeg(2), owner=user)
+        result = upload(images.jpeg(3), "third.jpg", owner=user)
+        assert (result.status, result.code) == ("refused", "quota_exceeded")
+        assert result.message == "You have reached your quota of 2 images; delete some to upload more."
+        assert upload(images.jpeg(3), "theirs.jpg", owner=other_user).status == "accepted"
+        assert Image.objects.filter(owner=user).count() == 2
+
+    def test_a_file_that_would_pass_the_byte_quota_is_refused(self, db, user, settings):
+        first, second = images.jpeg(1), images.jpeg(2)
+        settings.LOOKALIKE_UPLOAD_QUOTA_BYTES = len(first) + len(second) - 1
+        store(first, owner=user)
+        result = upload(second, owner=user)
+        assert (result.status, result.code) == ("refused", "quota_exceeded")
+        assert "would take you past your quota" in result.message
+        settings.LOOKALIKE_UPLOAD_QUOTA_BYTES = len(first) + len(second)
+        assert upload(second, owner=user).status == "accepted"
+
+    def test_a_duplicate_costs_nothing_and_zero_means_no_limit(self, db, user, settings):
+        settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES = 1
+        store(images.jpeg(1), owner=user)
+        assert upload(images.jpeg(1), owner=user).status == "duplicate"
+        settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES = 0
+        assert upload(images.jpeg(2), owner=user).status == "accepted"
+
+    def test_an_upload_with_no_owner_has_no_quota(self, db, settings):
+        settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES = 1
+        store(images.jpeg(1))
+        assert upload(images.jpeg(2)).status == "accepted"

@@ -156,6 +156,14 @@ class TestSnapshotStore:
         assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
         store.load(before, PARAMS)
 
+    def test_a_staging_folder_left_by_a_killed_writer_is_cleared_by_the_next_publish(self, tmp_path):
+        store = SnapshotStore(tmp_path)
+        (tmp_path / ".000000000007-deadbeef.tmp").mkdir()
+        (tmp_path / ".000000000007-deadbeef.tmp" / "index.hnsw").write_bytes(b"half")
+        (tmp_path / ".CURRENT.json.000000000007-deadbeef.tmp").write_text("{")
+        meta = store.publish(filled_index()[0], applied_seq=8)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["CURRENT.json", meta.snapshot_id])
+
     def test_the_pointer_signature_changes_with_each_publish(self, tmp_path):
         store = SnapshotStore(tmp_path)
         assert store.pointer_signature() is None

@@ -178,6 +178,19 @@ class TestIndexSync:
         assert stored.pk in snapshot_store.load(result.meta, params).ids()
         assert "Rebuilding the index from the database" in caplog.text
 
+    def test_a_damaged_snapshot_with_nothing_new_to_apply_is_rebuilt_when_asked_to_verify(
+            self, db, snapshot_store, caplog):
+        stored = store_indexed(images.jpeg(1))
+        first = services.index_sync().meta
+        (snapshot_store.root / first.snapshot_id / "index.hnsw").write_bytes(b"\x00" * 64)
+        assert services.index_sync().status == "up_to_date", "an ordinary run does not read the files"
+        result = services.index_sync(verify=True)
+        assert result.status == "published"
+        assert result.meta.snapshot_id != first.snapshot_id
+        assert snapshot_store.load(result.meta, runtime.index_params()).ids() == {stored.pk}
+        assert "Rebuilding the index from the database" in caplog.text
+        assert services.index_sync(verify=True).status == "up_to_date"
+
     def test_a_snapshot_ahead_of_the_database_is_rebuilt(self, db, snapshot_store):
         store_indexed(images.jpeg(1))
         index = HnswIndex(runtime.index_identity(), runtime.index_params())

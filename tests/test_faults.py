@@ -1,0 +1,215 @@
+"""Faults done for real: processes killed with SIGKILL, snapshots damaged on disk, workers and
+searches running at once in separate processes."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.urls import reverse
+from django.utils import timezone
+
+from gallery.models import Image
+from search import runtime
+from search.changelog import last_seq
+from search.index import HnswParams, SnapshotStore
+from search.models import Embedding
+from search.tasks import embed_image
+from tests import images
+from tests.conftest import PROJECT_ROOT, Worker, process_env, store, upload_file, wait_for
+
+PUBLISHER = """
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from search.identity import IndexIdentity
+from search.index import HnswIndex, HnswParams, SnapshotStore
+
+vectors = np.random.default_rng(int(sys.argv[2])).normal(size=(4000, 64)).astype(np.float32)
+vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+index = HnswIndex(IndexIdentity("test-backbone", "v1", 64), HnswParams(m=8, ef_construction=32))
+index.upsert(np.arange(1, len(vectors) + 1), vectors)
+store = SnapshotStore(Path(sys.argv[1]))
+seq = 0
+while True:
+    seq += 1
+    print(store.publish(index, applied_seq=seq).snapshot_id, flush=True)
+"""
+
+
+def test_a_writer_killed_while_publishing_leaves_a_snapshot_that_loads(tmp_path):
+    store = SnapshotStore(tmp_path)
+    interrupted = 0
+    for attempt in range(8):
+        writer = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(tmp_path), str(attempt)], cwd=PROJECT_ROOT,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert writer.stdout.readline(), "the writer published once"
+            time.sleep(random.uniform(0.0, 0.3))
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            writer.wait(30)
+        interrupted += any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+        meta = store.read_meta()
+        assert store.load(meta, HnswParams()).count == 4000
+    assert interrupted, "at least one kill landed in the middle of a publish"
+
+
+BATCH = 48
+
+
+@pytest.fixture
+def big_batch(worker):
+    """Images queued while no worker runs, then a worker that embeds them all in one batch: one run
+    that takes seconds, to be killed in the middle of."""
+    worker.stop()
+    stored = [store(images.jpeg(200 + i, size=(640, 480)), f"batch-{i}.jpg") for i in range(BATCH)]
+    worker.start(LOOKALIKE_EMBED_BATCH_SIZE=str(BATCH))
+    yield [image.pk for image in stored]
+    worker.stop()
+    worker.start()
+
+
+def wait_until_claimed(ids: list[int]) -> None:
+    wait_for(lambda: Image.objects.filter(pk__in=ids, state=Image.State.EMBEDDING).count() == len(ids), 120,
+             interval=0.01, message="the worker to claim the batch")
+
+
+def assert_one_vector_and_one_index_entry_each(ids: list[int]) -> None:
+    wait_for(lambda: Image.objects.filter(pk__in=ids, state=Image.State.INDEXED).count() == len(ids), 180,
+             message="the batch to be indexed")
+    assert sorted(Embedding.objects.values_list("image_id", flat=True)) == sorted(ids)
+    store_ = runtime.snapshot_store()
+    meta = wait_for(lambda: (m := store_.read_meta()) and m.applied_seq == last_seq() and m, 60, message="a snapshot")
+    assert meta.count == len(ids)
+    assert store_.load(meta, runtime.index_params()).ids() == set(ids)
+
+
+@pytest.mark.worker
+class TestKilledWorkers:
+    def test_a_pool_process_killed_while_embedding_gets_its_task_again(self, worker, big_batch):
+        wait_until_claimed(big_batch)
+        time.sleep(0.3)  # for the CPU time of the process embedding to stand out
+        os.kill(worker.busiest_pool_process(), signal.SIGKILL)
+        assert Image.objects.filter(pk__in=big_batch, state=Image.State.INDEXED).count() < len(big_batch)
+        assert_one_vector_and_one_index_entry_each(big_batch)
+        log = worker.log()
+        assert "WorkerLostError" in log and "SIGKILL" in log, log[-3000:]
+        assert worker.process.poll() is None
+
+    def test_after_the_whole_worker_is_killed_a_later_run_takes_the_claim_over(self, worker, big_batch):
+        """The message may die with the worker (the embedded broker deletes it on delivery; Redis gives
+        it back only after its visibility timeout), so the claim's lease is what frees the images:
+        once it has run out, the next run for one of them takes the whole batch over."""
+        wait_until_claimed(big_batch)
+        worker.stop(signal.SIGKILL)
+        assert Image.objects.filter(pk__in=big_batch, state=Image.State.EMBEDDING).exists()
+        # As if the lease had run out while no worker was alive.
+        expired = timezone.now() - timedelta(seconds=settings.LOOKALIKE_EMBED_LEASE_SECONDS + 1)
+        Image.objects.filter(pk__in=big_batch, state=Image.State.EMBEDDING).update(claimed_at=expired)
+        worker.start(LOOKALIKE_EMBED_BATCH_SIZE=str(BATCH))
+        for image_id in Image.objects.filter(pk__in=big_batch, state=Image.State.EMBEDDING).values_list("pk",
+                                                                                                         flat=True):
+            embed_image.delay(image_id)
+        assert_one_vector_and_one_index_entry_each(big_batch)
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_snapshot_is_searched_around_and_rebuilt(worker, alice_client, caplog, damage):
+    files = [upload_file(f"{i}.jpg", images.jpeg(40 + i)) for i in range(3)]
+    reply = alice_client.post(reverse("gallery:upload"), {"files": files}, HTTP_ACCEPT="application/json").json()
+    ids = [r["image"]["id"] for r in reply["results"]]
+    wait_for(lambda: Image.objects.filter(pk__in=ids, state=Image.State.INDEXED).count() == 3, 120,
+             message="the images to be indexed")
+    store_ = runtime.snapshot_store()
+    damaged = wait_for(lambda: (m := store_.read_meta()) and m.applied_seq == last_seq() and m, 60,
+                       message="a snapshot")
+    path = store_.root / damaged.snapshot_id / "index.hnsw"
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        del data[len(data) // 3:]
+    path.write_bytes(bytes(data))
+
+    # A web process starting now finds the damage, answers from the database rows and asks for a rebuild.
+    runtime.index_reader.cache_clear()
+    response = alice_client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(41))})
+    assert response.status_code == 200
+    assert response.context["results"][0].image.pk == ids[1]
+    assert "Ignoring the index snapshot" in caplog.text
+
+    rebuilt = wait_for(lambda: (m := store_.read_meta()) and m.snapshot_id != damaged.snapshot_id and m, 60,
+                       message="the writer to rebuild the snapshot")
+    assert store_.load(rebuilt, runtime.index_params()).ids() == set(ids)
+    assert "Rebuilding the index from the database" in worker.log()
+
+
+SEARCHER = """
+import json, os, sys, time
+
+import django
+
+django.setup()
+import numpy as np
+
+from search import runtime, selectors
+
+stop, searches, failures, errors = sys.argv[1], 0, 0, []
+rng = np.random.default_rng(os.getpid())
+dim = runtime.index_identity().dim
+while not os.path.exists(stop):
+    query = rng.normal(size=(1, dim)).astype(np.float32)
+    query /= np.linalg.norm(query)
+    try:
+        [hits] = selectors.similar_to_vectors(query, k=10)
+        found = [hit.image.pk for hit in hits]
+        if len(found) != len(set(found)):
+            raise AssertionError(f"an image came back twice: {found}")
+        searches += 1
+    except Exception as exc:
+        failures += 1
+        errors.append(repr(exc))
+    if searches + failures == 1:
+        print("searching", flush=True)
+    time.sleep(0.02)
+print(json.dumps({"searches": searches, "failures": failures, "errors": errors[:5]}))
+"""
+
+
+@pytest.mark.worker
+def test_workers_embed_at_once_while_other_processes_search(worker, tmp_path):
+    second = Worker(tmp_path / "second-worker.log")
+    second.start()
+    stop = tmp_path / "stop"
+    searchers = [subprocess.Popen([sys.executable, "-c", SEARCHER, str(stop)], cwd=PROJECT_ROOT, env=process_env(),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        for searcher in searchers:
+            assert searcher.stdout.readline().strip() == "searching"
+        stored = [store(images.jpeg(100 + i, size=(160, 120)), f"busy-{i}.jpg") for i in range(24)]
+        ids = {image.pk for image in stored}
+        wait_for(lambda: Image.objects.filter(pk__in=ids, state=Image.State.INDEXED).count() == len(ids), 300,
+                 message="every image to be indexed")
+        meta = wait_for(lambda: (m := runtime.snapshot_store().read_meta()) and m.applied_seq == last_seq() and m,
+                        60, message="a snapshot of every change")
+    finally:
+        stop.touch()
+        outcomes = [searcher.communicate(timeout=120) for searcher in searchers]
+        second.stop()
+    for out, err in outcomes:
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["failures"] == 0, summary["errors"] or err[-2000:]
+        assert summary["searches"] > 0
+    assert sorted(Embedding.objects.values_list("image_id", flat=True)) == sorted(ids)
+    assert meta.count == len(ids)
+    assert runtime.snapshot_store().load(meta, runtime.index_params()).ids() == ids
+    assert "search.embed_image" in second.log(), "the second worker took tasks too"
