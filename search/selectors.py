@@ -8,7 +8,7 @@ from django.conf import settings
 from PIL.Image import Image as PILImage
 
 from gallery.models import Image
-from search import runtime
+from search import generations, runtime
 from search.models import Embedding
 
 
@@ -29,11 +29,11 @@ def visible_image_ids(ids: set[int]) -> set[int]:
 def _ensure_one_vector_kind() -> None:
     identity = runtime.index_identity()
     other = Embedding.objects.other_than(identity).values_list("backbone", "backbone_version").first()
-    if other:
+    if other and not generations.vectors_expected(other):
         raise SearchUnavailable(
             f"Some images were embedded with {other[0]} ({other[1]}), but the site now uses "
             f"{identity.backbone} ({identity.backbone_version}). Vectors of different models cannot be "
-            "compared: run `python manage.py rebuild_index --reembed`."
+            "compared: run `python manage.py reindex`."
         )
 
 

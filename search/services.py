@@ -20,6 +20,7 @@ from django.utils import timezone
 from gallery.imaging import open_for_embedding
 from gallery.models import Image
 from search import changelog, runtime
+from search.embedding import Embedder
 from search.identity import IndexIdentity
 from search.index import HnswIndex, SnapshotCorrupt, SnapshotMeta, SnapshotStore
 from search.models import Embedding, IndexChange
@@ -88,16 +89,33 @@ def _claim_batch(*, image_id: int, token: str) -> list[Image]:
 def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
     """Embed an image (and a batch of other queued ones), store the vectors and log the change.
 
-    Running it again for an image that is already indexed does nothing.
+    While a reindex builds an index of another backbone, the images are embedded with that one
+    too, so that the new index holds them when it replaces the current one. Running it again for
+    an image that is already indexed does nothing.
     """
     images = _claim_batch(image_id=image_id, token=claim_token)
     if not images:
         return EmbedOutcome()
+    identity = runtime.index_identity()
     try:
         embedder = runtime.embedder()
     except Exception as exc:  # missing weights, a bad setting: every image in the batch says why
         log.exception("Cannot load the embedding model")
         return _finish_batch(claim_token, {}, {image.id: str(exc) for image in images})
+    vectors, failed = images_embed_with(embedder=embedder, images=images)
+    extra = {}
+    building = reindex_target_identity()
+    if building is not None and building != identity and vectors:
+        try:
+            extra, _ = images_embed_with(embedder=runtime.embedder_for(building.backbone),
+                                         images=[image for image in images if image.id in vectors])
+        except Exception:  # the reindex embeds whatever is still missing before it completes
+            log.exception("Could not embed with %s for the reindex in progress", building.describe())
+    return _finish_batch(claim_token, vectors, failed, extra_identity=building, extra_vectors=extra)
+
+
+def images_embed_with(*, embedder: Embedder, images: list[Image]) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Vectors of the images' display copies, and the reason for each image that could not be read."""
     prepared: dict[int, np.ndarray] = {}
     failed: dict[int, str] = {}
     for image in images:
@@ -106,12 +124,25 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
             prepared[image.id] = embedder.prepare(picture)
         except Exception as exc:
             failed[image.id] = f"The stored copy of the image could not be read: {exc}"
-    vectors = embedder.embed_prepared(list(prepared.values()))
-    return _finish_batch(claim_token, dict(zip(prepared, vectors, strict=True)), failed)
+    vectors = embedder.embed_prepared(list(prepared.values())) if prepared else []
+    return dict(zip(prepared, vectors, strict=True)), failed
+
+
+def embeddings_store(*, identity: IndexIdentity, vectors: dict[int, np.ndarray]) -> None:
+    """Store (or replace) vectors of one identity. The caller logs the change if the index must follow."""
+    Embedding.objects.bulk_create(
+        [Embedding(image_id=image_id, backbone=identity.backbone, backbone_version=identity.backbone_version,
+                   dim=identity.dim, vector=vector.astype(np.float32).tobytes())
+         for image_id, vector in vectors.items()],
+        update_conflicts=True, unique_fields=["image", "backbone", "backbone_version"],
+        update_fields=["dim", "vector"],
+    )
 
 
 @transaction.atomic
-def _finish_batch(token: str, vectors: dict[int, np.ndarray], failed: dict[int, str]) -> EmbedOutcome:
+def _finish_batch(token: str, vectors: dict[int, np.ndarray], failed: dict[int, str], *,
+                  extra_identity: IndexIdentity | None = None, extra_vectors: dict[int, np.ndarray] | None = None
+                  ) -> EmbedOutcome:
     identity = runtime.index_identity()
     now = timezone.now()
     still_ours = Image.objects.filter(claim_token=token, state=Image.State.EMBEDDING)
@@ -121,18 +152,26 @@ def _finish_batch(token: str, vectors: dict[int, np.ndarray], failed: dict[int, 
     for image_id, reason in failed.items():
         still_ours.filter(id=image_id).update(state=Image.State.FAILED, error=reason[:2000], claim_token="",
                                               claimed_at=None)
-    Embedding.objects.filter(image_id__in=indexed).other_than(identity).delete()
-    Embedding.objects.bulk_create(
-        [Embedding(image_id=image_id, backbone=identity.backbone, backbone_version=identity.backbone_version,
-                   dim=identity.dim, vector=vectors[image_id].astype(np.float32).tobytes())
-         for image_id in indexed],
-        update_conflicts=True, unique_fields=["image", "backbone", "backbone_version"],
-        update_fields=["dim", "vector"],
-    )
+    stale = Embedding.objects.filter(image_id__in=indexed).other_than(identity)
+    if extra_identity is not None:
+        stale = stale.exclude(backbone=extra_identity.backbone, backbone_version=extra_identity.backbone_version)
+    stale.delete()
+    embeddings_store(identity=identity, vectors={image_id: vectors[image_id] for image_id in indexed})
+    if extra_identity is not None and extra_vectors:
+        embeddings_store(identity=extra_identity,
+                         vectors={image_id: v for image_id, v in extra_vectors.items() if image_id in indexed})
     changelog.record_changes(image_ids=indexed, kind=IndexChange.Kind.UPSERT)
     if indexed:
         queue_index_sync()
     return EmbedOutcome(indexed=indexed, failed=failed)
+
+
+def reindex_target_identity() -> IndexIdentity | None:
+    """The identity of the index a reindex in progress is building, if any."""
+    from search.reindex import reindex_in_progress
+
+    building = reindex_in_progress()
+    return building.identity if building else None
 
 
 # The index writer --------------------------------------------------------------------------
@@ -265,6 +304,24 @@ def _rebuild_as_writer(store: SnapshotStore, identity: IndexIdentity) -> Snapsho
     if vectors:
         index.upsert(np.fromiter(vectors, dtype=np.int64, count=len(vectors)), np.stack(list(vectors.values())))
     return _publish(store, index, applied)
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    added: int
+    removed: int
+
+
+def index_reconcile(*, index: HnswIndex, identity: IndexIdentity) -> Reconciled:
+    """Add the stored vectors the index lacks and remove the ids it holds without one."""
+    stored = set(Embedding.objects.of(identity).values_list("image_id", flat=True))
+    held = index.ids()
+    missing, extra = stored - held, held - stored
+    vectors = changelog.vectors_for(identity, missing) if missing else {}
+    if vectors:
+        index.upsert(np.fromiter(vectors, dtype=np.int64, count=len(vectors)), np.stack(list(vectors.values())))
+    index.remove(extra)
+    return Reconciled(added=len(vectors), removed=len(extra))
 
 
 def index_rebuild(*, wait_seconds: float = 600.0) -> SnapshotMeta:

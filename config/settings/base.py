@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "gallery",
     "search",
+    "jobs",
 ]
 
 MIDDLEWARE = [
@@ -121,6 +122,7 @@ LOGGING = {
     "loggers": {
         "gallery": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO"), "propagate": False},
         "search": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO"), "propagate": False},
+        "jobs": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO"), "propagate": False},
     },
 }
 

@@ -70,12 +70,12 @@ class TestSearchImage:
     def test_missing_weights_are_a_clear_error(self, db, settings, tmp_path):
         settings.LOOKALIKE_BACKBONE = "efficientnet_b0"
         settings.TORCH_HOME = tmp_path
-        runtime.embedder.cache_clear()
+        runtime.embedder_for.cache_clear()
         try:
             with pytest.raises(CommandError, match="install_weights efficientnet_b0"):
                 search(str(tmp_path / "q.jpg"))
         finally:
-            runtime.embedder.cache_clear()
+            runtime.embedder_for.cache_clear()
 
 
 class TestRebuildIndex:

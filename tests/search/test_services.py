@@ -83,12 +83,12 @@ class TestImageEmbed:
     def test_missing_weights_fail_the_batch_with_the_command_to_run(self, db, settings, tmp_path):
         settings.LOOKALIKE_BACKBONE = "resnet50"
         settings.TORCH_HOME = tmp_path
-        runtime.embedder.cache_clear()
+        runtime.embedder_for.cache_clear()
         try:
             image = store(images.jpeg(1))
             outcome = services.image_embed(image_id=image.pk, claim_token="run-5")
         finally:
-            runtime.embedder.cache_clear()
+            runtime.embedder_for.cache_clear()
         image.refresh_from_db()
         assert outcome.failed == {image.pk: image.error}
         assert image.state == Image.State.FAILED
