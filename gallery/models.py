@@ -39,11 +39,16 @@ class Image(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
     # Hidden images stay indexed but never appear in search or the public gallery.
     hidden = models.BooleanField(default=False)
+    # With moderation on, an upload stays hidden until a staff member approves it.
+    awaiting_approval = models.BooleanField(default=False)
     tags = models.ManyToManyField(Tag, blank=True, related_name="images")
     error = models.TextField(blank=True)
     # Which embedding run holds the image while it is in EMBEDDING, and since when.
     claim_token = models.CharField(max_length=64, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # Embedding attempts so far; a failed attempt is retried after ``retry_after``, up to a limit.
+    attempts = models.PositiveSmallIntegerField(default=0)
+    retry_after = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     indexed_at = models.DateTimeField(null=True, blank=True)
 
@@ -52,6 +57,7 @@ class Image(models.Model):
         indexes = [
             models.Index(fields=["state", "id"]),
             models.Index(fields=["-created_at", "-id"]),
+            models.Index(fields=["awaiting_approval", "-created_at"]),
         ]
 
     def __str__(self) -> str:

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # The function that does each kind of job; it receives a ``JobRun``.
 RUNNERS: dict[str, str] = {
     Job.Kind.REINDEX: "search.reindex.reindex_run",
+    Job.Kind.UPKEEP: "search.upkeep.upkeep_run",
 }
 
 

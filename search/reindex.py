@@ -43,7 +43,7 @@ from search.services import embeddings_store, images_embed_with, index_reconcile
 
 log = logging.getLogger(__name__)
 
-BATCH = 256
+DEFAULT_BATCH_SIZE = 256
 # A partial index is saved at most this often, so a resumed run repeats little work.
 CHECKPOINT_SECONDS = 10.0
 SELF_CHECK_SAMPLE = 200
@@ -61,7 +61,8 @@ class SelfCheckFailed(RuntimeError):
 
 
 def reindex_start(*, backbone: str | None = None, m: int | None = None, ef_construction: int | None = None,
-                  started_by: AbstractBaseUser | AnonymousUser | None = None) -> Job:
+                  batch_size: int = DEFAULT_BATCH_SIZE, started_by: AbstractBaseUser | AnonymousUser | None = None
+                  ) -> Job:
     """Queue a reindex to a new generation; unset parameters keep the current generation's values
     (the backbone defaults to the LOOKALIKE_BACKBONE setting)."""
     backbone = backbone or settings.LOOKALIKE_BACKBONE
@@ -76,12 +77,15 @@ def reindex_start(*, backbone: str | None = None, m: int | None = None, ef_const
         raise ReindexRefused(f"--m must be at least 2, not {m}")
     if ef_construction < 1:
         raise ReindexRefused(f"--ef-construction must be at least 1, not {ef_construction}")
+    if batch_size < 1:
+        raise ReindexRefused(f"--batch-size must be at least 1, not {batch_size}")
     with transaction.atomic():
         running = Job.objects.select_for_update().filter(kind=Job.Kind.REINDEX, state__in=Job.ACTIVE_STATES).first()
         if running:
             raise ReindexRefused(f"{running} is already {running.get_state_display().lower()}; cancel it first")
         return job_services.job_start(kind=Job.Kind.REINDEX, started_by=started_by,
-                                      params={"backbone": backbone, "m": m, "ef_construction": ef_construction})
+                                      params={"backbone": backbone, "m": m, "ef_construction": ef_construction,
+                                              "batch_size": batch_size})
 
 
 def _target(job: Job) -> Generation:
@@ -170,13 +174,16 @@ def _embed_missing(progress: _Progress, target: Generation) -> None:
     identity = target.identity
     embedder = runtime.embedder_for(target.backbone)
     cp = progress.checkpoint
+    batch_size = progress.run.job.params["batch_size"]
+    if cp.get("embedded_after"):
+        log.info("Resuming the embedding for %s after image #%d", target.name, cp["embedded_after"])
     failed: dict[int, str] = {}
     while True:
         after = cp.get("embedded_after", 0)
         batch = list(Image.objects.filter(state=Image.State.INDEXED, id__gt=after)
                      .exclude(embeddings__backbone=identity.backbone,
                               embeddings__backbone_version=identity.backbone_version)
-                     .order_by("id")[:BATCH])
+                     .order_by("id")[:batch_size])
         if not batch:
             break
         vectors, batch_failed = images_embed_with(embedder=embedder, images=batch)
@@ -212,7 +219,7 @@ def _build(progress: _Progress, target: Generation) -> HnswIndex:
     after, built = cp["built_after"], cp["built"]
     saved_at = time.monotonic()
     rows = Embedding.objects.of(identity).order_by("image_id").values_list("image_id", "vector")
-    while batch := list(rows.filter(image_id__gt=after)[:BATCH]):
+    while batch := list(rows.filter(image_id__gt=after)[:progress.run.job.params["batch_size"]]):
         ids = np.fromiter((image_id for image_id, _ in batch), dtype=np.int64, count=len(batch))
         index.upsert(ids, np.stack([np.frombuffer(bytes(vector), dtype=np.float32) for _, vector in batch]))
         after, built = int(ids[-1]), built + len(batch)

@@ -118,4 +118,4 @@ def test_vectors_of_another_model_stop_search_with_the_fix(client, gallery):
     Embedding.objects.filter(image=gallery[0]).update(backbone_version="an-older-recipe")
     response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(1))})
     assert response.status_code == 503
-    assert "rebuild_index --reembed" in response.context["error"]
+    assert "run `python manage.py reindex`" in response.context["error"]

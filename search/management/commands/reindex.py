@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from jobs.models import Job
 from search.embedding import BACKBONES
-from search.reindex import ReindexRefused, reindex_start
+from search.reindex import DEFAULT_BATCH_SIZE, ReindexRefused, reindex_start
 
 
 class Command(BaseCommand):
@@ -17,13 +17,15 @@ class Command(BaseCommand):
         parser.add_argument("--m", type=int, help="HNSW graph degree (default: the current index's)")
         parser.add_argument("--ef-construction", type=int,
                             help="HNSW build-time search width (default: the current index's)")
+        parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                            help="images embedded or added per step; progress is saved between steps")
         parser.add_argument("--wait", action="store_true", help="show progress and return when the job ends")
         parser.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds to wait at most")
 
     def handle(self, *args: object, **options: object) -> None:
         try:
             job = reindex_start(backbone=options["backbone"], m=options["m"],
-                                ef_construction=options["ef_construction"])
+                                ef_construction=options["ef_construction"], batch_size=options["batch_size"])
         except ReindexRefused as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"Started {job} ({job.params['backbone']}, M={job.params['m']}, "
