@@ -62,3 +62,12 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.original_name}"
+
+
+class ImageAwaitingApproval(Image):
+    """The moderation queue in the admin: uploads that stay hidden until a staff member approves them."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "upload awaiting approval"
+        verbose_name_plural = "moderation queue"
