@@ -17,9 +17,6 @@ class Job(models.Model):
 
     class Kind(models.TextChoices):
         REINDEX = "reindex", "Reindex"
-        REEMBED = "reembed", "Re-embed"
-        IMPORT = "import", "Import"
-        DUPLICATE_SCAN = "duplicate_scan", "Duplicate scan"
         UPKEEP = "upkeep", "Upkeep"
 
     class State(models.TextChoices):

@@ -79,7 +79,7 @@ def job_start(*, kind: str, params: dict | None = None, started_by: AbstractBase
               ) -> Job:
     """Record a job and send it to a worker once the transaction commits."""
     if kind not in RUNNERS:
-        raise ValueError(f"there is no runner for jobs of kind {kind!r}")
+        raise ValueError(f"there is no runner for jobs of kind {str(kind)!r}")
     user = started_by if started_by is not None and started_by.is_authenticated else None
     with transaction.atomic():
         token = uuid.uuid4().hex
