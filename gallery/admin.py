@@ -5,17 +5,25 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
-from django.urls import reverse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from gallery import services
-from gallery.models import Image, ImageAwaitingApproval, Tag
+from gallery.models import DuplicateGroup, Image, ImageAwaitingApproval, Tag
+from jobs.models import Job
+from search import duplicates
 from search import selectors as search_selectors
 from search import services as search_services
 from search.models import Embedding
+
+DUPLICATE_GROUPS_PER_PAGE = 20
+_PAST = {"hide": "hid", "delete": "deleted"}
 
 
 class TagActionForm(ActionForm):
@@ -94,11 +102,65 @@ class ImageAdmin(admin.ModelAdmin):
                        "error", "attempts", "claimed_at", "created_at", "indexed_at")
     fields = ("preview", "original_name", "owner", "tags", *readonly_fields[1:])
     filter_horizontal = ("tags",)
+    change_list_template = "admin/gallery/image/change_list.html"
     actions = ("hide", "unhide", "approve", "add_tags", "remove_tags", "reembed", "retry_failed",
                "delete_with_index")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
         return super().get_queryset(request).prefetch_related("tags")
+
+    def get_urls(self) -> list[URLPattern]:
+        urls = super().get_urls()
+        if self.model is not Image:
+            return urls
+        return [path("duplicates/", self.admin_site.admin_view(self.duplicates_view), name="gallery_image_duplicates"),
+                *urls]
+
+    def duplicates_view(self, request: HttpRequest) -> HttpResponse:
+        """Review the groups of alike images that the last duplicate scan found."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            self._duplicates_post(request)
+            return HttpResponseRedirect(request.get_full_path())
+        scan, groups = duplicates.duplicate_groups_latest()
+        page = Paginator(groups, DUPLICATE_GROUPS_PER_PAGE).get_page(request.GET.get("page"))
+        images = Image.objects.in_bulk([i for group in page for i in group.image_ids])
+        shown = [(group, [images[i] for i in group.image_ids if i in images]) for group in page]
+        context = {
+            **self.admin_site.each_context(request), "opts": self.model._meta, "title": "Near-duplicates",
+            "scan": scan, "page": page, "groups": [(g, members) for g, members in shown if len(members) > 1],
+            "running": Job.objects.filter(kind=Job.Kind.DUPLICATE_SCAN, state__in=Job.ACTIVE_STATES).first(),
+            "threshold": request.GET.get("threshold", "0.95"),
+        }
+        return TemplateResponse(request, "admin/gallery/image/duplicates.html", context)
+
+    def _duplicates_post(self, request: HttpRequest) -> None:
+        try:
+            if "scan" in request.POST:
+                job = duplicates.duplicate_scan_start(threshold=float(request.POST.get("threshold", "")),
+                                                      started_by=request.user)
+                self.message_user(request, f"Started {job}; this page lists its groups once it is done.")
+                return
+            action = request.POST.get("action", "")
+            if action not in _PAST:
+                raise ValueError(f"unknown action {action!r}")
+            if "all" in request.POST:
+                _, groups = duplicates.duplicate_groups_latest()
+                groups = list(groups)
+                changed = sum(duplicates.duplicate_group_resolve(group=g, keep_id=g.image_ids[0], action=action)
+                              for g in groups)
+                self.message_user(request, f"Kept the proposed copy of {len(groups)} groups; "
+                                           f"{_PAST[action]} {changed} others.", messages.SUCCESS)
+                return
+            group = DuplicateGroup.objects.get(pk=int(request.POST.get("group", "")))
+            changed = duplicates.duplicate_group_resolve(group=group, keep_id=int(request.POST.get("keep", "")),
+                                                         action=action)
+            self.message_user(request, f"Kept image #{request.POST['keep']}; {_PAST[action]} {changed} others.",
+                              messages.SUCCESS)
+        except (ValueError, DuplicateGroup.DoesNotExist, duplicates.ScanRefused) as exc:
+            self.message_user(request, f"Nothing was changed: {exc or 'choose a group and an image'}",
+                              messages.ERROR)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # images come in through the upload page or `import_images`

@@ -71,3 +71,21 @@ class ImageAwaitingApproval(Image):
         proxy = True
         verbose_name = "upload awaiting approval"
         verbose_name_plural = "moderation queue"
+
+
+class DuplicateGroup(models.Model):
+    """Images that a duplicate scan found alike above its threshold, for a curator to review."""
+
+    scan = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="duplicate_groups")
+    # Every pair in the group is the same picture (similarity 1 to within rounding).
+    exact = models.BooleanField()
+    lowest_similarity = models.FloatField()
+    # In the order shown; the first is the proposed copy to keep (largest, then earliest).
+    image_ids = models.JSONField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-exact", "-lowest_similarity", "id"]
+
+    def __str__(self) -> str:
+        return f"{'Exact copies' if self.exact else 'Near-duplicates'}: images {', '.join(map(str, self.image_ids))}"

@@ -18,6 +18,7 @@ class Job(models.Model):
     class Kind(models.TextChoices):
         REINDEX = "reindex", "Reindex"
         UPKEEP = "upkeep", "Upkeep"
+        DUPLICATE_SCAN = "duplicate_scan", "Duplicate scan"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"

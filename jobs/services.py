@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 RUNNERS: dict[str, str] = {
     Job.Kind.REINDEX: "search.reindex.reindex_run",
     Job.Kind.UPKEEP: "search.upkeep.upkeep_run",
+    Job.Kind.DUPLICATE_SCAN: "search.duplicates.duplicate_scan_run",
 }
 
 
