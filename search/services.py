@@ -414,6 +414,18 @@ def _repair_as_writer(store: SnapshotStore) -> IndexRepair:
     return IndexRepair(reconciled)
 
 
+def embeddings_purge_stray() -> int:
+    """Delete vectors of models that neither the index in service, the one it replaced, nor a
+    reindex in progress use: left behind when a reindex stopped while an upload was embedded
+    for it. Search refuses to run while they exist."""
+    from search import generations
+
+    kinds = set(Embedding.objects.other_than(runtime.index_identity()).values_list("backbone", "backbone_version")
+                .distinct())
+    stray = [kind for kind in kinds if not generations.vectors_expected(kind)]
+    return sum(Embedding.objects.filter(backbone=b, backbone_version=v).delete()[0] for b, v in stray)
+
+
 def images_requeue_stuck(*, older_than: timedelta) -> int:
     """Send again the images queued for longer than ``older_than`` (their task was lost) and those
     whose embedding claim outlived its lease (their worker died). Each is sent at most once per

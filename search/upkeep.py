@@ -18,6 +18,7 @@ from search import services
 def upkeep_run(run: JobRun) -> str:
     """The runner of upkeep jobs; returns what it did."""
     run.step(total=3, done=0, phase="reconciling the index")
+    stray = services.embeddings_purge_stray()
     repair = services.index_repair()
     run.step(done=1, phase="re-queueing stuck images")
     requeued = services.images_requeue_stuck(older_than=timedelta(seconds=settings.LOOKALIKE_STUCK_AFTER_SECONDS))
@@ -26,7 +27,8 @@ def upkeep_run(run: JobRun) -> str:
     run.step(done=3, phase="done")
     index = (f"index rebuilt from the database ({repair.rebuilt})" if repair.rebuilt else
              f"index: {repair.reconciled.added} missing vectors added, {repair.reconciled.removed} stale removed")
-    return (f"{index}; {requeued} stuck images queued again; "
+    strays = f"; {stray} vectors of no index in use removed" if stray else ""
+    return (f"{index}{strays}; {requeued} stuck images queued again; "
             f"{len(resumed)} stalled jobs resumed{': ' + ', '.join(map(str, resumed)) if resumed else ''}.")
 
 

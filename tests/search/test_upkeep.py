@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from gallery.models import Image
 from jobs.models import Job
-from search import changelog, runtime, services
+from search import changelog, runtime, selectors, services
 from search.models import Embedding
 from tests import images
 from tests.conftest import store, store_indexed
@@ -145,3 +145,14 @@ class TestRetries:
         failed.refresh_from_db()
         assert failed.state == Image.State.INDEXED
         assert Embedding.objects.filter(image=failed).exists()
+
+
+def test_upkeep_removes_vectors_that_no_index_uses_so_that_search_works_again(gallery):
+    Embedding.objects.create(image=gallery[0], backbone="resnet50", backbone_version="left-behind", dim=4,
+                             vector=np.zeros(4, dtype=np.float32).tobytes())
+    with pytest.raises(selectors.SearchUnavailable):
+        selectors.similar_to_image(gallery[1], k=3)
+    out = io.StringIO()
+    call_command("upkeep", stdout=out)
+    assert "1 vectors of no index in use removed" in out.getvalue()
+    assert len(selectors.similar_to_image(gallery[1], k=3)) == 3
