@@ -138,6 +138,8 @@ class ImageAdmin(admin.ModelAdmin):
     def _duplicates_post(self, request: HttpRequest) -> None:
         try:
             if "scan" in request.POST:
+                if not request.user.has_perm("jobs.add_job"):
+                    raise PermissionDenied
                 job = duplicates.duplicate_scan_start(threshold=float(request.POST.get("threshold", "")),
                                                       started_by=request.user)
                 self.message_user(request, f"Started {job}; this page lists its groups once it is done.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
@@ -98,8 +99,13 @@ class JobAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
+    def _require(self, request: HttpRequest, permission: str) -> None:
+        if not request.user.has_perm(permission):
+            raise PermissionDenied
+
     def progress_view(self, request: HttpRequest) -> JsonResponse:
         """What the job list polls to move its progress bars."""
+        self._require(request, "jobs.view_job")
         try:
             ids = [int(i) for i in request.GET.get("ids", "").split(",") if i]
         except ValueError:
@@ -107,6 +113,7 @@ class JobAdmin(admin.ModelAdmin):
         return JsonResponse({"jobs": [progress_json(job) for job in Job.objects.filter(pk__in=ids[:200])]})
 
     def reindex_view(self, request: HttpRequest) -> HttpResponse:
+        self._require(request, "jobs.add_job")
         current = generations.active()
         form = ReindexForm(request.POST or None, initial={"backbone": current.backbone, "m": current.m,
                                                           "ef_construction": current.ef_construction})
@@ -124,12 +131,14 @@ class JobAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/jobs/job/reindex.html", context)
 
     def upkeep_view(self, request: HttpRequest) -> HttpResponse:
+        self._require(request, "jobs.add_job")
         job = upkeep_now()
         level = messages.SUCCESS if job.state == Job.State.SUCCEEDED else messages.ERROR
         self.message_user(request, f"{job}: {job.summary or job.last_error}", level)
         return HttpResponseRedirect(reverse("admin:jobs_job_changelist"))
 
     def health_view(self, request: HttpRequest) -> HttpResponse:
+        self._require(request, "jobs.view_job")
         try:
             sample = max(0, min(int(request.GET.get("sample", 100)), 10_000))
         except ValueError:

@@ -114,6 +114,13 @@ class TestJobAdmin:
     def test_the_health_page_is_for_staff_only(self, client, db, clean_index):
         assert client.get(reverse("admin:jobs_job_health")).status_code == 302
 
+    def test_staff_without_the_job_permissions_can_neither_look_nor_start(self, client, staff_user, clean_index):
+        client.force_login(staff_user)
+        for name in ("admin:jobs_job_health", "admin:jobs_job_reindex", "admin:jobs_job_progress"):
+            assert client.get(reverse(name)).status_code == 403, name
+        assert client.post(reverse("admin:jobs_job_upkeep")).status_code == 403
+        assert not Job.objects.exists()
+
     def test_the_health_page_shows_the_index(self, admin_client, clean_index):
         for i in range(3):
             store_indexed(images.jpeg(i), f"{i}.jpg")
