@@ -1,6 +1,9 @@
 """The near-duplicate scan on pictures made for the test, and its review page in the admin."""
+import io
+
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 from PIL import PngImagePlugin
 
@@ -113,3 +116,12 @@ def test_a_scan_is_started_from_the_page_and_bad_input_changes_nothing(admin_cli
     reply = admin_client.post(PAGE, {"group": "999", "keep": "1", "action": "hide"}, follow=True)
     assert "Nothing was changed" in reply.content.decode()
     assert not Image.objects.filter(hidden=True).exists()
+
+
+def test_scan_duplicates_starts_a_scan_and_refuses_a_bad_threshold(db):
+    out = io.StringIO()
+    call_command("scan_duplicates", "--threshold", "0.9", stdout=out)
+    job = Job.objects.get(kind=Job.Kind.DUPLICATE_SCAN)
+    assert out.getvalue().strip() == f"Started {job}." and job.params == {"threshold": 0.9}
+    with pytest.raises(CommandError, match=r"between 0\.5 and 1"):
+        call_command("scan_duplicates", "--threshold", "2")

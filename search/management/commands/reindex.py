@@ -1,6 +1,7 @@
 """python manage.py reindex [--backbone NAME] [--m M] [--ef-construction E] [--wait]"""
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from jobs.management.commands.wait_job import wait_and_report
 from jobs.models import Job
 from search.embedding import BACKBONES
 from search.reindex import DEFAULT_BATCH_SIZE, ReindexRefused, reindex_start
@@ -31,9 +32,6 @@ class Command(BaseCommand):
         self.stdout.write(f"Started {job} ({job.params['backbone']}, M={job.params['m']}, "
                           f"ef_construction={job.params['ef_construction']}); follow it in the admin "
                           "under Background jobs.")
-        if options["wait"]:
-            from jobs.management.commands.wait_job import wait_and_report
-
-            wait_and_report(self, job, timeout=float(options["timeout"]))
-            if Job.objects.get(pk=job.pk).state != Job.State.SUCCEEDED:
-                raise CommandError(f"{job} did not succeed")
+        if options["wait"] and wait_and_report(self, job, timeout=float(options["timeout"])).state != (
+                Job.State.SUCCEEDED):
+            raise CommandError(f"{job} did not succeed")
