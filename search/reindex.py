@@ -162,6 +162,7 @@ def _run_as_writer(run: JobRun, target: Generation) -> str:
     generations.activate(replace(target, replaced=replaced))
     log.info("Index generation %s is now in service: %d vectors of %s", target.name, meta.count, identity.describe())
     shutil.rmtree(_partial_store(target).root, ignore_errors=True)
+    _prune_generations(keep={target.name, current.name})
     queue_index_sync()
     purged = _purge_vectors_other_than(target) if reembed else 0
     return (f"Generation {target.name} in service: {meta.count} vectors of {identity.describe()}, "
@@ -286,6 +287,14 @@ def _purge_vectors_other_than(target: Generation) -> int:
     while ids := list(Embedding.objects.other_than(identity).values_list("id", flat=True)[:2000]):
         total += Embedding.objects.filter(id__in=ids).delete()[0]
     return total
+
+
+def _prune_generations(*, keep: set[str]) -> None:
+    """Delete the folders of older generations. The one just replaced stays for the readers that
+    are still searching it, until the next reindex."""
+    for folder in settings.INDEX_DIR.iterdir():
+        if folder.is_dir() and not folder.name.startswith(".") and folder.name not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _discard(target: Generation) -> None:

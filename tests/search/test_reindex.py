@@ -49,6 +49,15 @@ class TestReindex:
         assert (job.done, job.total, job.finished_at is not None) == (6, 6, True)
         assert [top_id(image) for image in gallery] == [image.pk for image in gallery]
 
+    def test_each_reindex_keeps_the_generation_it_replaced_and_deletes_older_ones(self, gallery):
+        first = generations.active()
+        second = run(reindex.reindex_start(m=8))
+        assert {p.name for p in first.store.root.parent.iterdir() if p.is_dir()} == {
+            first.name, generations.active().name}
+        run(reindex.reindex_start(m=10))
+        assert {p.name for p in first.store.root.parent.iterdir() if p.is_dir()} == {
+            f"efficientnet_lite0-g{second.pk}", generations.active().name}
+
     def test_changes_made_during_the_build_are_in_the_new_index(self, gallery, monkeypatch):
         added = []
 
