@@ -1,4 +1,5 @@
-"""This process's embedder and index reader, each made once and reused by every request and task."""
+"""This process's embedders and index reader, made once and reused by every request and task
+(the reader once per index generation: a reindex that switches generations replaces it)."""
 from __future__ import annotations
 
 import functools
