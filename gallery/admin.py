@@ -1,33 +1,219 @@
+"""The admin made for curating the gallery: find images, act on many at once, review uploads."""
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import HttpRequest
-from django.utils.html import format_html
+from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html, format_html_join
 
 from gallery import services
-from gallery.models import Image
+from gallery.models import DuplicateGroup, Image, ImageAwaitingApproval, Tag
+from jobs.models import Job
+from search import duplicates
+from search import selectors as search_selectors
+from search import services as search_services
+from search.models import Embedding
+
+DUPLICATE_GROUPS_PER_PAGE = 20
+_PAST = {"hide": "hid", "delete": "deleted"}
+
+
+class TagActionForm(ActionForm):
+    tags = forms.CharField(required=False, label="Tags", help_text="for the tag actions, comma-separated",
+                           widget=forms.TextInput(attrs={"placeholder": "cats, holiday", "size": 24}))
+
+
+class StateFilter(admin.SimpleListFilter):
+    """The embedding states, and "hidden" as a state of its own, as curators think of it."""
+
+    title = "state"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [*Image.State.choices, ("hidden", "Hidden"), ("awaiting", "Awaiting approval")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> QuerySet[Image]:
+        value = self.value()
+        if value == "hidden":
+            return queryset.filter(hidden=True)
+        if value == "awaiting":
+            return queryset.filter(awaiting_approval=True)
+        if value in Image.State.values:
+            return queryset.filter(state=value)
+        return queryset
+
+
+class RangeFilter(admin.SimpleListFilter):
+    ranges: list[tuple[str, str, Q]] = []
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(key, label) for key, label, _ in self.ranges]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> QuerySet[Image]:
+        for key, _, condition in self.ranges:
+            if self.value() == key:
+                return queryset.filter(condition)
+        return queryset
+
+
+class SizeFilter(RangeFilter):
+    title = "file size"
+    parameter_name = "size"
+    ranges = [
+        ("small", "under 200 KB", Q(byte_size__lt=200_000)),
+        ("medium", "200 KB to 2 MB", Q(byte_size__gte=200_000, byte_size__lt=2_000_000)),
+        ("large", "2 MB and more", Q(byte_size__gte=2_000_000)),
+    ]
+
+
+class DimensionsFilter(RangeFilter):
+    title = "dimensions"
+    parameter_name = "pixels"
+    ranges = [
+        ("tiny", "longest side under 512 px", Q(width__lt=512, height__lt=512)),
+        ("normal", "512 to 2047 px", (Q(width__gte=512) | Q(height__gte=512)) & Q(width__lt=2048, height__lt=2048)),
+        ("big", "2048 px and more", Q(width__gte=2048) | Q(height__gte=2048)),
+    ]
 
 
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
-    list_display = ("thumbnail_tag", "original_name", "state", "owner", "width", "height", "byte_size", "created_at")
+    list_display = ("thumbnail_tag", "original_name", "status", "owner", "size", "dimensions", "created_at",
+                    "tag_list")
     list_display_links = ("thumbnail_tag", "original_name")
-    list_filter = ("state", "format", "created_at")
-    search_fields = ("original_name", "sha256", "owner__username")
+    list_filter = (StateFilter, ("owner", admin.RelatedOnlyFieldListFilter), SizeFilter, DimensionsFilter,
+                   "created_at", "tags", "format")
+    search_fields = ("original_name", "=tags__name", "owner__username", "=sha256")
+    ordering = ("-created_at", "-id")
+    date_hierarchy = "created_at"
     list_select_related = ("owner",)
     list_per_page = 100
-    readonly_fields = ("preview", "sha256", "format", "width", "height", "byte_size", "original", "display",
-                       "thumbnail", "state", "error", "claim_token", "claimed_at", "created_at", "indexed_at")
-    fields = ("preview", "original_name", "owner", *readonly_fields[1:])
-    actions = ("delete_with_index",)
+    action_form = TagActionForm
+    readonly_fields = ("preview", "embedding_state", "neighbours", "sha256", "format", "width", "height",
+                       "byte_size", "original", "display", "thumbnail", "state", "hidden", "awaiting_approval",
+                       "error", "attempts", "claimed_at", "created_at", "indexed_at")
+    fields = ("preview", "original_name", "owner", "tags", *readonly_fields[1:])
+    filter_horizontal = ("tags",)
+    change_list_template = "admin/gallery/image/change_list.html"
+    actions = ("hide", "unhide", "approve", "add_tags", "remove_tags", "reembed", "retry_failed",
+               "delete_with_index")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
+        return super().get_queryset(request).prefetch_related("tags")
+
+    def get_urls(self) -> list[URLPattern]:
+        urls = super().get_urls()
+        if self.model is not Image:
+            return urls
+        return [path("duplicates/", self.admin_site.admin_view(self.duplicates_view), name="gallery_image_duplicates"),
+                *urls]
+
+    def duplicates_view(self, request: HttpRequest) -> HttpResponse:
+        """Review the groups of alike images that the last duplicate scan found."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            self._duplicates_post(request)
+            return HttpResponseRedirect(request.get_full_path())
+        scan, groups = duplicates.duplicate_groups_latest()
+        page = Paginator(groups, DUPLICATE_GROUPS_PER_PAGE).get_page(request.GET.get("page"))
+        images = Image.objects.in_bulk([i for group in page for i in group.image_ids])
+        shown = [(group, [images[i] for i in group.image_ids if i in images]) for group in page]
+        context = {
+            **self.admin_site.each_context(request), "opts": self.model._meta, "title": "Near-duplicates",
+            "scan": scan, "page": page, "groups": [(g, members) for g, members in shown if len(members) > 1],
+            "running": Job.objects.filter(kind=Job.Kind.DUPLICATE_SCAN, state__in=Job.ACTIVE_STATES).first(),
+            "threshold": request.GET.get("threshold", "0.95"),
+        }
+        return TemplateResponse(request, "admin/gallery/image/duplicates.html", context)
+
+    def _duplicates_post(self, request: HttpRequest) -> None:
+        try:
+            if "scan" in request.POST:
+                if not request.user.has_perm("jobs.add_job"):
+                    raise PermissionDenied
+                job = duplicates.duplicate_scan_start(threshold=float(request.POST.get("threshold", "")),
+                                                      started_by=request.user)
+                self.message_user(request, f"Started {job}; this page lists its groups once it is done.")
+                return
+            action = request.POST.get("action", "")
+            if action not in _PAST:
+                raise ValueError(f"unknown action {action!r}")
+            if "all" in request.POST:
+                _, groups = duplicates.duplicate_groups_latest()
+                groups = list(groups)
+                changed = sum(duplicates.duplicate_group_resolve(group=g, keep_id=g.image_ids[0], action=action)
+                              for g in groups)
+                self.message_user(request, f"Kept the proposed copy of {len(groups)} groups; "
+                                           f"{_PAST[action]} {changed} others.", messages.SUCCESS)
+                return
+            group = DuplicateGroup.objects.get(pk=int(request.POST.get("group", "")))
+            changed = duplicates.duplicate_group_resolve(group=group, keep_id=int(request.POST.get("keep", "")),
+                                                         action=action)
+            self.message_user(request, f"Kept image #{request.POST['keep']}; {_PAST[action]} {changed} others.",
+                              messages.SUCCESS)
+        except (ValueError, DuplicateGroup.DoesNotExist, duplicates.ScanRefused) as exc:
+            self.message_user(request, f"Nothing was changed: {exc or 'choose a group and an image'}",
+                              messages.ERROR)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # images come in through the upload page or `import_images`
 
     @admin.display(description="")
     def thumbnail_tag(self, image: Image) -> str:
         return format_html('<img src="{}" alt="" style="width:64px;height:64px;object-fit:cover;border-radius:4px">',
                            image.thumbnail.url)
 
+    @admin.display(description="State", ordering="state")
+    def status(self, image: Image) -> str:
+        extra = [label for flag, label in ((image.hidden, "hidden"), (image.awaiting_approval, "awaiting approval"))
+                 if flag]
+        return ", ".join([image.get_state_display(), *extra])
+
+    @admin.display(description="Size", ordering="byte_size")
+    def size(self, image: Image) -> str:
+        return filesizeformat(image.byte_size)
+
+    @admin.display(description="Dimensions", ordering="width")
+    def dimensions(self, image: Image) -> str:
+        return f"{image.width} × {image.height}"
+
+    @admin.display(description="Tags")
+    def tag_list(self, image: Image) -> str:
+        return ", ".join(tag.name for tag in image.tags.all())
+
     @admin.display(description="Image")
     def preview(self, image: Image) -> str:
         return format_html('<img src="{}" alt="" style="max-width:480px;max-height:480px">', image.display.url)
+
+    @admin.display(description="Embedding")
+    def embedding_state(self, image: Image) -> str:
+        vectors = ", ".join(f"{b} ({v}, {d} dimensions)" for b, v, d in
+                            Embedding.objects.filter(image=image).values_list("backbone", "backbone_version", "dim"))
+        attempts = f"; {image.attempts} attempts" if image.attempts else ""
+        return f"{image.get_state_display()}{attempts}; vectors: {vectors or 'none'}"
+
+    @admin.display(description="Nearest neighbours")
+    def neighbours(self, image: Image) -> str:
+        try:
+            similar = search_selectors.similar_to_image(image, k=12)
+        except search_selectors.SearchUnavailable as exc:
+            return str(exc)
+        if not similar:
+            return "No other image to compare with."
+        return format_html_join(
+            " ", '<a href="{}" title="{}" style="display:inline-block;text-align:center;margin:2px">'
+                 '<img src="{}" alt="" style="width:96px;height:96px;object-fit:cover"><br>#{} · {}</a>',
+            ((reverse("admin:gallery_image_change", args=[s.image.pk]), s.image.original_name, s.image.thumbnail.url,
+              s.image.pk, f"{s.score:.3f}") for s in similar))
 
     def get_actions(self, request: HttpRequest) -> dict:
         actions = super().get_actions(request)
@@ -38,10 +224,77 @@ class ImageAdmin(admin.ModelAdmin):
     def delete_model(self, request: HttpRequest, obj: Image) -> None:
         services.image_delete(image=obj)
 
-    @admin.action(description="Delete selected images (and remove them from search)", permissions=["delete"])
+    def _ids(self, queryset: QuerySet[Image]) -> list[int]:
+        return list(queryset.values_list("id", flat=True))
+
+    @admin.action(description="Hide from search and the gallery", permissions=["change"])
+    def hide(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        count = services.images_set_hidden(image_ids=self._ids(queryset), hidden=True)
+        self.message_user(request, f"Hid {count} images.", messages.SUCCESS)
+
+    @admin.action(description="Show again in search and the gallery", permissions=["change"])
+    def unhide(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        count = services.images_set_hidden(image_ids=self._ids(queryset), hidden=False)
+        self.message_user(request, f"Unhid {count} images.", messages.SUCCESS)
+
+    @admin.action(description="Approve (moderation)", permissions=["change"])
+    def approve(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        count = services.images_approve(image_ids=self._ids(queryset))
+        self.message_user(request, f"Approved {count} images.", messages.SUCCESS)
+
+    def _tag_names(self, request: HttpRequest) -> list[str] | None:
+        try:
+            return services.parse_tag_names(request.POST.get("tags", ""))
+        except ValueError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+
+    @admin.action(description="Add the tags typed on the left", permissions=["change"])
+    def add_tags(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        if (names := self._tag_names(request)) is not None:
+            services.images_add_tags(image_ids=self._ids(queryset), names=names)
+            self.message_user(request, f"Tagged {queryset.count()} images with {', '.join(names)}.", messages.SUCCESS)
+
+    @admin.action(description="Remove the tags typed on the left", permissions=["change"])
+    def remove_tags(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        if (names := self._tag_names(request)) is not None:
+            count = services.images_remove_tags(image_ids=self._ids(queryset), names=names)
+            self.message_user(request, f"Removed {count} tags.", messages.SUCCESS)
+
+    @admin.action(description="Embed again", permissions=["change"])
+    def reembed(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        count = services.images_reembed(image_ids=self._ids(queryset))
+        self.message_user(request, f"Queued {count} images to be embedded again.", messages.SUCCESS)
+
+    @admin.action(description="Retry failed images", permissions=["change"])
+    def retry_failed(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        count = search_services.images_retry_failed(image_ids=self._ids(queryset))
+        self.message_user(request, f"Queued {count} failed images again.", messages.SUCCESS)
+
+    @admin.action(description="Delete (and remove from search at once)", permissions=["delete"])
     def delete_with_index(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
-        count = 0
-        for image in queryset:
-            services.image_delete(image=image)
-            count += 1
+        count = services.images_delete(image_ids=self._ids(queryset))
         self.message_user(request, f"Deleted {count} images.", messages.SUCCESS)
+
+
+@admin.register(ImageAwaitingApproval)
+class ModerationQueueAdmin(ImageAdmin):
+    """The uploads that wait for a staff member, oldest first (LOOKALIKE_MODERATION)."""
+
+    ordering = ("created_at", "id")
+    list_filter = (("owner", admin.RelatedOnlyFieldListFilter), "created_at")
+    date_hierarchy = None
+    actions = ("approve", "hide", "add_tags", "delete_with_index")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
+        return super().get_queryset(request).filter(awaiting_approval=True)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):  # type: ignore[override]
+        state = "on" if settings.LOOKALIKE_MODERATION else "off (LOOKALIKE_MODERATION=false)"
+        return super().changelist_view(request, {**(extra_context or {}),
+                                                 "title": f"Uploads awaiting approval — moderation is {state}"})
+
+
+@admin.register(Tag)
+class TagAdmin(admin.ModelAdmin):
+    search_fields = ("name",)

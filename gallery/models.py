@@ -39,11 +39,16 @@ class Image(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
     # Hidden images stay indexed but never appear in search or the public gallery.
     hidden = models.BooleanField(default=False)
+    # With moderation on, an upload stays hidden until a staff member approves it.
+    awaiting_approval = models.BooleanField(default=False)
     tags = models.ManyToManyField(Tag, blank=True, related_name="images")
     error = models.TextField(blank=True)
     # Which embedding run holds the image while it is in EMBEDDING, and since when.
     claim_token = models.CharField(max_length=64, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # Embedding attempts so far; a failed attempt is retried after ``retry_after``, up to a limit.
+    attempts = models.PositiveSmallIntegerField(default=0)
+    retry_after = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     indexed_at = models.DateTimeField(null=True, blank=True)
 
@@ -52,7 +57,35 @@ class Image(models.Model):
         indexes = [
             models.Index(fields=["state", "id"]),
             models.Index(fields=["-created_at", "-id"]),
+            models.Index(fields=["awaiting_approval", "-created_at"]),
         ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.original_name}"
+
+
+class ImageAwaitingApproval(Image):
+    """The moderation queue in the admin: uploads that stay hidden until a staff member approves them."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "upload awaiting approval"
+        verbose_name_plural = "moderation queue"
+
+
+class DuplicateGroup(models.Model):
+    """Images that a duplicate scan found alike above its threshold, for a curator to review."""
+
+    scan = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="duplicate_groups")
+    # Every pair in the group is the same picture (similarity 1 to within rounding).
+    exact = models.BooleanField()
+    lowest_similarity = models.FloatField()
+    # In the order shown; the first is the proposed copy to keep (largest, then earliest).
+    image_ids = models.JSONField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-exact", "-lowest_similarity", "id"]
+
+    def __str__(self) -> str:
+        return f"{'Exact copies' if self.exact else 'Near-duplicates'}: images {', '.join(map(str, self.image_ids))}"

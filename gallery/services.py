@@ -7,6 +7,7 @@ import logging
 import os
 import unicodedata
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -19,7 +20,7 @@ from django.db.models import Count, Sum
 from django.template.defaultfilters import filesizeformat
 
 from gallery.imaging import DISPLAY_MAX_SIDE, THUMBNAIL_MAX_SIDE, ImageRejected, decode_image, encode_jpeg
-from gallery.models import Image
+from gallery.models import Image, Tag
 from search import changelog
 from search.models import IndexChange
 from search.services import queue_embedding, queue_index_sync
@@ -111,6 +112,8 @@ def image_upload(*, source: BinaryIO, original_name: str, owner: AbstractBaseUse
                 original_name=name, sha256=digest, format=decoded.format, width=decoded.width,
                 height=decoded.height, byte_size=len(data), original=written[0], display=written[1],
                 thumbnail=written[2],
+                # With moderation on, it waits hidden until a staff member approves it.
+                hidden=settings.LOOKALIKE_MODERATION, awaiting_approval=settings.LOOKALIKE_MODERATION,
             )
             queue_embedding(image.pk)
     except IntegrityError:
@@ -142,3 +145,66 @@ def image_delete(*, image: Image) -> None:
         changelog.record_changes(image_ids=[image_id], kind=IndexChange.Kind.REMOVE)
         transaction.on_commit(lambda: _delete_files(files))
         queue_index_sync()
+
+
+# Curation (the admin's bulk actions) --------------------------------------------------------
+
+
+def images_set_hidden(*, image_ids: Collection[int], hidden: bool) -> int:
+    """Hide images from search and the public gallery, or show them again; they stay indexed."""
+    return Image.objects.filter(id__in=list(image_ids)).exclude(hidden=hidden).update(hidden=hidden)
+
+
+def images_approve(*, image_ids: Collection[int]) -> int:
+    """Let uploads that wait for moderation appear in search and the gallery."""
+    return Image.objects.filter(id__in=list(image_ids), awaiting_approval=True).update(awaiting_approval=False,
+                                                                                       hidden=False)
+
+
+def images_delete(*, image_ids: Collection[int]) -> int:
+    count = 0
+    for image in Image.objects.filter(id__in=list(image_ids)):
+        image_delete(image=image)
+        count += 1
+    return count
+
+
+def parse_tag_names(text: str) -> list[str]:
+    """Tag names from a comma-separated list: trimmed, lower-case, without repeats."""
+    names = []
+    for raw in text.split(","):
+        name = " ".join(raw.split()).lower()
+        if len(name) > Tag._meta.get_field("name").max_length:
+            raise ValueError(f"The tag {name[:20]!r}... is longer than 64 characters.")
+        if name and name not in names:
+            names.append(name)
+    if not names:
+        raise ValueError("Name at least one tag, e.g. \"cats, holiday\".")
+    return names
+
+
+@transaction.atomic
+def images_add_tags(*, image_ids: Collection[int], names: list[str]) -> int:
+    tags = [Tag.objects.get_or_create(name=name)[0] for name in names]
+    links = [Image.tags.through(image_id=image_id, tag_id=tag.pk)
+             for image_id in Image.objects.filter(id__in=list(image_ids)).values_list("id", flat=True) for tag in tags]
+    Image.tags.through.objects.bulk_create(links, ignore_conflicts=True)
+    return len(links)
+
+
+def images_remove_tags(*, image_ids: Collection[int], names: list[str]) -> int:
+    deleted, _ = Image.tags.through.objects.filter(image_id__in=list(image_ids), tag__name__in=names).delete()
+    return deleted
+
+
+def images_reembed(*, image_ids: Collection[int]) -> int:
+    """Embed images again with the current backbone (after a failure, or a file repaired on disk).
+    Each leaves search while it waits, and comes back with its new vector."""
+    with transaction.atomic():
+        ids = list(Image.objects.filter(id__in=list(image_ids)).exclude(state=Image.State.EMBEDDING)
+                   .values_list("id", flat=True))
+        Image.objects.filter(id__in=ids).exclude(state=Image.State.EMBEDDING).update(
+            state=Image.State.QUEUED, error="", attempts=0, retry_after=None)
+        for image_id in ids:
+            queue_embedding(image_id)
+    return len(ids)

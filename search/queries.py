@@ -26,6 +26,7 @@ from search import runtime, selectors, verdicts
 from search.embedding import WeightsMissing
 from search.fetch import FetchLimits, FetchRefused, fetch_url
 from search.models import Embedding
+from search.reader import IndexReader
 from search.selectors import SearchFilters
 
 __all__ = ["Box", "Query", "QueryError", "Result", "SearchFilters", "SearchOutcome", "SearchParams",
@@ -261,15 +262,17 @@ def query_from_image(*, image_id: int, user: AbstractBaseUser | AnonymousUser) -
 def search_run(*, query: Query, user: AbstractBaseUser | AnonymousUser, params: SearchParams) -> SearchOutcome:
     """The page of results ``params`` asks for, best first, each with its verdict."""
     started = time.perf_counter()
+    # One reader for the whole search: a reindex may switch the site to another index meanwhile.
+    reader = runtime.index_reader()
     try:
-        vector, exclude = _query_vector(query, params.box)
+        vector, exclude = _query_vector(query, params.box, reader)
         embedded = time.perf_counter()
         wanted = params.offset + params.k + 1
         [similar] = selectors.similar_to_vectors(vector[None, :], k=wanted, exclude=[exclude],
-                                                 filters=params.filters)
+                                                 filters=params.filters, reader=reader)
     except (selectors.SearchUnavailable, WeightsMissing) as exc:
         raise QueryError("search_unavailable", str(exc), 503) from None
-    threshold = verdicts.edited_copy_threshold(runtime.index_identity())
+    threshold = verdicts.edited_copy_threshold(reader.identity)
     same_file = query.sha256 if params.box is None else ""
     passing = [Result(s.image, s.score, verdicts.verdict(score=s.score, same_file=s.image.sha256 == same_file,
                                                           threshold=threshold))
@@ -280,10 +283,10 @@ def search_run(*, query: Query, user: AbstractBaseUser | AnonymousUser, params: 
                          (finished - embedded) * 1000)
 
 
-def _query_vector(query: Query, box: Box | None) -> tuple[np.ndarray, list[int]]:
+def _query_vector(query: Query, box: Box | None, reader: IndexReader) -> tuple[np.ndarray, list[int]]:
     """The vector to search with, and the images to leave out of the results."""
     if query.source is not None and box is None:
-        embedding = Embedding.objects.of(runtime.index_identity()).filter(image=query.source).first()
+        embedding = Embedding.objects.of(reader.identity).filter(image=query.source).first()
         if embedding is None:
             raise selectors.SearchUnavailable(f"Image #{query.source.pk} has no vector of the current model yet.")
         # "Similar to this image" means other images; a region of it may well find itself.
@@ -291,7 +294,7 @@ def _query_vector(query: Query, box: Box | None) -> tuple[np.ndarray, list[int]]
     picture = query.picture if query.picture is not None else _source_picture(query)
     if box is not None:
         picture = _crop(picture, box, query)
-    return runtime.embedder().embed([picture])[0], []
+    return runtime.embedder_for(reader.identity.backbone).embed([picture])[0], []
 
 
 def _source_picture(query: Query) -> PILImage:

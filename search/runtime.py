@@ -1,16 +1,19 @@
-"""This process's embedder and index reader, each made once and reused by every request and task."""
+"""This process's embedders and index reader, made once and reused by every request and task
+(the reader once per index generation: a reindex that switches generations replaces it)."""
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import threading
 from pathlib import Path
 
 import torch
 from django.conf import settings
 
+from search import generations
 from search.changelog import DatabaseChangeSource
-from search.embedding import Embedder, descriptor_identity, get_backbone
+from search.embedding import Embedder, get_backbone
 from search.identity import IndexIdentity
 from search.index import HnswParams, SnapshotStore
 from search.reader import IndexReader
@@ -26,21 +29,25 @@ def weights_dir() -> Path:
 
 
 def index_identity() -> IndexIdentity:
-    return descriptor_identity(get_backbone(settings.LOOKALIKE_BACKBONE))
+    """What the vectors of the index that serves searches mean (see ``search.generations``)."""
+    return generations.active().identity
 
 
 def index_params() -> HnswParams:
-    return HnswParams(m=settings.LOOKALIKE_INDEX_M, ef_construction=settings.LOOKALIKE_INDEX_EF_CONSTRUCTION,
-                      ef_search=settings.LOOKALIKE_INDEX_EF_SEARCH)
+    return generations.active().params
 
 
 def snapshot_store() -> SnapshotStore:
-    return SnapshotStore(settings.INDEX_DIR / settings.LOOKALIKE_BACKBONE)
+    return generations.active().store
+
+
+def embedder() -> Embedder:
+    return embedder_for(generations.active().backbone)
 
 
 @functools.cache
-def embedder() -> Embedder:
-    return Embedder(get_backbone(settings.LOOKALIKE_BACKBONE), weights_dir=weights_dir(),
+def embedder_for(backbone: str) -> Embedder:
+    return Embedder(get_backbone(backbone), weights_dir=weights_dir(),
                     device=settings.LOOKALIKE_DEVICE, batch_size=settings.LOOKALIKE_EMBED_BATCH_SIZE)
 
 
@@ -51,11 +58,22 @@ def _ask_writer_to_rebuild(_reason: str) -> None:
     queue_index_sync(verify=True)
 
 
-@functools.cache
+_reader: dict[str, tuple[generations.Generation, IndexReader]] = {}
+_reader_lock = threading.Lock()
+
+
 def index_reader() -> IndexReader:
-    identity = index_identity()
-    return IndexReader(snapshot_store(), identity, index_params(), DatabaseChangeSource(identity),
-                       on_unusable_snapshot=_ask_writer_to_rebuild)
+    """The reader of the active generation; when a reindex switches generations, the next query
+    gets a reader of the new one and the old one is dropped with its loaded index."""
+    generation = generations.active()
+    with _reader_lock:
+        current = _reader.get("active")
+        if current is None or current[0] != generation:
+            identity = generation.identity
+            reader = IndexReader(generation.store, identity, generation.params, DatabaseChangeSource(identity),
+                                 on_unusable_snapshot=_ask_writer_to_rebuild)
+            current = _reader["active"] = (generation, reader)
+        return current[1]
 
 
 def configure_worker_process() -> None:

@@ -1,6 +1,7 @@
 """Reads of the search app: the images most similar to a picture, a vector or a gallery image."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -11,10 +12,10 @@ from django.db.models import QuerySet
 from PIL.Image import Image as PILImage
 
 from gallery.models import Image
-from search import changelog, runtime
+from search import changelog, generations, latency, runtime
 from search.index import exact_search
 from search.models import Embedding
-from search.reader import Hit
+from search.reader import Hit, IndexReader
 
 # A filter that leaves at most this many images is answered by exact search over their stored
 # vectors: over-fetching from HNSW would have to read most of the index to find them.
@@ -71,11 +72,11 @@ def _visible_under(filters: SearchFilters) -> Callable[[set[int]], set[int]]:
 def _ensure_one_vector_kind() -> None:
     identity = runtime.index_identity()
     other = Embedding.objects.other_than(identity).values_list("backbone", "backbone_version").first()
-    if other:
+    if other and not generations.vectors_expected(other):
         raise SearchUnavailable(
             f"Some images were embedded with {other[0]} ({other[1]}), but the site now uses "
             f"{identity.backbone} ({identity.backbone_version}). Vectors of different models cannot be "
-            "compared: run `python manage.py rebuild_index --reembed`."
+            "compared: run `python manage.py reindex`."
         )
 
 
@@ -84,23 +85,28 @@ def clamp_k(k: int | None) -> int:
 
 
 def similar_to_vectors(vectors: np.ndarray, *, k: int, exclude: list[list[int]] | None = None,
-                       filters: SearchFilters = SearchFilters()) -> list[list[SimilarImage]]:
+                       filters: SearchFilters = SearchFilters(), reader: IndexReader | None = None
+                       ) -> list[list[SimilarImage]]:
+    """``reader``: the one whose identity made the vectors, when a reindex may switch it meanwhile."""
     _ensure_one_vector_kind()
-    hits = _filtered_hits(vectors, k, exclude, filters) if filters.active else None
+    reader = reader or runtime.index_reader()
+    started = time.perf_counter()
+    hits = _filtered_hits(vectors, k, exclude, filters, reader) if filters.active else None
     if hits is None:
-        hits = runtime.index_reader().search(vectors, k, visible=_visible_under(filters), exclude=exclude)
+        hits = reader.search(vectors, k, visible=_visible_under(filters), exclude=exclude)
+    latency.record(time.perf_counter() - started)
     images = Image.objects.select_related("owner").in_bulk({hit.image_id for row in hits for hit in row})
     return [[SimilarImage(images[hit.image_id], hit.score) for hit in row if hit.image_id in images]
             for row in hits]
 
 
 def _filtered_hits(vectors: np.ndarray, k: int, exclude: list[list[int]] | None,
-                   filters: SearchFilters) -> list[list[Hit]] | None:
+                   filters: SearchFilters, reader: IndexReader) -> list[list[Hit]] | None:
     """Exact search over the few images a narrow filter leaves, or None when it leaves many."""
     candidates = list(searchable_images(filters=filters).values_list("id", flat=True)[:EXACT_SEARCH_MAX_CANDIDATES + 1])
     if len(candidates) > EXACT_SEARCH_MAX_CANDIDATES:
         return None
-    stored = changelog.vectors_for(runtime.index_identity(), candidates)
+    stored = changelog.vectors_for(reader.identity, candidates)
     ids = np.fromiter(stored, dtype=np.int64, count=len(stored))
     matrix = np.stack(list(stored.values())) if stored else np.zeros((0, vectors.shape[1]), dtype=np.float32)
     rows = []
@@ -116,13 +122,15 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int) -> list[list[Simila
     """Search with decoded pictures (see ``gallery.imaging.decode_image``), one result list each."""
     if not pictures:
         return []
-    return similar_to_vectors(runtime.embedder().embed(pictures), k=k)
+    reader = runtime.index_reader()
+    vectors = runtime.embedder_for(reader.identity.backbone).embed(pictures)
+    return similar_to_vectors(vectors, k=k, reader=reader)
 
 
 def similar_to_image(image: Image, *, k: int) -> list[SimilarImage]:
     """Images like a gallery image, by its stored vector (nothing is embedded again); not itself."""
-    identity = runtime.index_identity()
-    embedding = Embedding.objects.of(identity).filter(image=image).first()
+    reader = runtime.index_reader()
+    embedding = Embedding.objects.of(reader.identity).filter(image=image).first()
     if embedding is None:
         raise SearchUnavailable(f"Image #{image.pk} is not indexed yet ({image.get_state_display().lower()}).")
-    return similar_to_vectors(embedding.as_array()[None, :], k=k, exclude=[[image.pk]])[0]
+    return similar_to_vectors(embedding.as_array()[None, :], k=k, exclude=[[image.pk]], reader=reader)[0]

@@ -7,25 +7,30 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from gallery.imaging import open_for_embedding
 from gallery.models import Image
 from search import changelog, runtime
+from search.embedding import Embedder, WeightsMissing
 from search.identity import IndexIdentity
 from search.index import HnswIndex, SnapshotCorrupt, SnapshotMeta, SnapshotStore
 from search.models import Embedding, IndexChange
 from search.reader import resolve_changes
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def queue_index_sync(*, verify: bool = False) -> None:
@@ -43,23 +48,13 @@ def queue_index_sync(*, verify: bool = False) -> None:
 # Embedding ---------------------------------------------------------------------------------
 
 
-def queue_embedding(image_id: int) -> None:
-    """Ask a worker to embed the image once the current transaction commits."""
+def queue_embedding(image_id: int, *, countdown: float = 0.0) -> None:
+    """Ask a worker to embed the image once the current transaction commits (after ``countdown`` s)."""
     from search.tasks import embed_image
 
     # robust: a broker that is down must not fail an upload that is already stored; the image
-    # stays queued and is picked up again.
-    transaction.on_commit(lambda: embed_image.delay(image_id), robust=True)
-
-
-def images_requeue_all() -> int:
-    """Queue every image to be embedded again, e.g. after the backbone setting changed."""
-    with transaction.atomic():
-        ids = list(Image.objects.values_list("id", flat=True))
-        Image.objects.update(state=Image.State.QUEUED, error="", claim_token="", claimed_at=None, indexed_at=None)
-        for image_id in ids:
-            queue_embedding(image_id)
-    return len(ids)
+    # stays queued and upkeep sends it again.
+    transaction.on_commit(lambda: embed_image.apply_async((image_id,), countdown=countdown or None), robust=True)
 
 
 @dataclass(frozen=True)
@@ -73,17 +68,28 @@ def _claim_batch(*, image_id: int, token: str) -> list[Image]:
 
     The state guard in each UPDATE lets exactly one run claim an image. A run may reclaim what
     it claimed before (the same task delivered again after its worker died), and anyone may
-    take over a claim whose lease has run out.
+    take over a claim whose lease has run out. Each claim counts as an attempt. Only images never
+    tried before fill a batch: one that failed, or was in a batch whose worker died, is embedded
+    alone, so that one poison file cannot fail or hold up the others.
     """
     now = timezone.now()
-    claim = {"state": Image.State.EMBEDDING, "claim_token": token, "claimed_at": now}
+    claim = {"state": Image.State.EMBEDDING, "claim_token": token, "claimed_at": now, "attempts": F("attempts") + 1}
+    held_before = list(Image.objects.filter(claim_token=token, state=Image.State.EMBEDDING).exclude(id=image_id)
+                       .values_list("id", flat=True))
+    if held_before:
+        # This run stopped midway before, maybe because of one of these files: each goes alone.
+        Image.objects.filter(id__in=held_before, claim_token=token).update(state=Image.State.QUEUED, claim_token="",
+                                                                          claimed_at=None)
+        for other_id in held_before:
+            queue_embedding(other_id)
     expired = now - timedelta(seconds=settings.LOOKALIKE_EMBED_LEASE_SECONDS)
     claimable = (Q(state=Image.State.QUEUED) | Q(state=Image.State.EMBEDDING, claim_token=token)
                  | Q(state=Image.State.EMBEDDING, claimed_at__lt=expired))
     Image.objects.filter(claimable, id=image_id).update(**claim)
     room = settings.LOOKALIKE_EMBED_BATCH_SIZE - Image.objects.filter(claim_token=token).count()
     if room > 0:
-        others = list(Image.objects.filter(state=Image.State.QUEUED).order_by("id").values_list("id", flat=True)[:room])
+        others = list(Image.objects.filter(state=Image.State.QUEUED, attempts=0).order_by("id")
+                      .values_list("id", flat=True)[:room])
         Image.objects.filter(id__in=others, state=Image.State.QUEUED).update(**claim)
     return list(Image.objects.filter(claim_token=token, state=Image.State.EMBEDDING).order_by("id"))
 
@@ -91,16 +97,51 @@ def _claim_batch(*, image_id: int, token: str) -> list[Image]:
 def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
     """Embed an image (and a batch of other queued ones), store the vectors and log the change.
 
-    Running it again for an image that is already indexed does nothing.
+    While a reindex builds an index of another backbone, the images are embedded with that one
+    too, so that the new index holds them when it replaces the current one. Running it again for
+    an image that is already indexed does nothing.
     """
     images = _claim_batch(image_id=image_id, token=claim_token)
+    limit = settings.LOOKALIKE_EMBED_MAX_ATTEMPTS
+    worn_out = {image.id: _worn_out_reason(image) for image in images if image.attempts > limit}
+    images = [image for image in images if image.id not in worn_out]
     if not images:
-        return EmbedOutcome()
+        return _finish_batch(claim_token, {}, worn_out, permanent=set(worn_out)) if worn_out else EmbedOutcome()
+    identity = runtime.index_identity()
     try:
         embedder = runtime.embedder()
     except Exception as exc:  # missing weights, a bad setting: every image in the batch says why
         log.exception("Cannot load the embedding model")
-        return _finish_batch(claim_token, {}, {image.id: str(exc) for image in images})
+        failed = {image.id: str(exc) for image in images}
+        # Weights only appear when an operator installs them: trying again would not help.
+        permanent = set(failed) if isinstance(exc, WeightsMissing) else set()
+        return _finish_batch(claim_token, {}, failed | worn_out, permanent=permanent | set(worn_out))
+    vectors, failed = images_embed_with(embedder=embedder, images=images)
+    failed |= worn_out
+    extra = {}
+    building = reindex_target_identity()
+    if building is not None and building != identity and vectors:
+        try:
+            extra, _ = images_embed_with(embedder=runtime.embedder_for(building.backbone),
+                                         images=[image for image in images if image.id in vectors])
+        except Exception:  # the reindex embeds whatever is still missing before it completes
+            log.exception("Could not embed with %s for the reindex in progress", building.describe())
+    return _finish_batch(claim_token, vectors, failed, permanent=set(worn_out), extra_identity=building,
+                         extra_vectors=extra)
+
+
+def _worn_out_reason(image: Image) -> str:
+    last = image.error or "the worker stopped while embedding it"
+    return f"Gave up after {image.attempts - 1} attempts: {last}"
+
+
+def _retry_delay(attempts: int) -> float:
+    """Seconds before the next attempt: the setting, multiplied by 4 after each failure."""
+    return settings.LOOKALIKE_EMBED_RETRY_SECONDS * 4 ** max(0, attempts - 1)
+
+
+def images_embed_with(*, embedder: Embedder, images: list[Image]) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Vectors of the images' display copies, and the reason for each image that could not be read."""
     prepared: dict[int, np.ndarray] = {}
     failed: dict[int, str] = {}
     for image in images:
@@ -109,33 +150,63 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
             prepared[image.id] = embedder.prepare(picture)
         except Exception as exc:
             failed[image.id] = f"The stored copy of the image could not be read: {exc}"
-    vectors = embedder.embed_prepared(list(prepared.values()))
-    return _finish_batch(claim_token, dict(zip(prepared, vectors, strict=True)), failed)
+    vectors = embedder.embed_prepared(list(prepared.values())) if prepared else []
+    return dict(zip(prepared, vectors, strict=True)), failed
+
+
+def embeddings_store(*, identity: IndexIdentity, vectors: dict[int, np.ndarray]) -> None:
+    """Store (or replace) vectors of one identity. The caller logs the change if the index must follow."""
+    Embedding.objects.bulk_create(
+        [Embedding(image_id=image_id, backbone=identity.backbone, backbone_version=identity.backbone_version,
+                   dim=identity.dim, vector=vector.astype(np.float32).tobytes())
+         for image_id, vector in vectors.items()],
+        update_conflicts=True, unique_fields=["image", "backbone", "backbone_version"],
+        update_fields=["dim", "vector"],
+    )
 
 
 @transaction.atomic
-def _finish_batch(token: str, vectors: dict[int, np.ndarray], failed: dict[int, str]) -> EmbedOutcome:
+def _finish_batch(token: str, vectors: dict[int, np.ndarray], failed: dict[int, str], *,
+                  permanent: set[int] | None = None, extra_identity: IndexIdentity | None = None,
+                  extra_vectors: dict[int, np.ndarray] | None = None) -> EmbedOutcome:
     identity = runtime.index_identity()
     now = timezone.now()
     still_ours = Image.objects.filter(claim_token=token, state=Image.State.EMBEDDING)
     indexed = list(still_ours.filter(id__in=list(vectors)).values_list("id", flat=True))
     still_ours.filter(id__in=indexed).update(state=Image.State.INDEXED, indexed_at=now, error="", claim_token="",
                                              claimed_at=None)
+    attempts = dict(still_ours.filter(id__in=list(failed)).values_list("id", "attempts"))
     for image_id, reason in failed.items():
-        still_ours.filter(id=image_id).update(state=Image.State.FAILED, error=reason[:2000], claim_token="",
-                                              claimed_at=None)
-    Embedding.objects.filter(image_id__in=indexed).other_than(identity).delete()
-    Embedding.objects.bulk_create(
-        [Embedding(image_id=image_id, backbone=identity.backbone, backbone_version=identity.backbone_version,
-                   dim=identity.dim, vector=vectors[image_id].astype(np.float32).tobytes())
-         for image_id in indexed],
-        update_conflicts=True, unique_fields=["image", "backbone", "backbone_version"],
-        update_fields=["dim", "vector"],
-    )
+        if image_id not in attempts:
+            continue
+        if image_id in (permanent or ()) or attempts[image_id] >= settings.LOOKALIKE_EMBED_MAX_ATTEMPTS:
+            still_ours.filter(id=image_id).update(state=Image.State.FAILED, error=reason[:2000], claim_token="",
+                                                  claimed_at=None, retry_after=None)
+        else:
+            delay = _retry_delay(attempts[image_id])
+            still_ours.filter(id=image_id).update(state=Image.State.QUEUED, error=reason[:2000], claim_token="",
+                                                  claimed_at=None, retry_after=now + timedelta(seconds=delay))
+            queue_embedding(image_id, countdown=delay)
+    stale = Embedding.objects.filter(image_id__in=indexed).other_than(identity)
+    if extra_identity is not None:
+        stale = stale.exclude(backbone=extra_identity.backbone, backbone_version=extra_identity.backbone_version)
+    stale.delete()
+    embeddings_store(identity=identity, vectors={image_id: vectors[image_id] for image_id in indexed})
+    if extra_identity is not None and extra_vectors:
+        embeddings_store(identity=extra_identity,
+                         vectors={image_id: v for image_id, v in extra_vectors.items() if image_id in indexed})
     changelog.record_changes(image_ids=indexed, kind=IndexChange.Kind.UPSERT)
     if indexed:
         queue_index_sync()
     return EmbedOutcome(indexed=indexed, failed=failed)
+
+
+def reindex_target_identity() -> IndexIdentity | None:
+    """The identity of the index a reindex in progress is building, if any."""
+    from search.reindex import reindex_in_progress
+
+    building = reindex_in_progress()
+    return building.identity if building else None
 
 
 # The index writer --------------------------------------------------------------------------
@@ -200,15 +271,21 @@ def _sync_as_writer(store: SnapshotStore, *, verify: bool) -> IndexSyncResult:
     index = _load_writer_index(store, meta)
     if index is None:
         return IndexSyncResult("published", _rebuild_as_writer(store, identity))
-    applied = meta.applied_seq
-    source = changelog.DatabaseChangeSource(identity)
+    applied = index_apply_changes(index=index, after_seq=meta.applied_seq)
+    return IndexSyncResult("published", _publish(store, index, applied))
+
+
+def index_apply_changes(*, index: HnswIndex, after_seq: int) -> int:
+    """Apply the change log after ``after_seq`` to an index; returns the last sequence applied."""
+    applied = after_seq
+    source = changelog.DatabaseChangeSource(index.identity)
     while changes := source.changes_after(applied, limit=_APPLY_CHUNK):
         fresh, gone = resolve_changes(changes, source)
         if fresh:
             index.upsert(np.fromiter(fresh, dtype=np.int64, count=len(fresh)), np.stack(list(fresh.values())))
         index.remove(gone)
         applied = changes[-1].seq
-    return IndexSyncResult("published", _publish(store, index, applied))
+    return applied
 
 
 def _snapshot_spacing(meta: SnapshotMeta) -> float:
@@ -278,14 +355,114 @@ def _rebuild_as_writer(store: SnapshotStore, identity: IndexIdentity) -> Snapsho
     return _publish(store, index, applied)
 
 
-def index_rebuild(*, wait_seconds: float = 600.0) -> SnapshotMeta:
-    """Build the index afresh from every stored vector and publish it, waiting for the writer lock."""
+@dataclass(frozen=True)
+class Reconciled:
+    added: int
+    removed: int
+
+
+def index_reconcile(*, index: HnswIndex, identity: IndexIdentity) -> Reconciled:
+    """Add the stored vectors the index lacks and remove the ids it holds without one."""
+    stored = set(Embedding.objects.of(identity).values_list("image_id", flat=True))
+    held = index.ids()
+    missing, extra = stored - held, held - stored
+    vectors = changelog.vectors_for(identity, missing) if missing else {}
+    if vectors:
+        index.upsert(np.fromiter(vectors, dtype=np.int64, count=len(vectors)), np.stack(list(vectors.values())))
+    index.remove(extra)
+    return Reconciled(added=len(vectors), removed=len(extra))
+
+
+def _as_writer(work: Callable[[SnapshotStore], T], wait_seconds: float) -> T:
     store = runtime.snapshot_store()
     deadline = time.monotonic() + wait_seconds
     while True:
         with store.writer_lock() as is_writer:
             if is_writer:
-                return _rebuild_as_writer(store, runtime.index_identity())
+                return work(store)
         if time.monotonic() > deadline:
             raise TimeoutError(f"another process held the index writer lock for {wait_seconds:.0f} s")
         time.sleep(0.2)
+
+
+def index_rebuild(*, wait_seconds: float = 600.0) -> SnapshotMeta:
+    """Build the index afresh from every stored vector and publish it, waiting for the writer lock."""
+    return _as_writer(lambda store: _rebuild_as_writer(store, runtime.index_identity()), wait_seconds)
+
+
+@dataclass(frozen=True)
+class IndexRepair:
+    reconciled: Reconciled
+    rebuilt: str = ""  # why the snapshot was rebuilt from the database instead, if it was
+
+
+def index_repair(*, wait_seconds: float = 600.0) -> IndexRepair:
+    """Check the published index against the database and publish a repaired one if they differ:
+    vectors missing from it are added, ids without a vector in the database are removed."""
+    return _as_writer(_repair_as_writer, wait_seconds)
+
+
+def _repair_as_writer(store: SnapshotStore) -> IndexRepair:
+    identity = runtime.index_identity()
+    meta = _usable_meta(store, identity, changelog.last_seq())
+    try:
+        # From disk, not this process's copy: the snapshot is what readers search.
+        index = store.load(meta, runtime.index_params()) if meta else None
+    except SnapshotCorrupt as exc:
+        index, reason = None, str(exc)
+    else:
+        reason = "there was no usable snapshot"
+    if index is None:
+        rebuilt = _rebuild_as_writer(store, identity)
+        return IndexRepair(Reconciled(added=rebuilt.count, removed=0), rebuilt=reason)
+    applied = index_apply_changes(index=index, after_seq=meta.applied_seq)
+    reconciled = index_reconcile(index=index, identity=identity)
+    if reconciled.added or reconciled.removed or applied != meta.applied_seq:
+        _publish(store, index, applied)
+    if reconciled.added or reconciled.removed:
+        log.warning("Repaired the index: added %d missing vectors, removed %d without one in the database",
+                    reconciled.added, reconciled.removed)
+    return IndexRepair(reconciled)
+
+
+def embeddings_purge_stray() -> int:
+    """Delete vectors of models that neither the index in service, the one it replaced, nor a
+    reindex in progress use: left behind when a reindex stopped while an upload was embedded
+    for it. Search refuses to run while they exist."""
+    from search import generations
+
+    kinds = set(Embedding.objects.other_than(runtime.index_identity()).values_list("backbone", "backbone_version")
+                .distinct())
+    stray = [kind for kind in kinds if not generations.vectors_expected(kind)]
+    return sum(Embedding.objects.filter(backbone=b, backbone_version=v).delete()[0] for b, v in stray)
+
+
+def images_requeue_stuck(*, older_than: timedelta) -> int:
+    """Send again the images queued for longer than ``older_than`` (their task was lost) and those
+    whose embedding claim outlived its lease (their worker died). Each is sent at most once per
+    ``older_than``."""
+    now = timezone.now()
+    cutoff = now - older_than
+    lease_ended = now - timedelta(seconds=settings.LOOKALIKE_EMBED_LEASE_SECONDS)
+    stuck = Image.objects.filter(
+        Q(state=Image.State.QUEUED, retry_after__isnull=True, created_at__lt=cutoff)
+        | Q(state=Image.State.QUEUED, retry_after__lt=cutoff)
+        | Q(state=Image.State.EMBEDDING, claimed_at__lt=lease_ended)
+    )
+    with transaction.atomic():
+        ids = list(stuck.values_list("id", flat=True))
+        Image.objects.filter(id__in=ids, state=Image.State.QUEUED).update(retry_after=now)
+        for image_id in ids:
+            queue_embedding(image_id)
+    return len(ids)
+
+
+def images_retry_failed(*, image_ids: Collection[int]) -> int:
+    """Queue failed images to be embedded again, with a fresh count of attempts."""
+    with transaction.atomic():
+        ids = list(Image.objects.filter(id__in=list(image_ids), state=Image.State.FAILED).values_list("id", flat=True))
+        Image.objects.filter(id__in=ids, state=Image.State.FAILED).update(
+            state=Image.State.QUEUED, error="", attempts=0, retry_after=None)
+        for image_id in ids:
+            queue_embedding(image_id)
+    return len(ids)

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "gallery",
     "search",
     "api",
+    "jobs",
 ]
 
 MIDDLEWARE = [
@@ -142,6 +143,7 @@ LOGGING = {
         "gallery": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO"), "propagate": False},
         "search": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO"), "propagate": False},
         "api": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO"), "propagate": False},
+        "jobs": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO"), "propagate": False},
     },
 }
 
@@ -206,3 +208,15 @@ LOOKALIKE_RATE_LIMIT_UPLOAD = env_rate("LOOKALIKE_RATE_LIMIT_UPLOAD", "300/hour"
 LOOKALIKE_RATE_LIMIT_URL_FETCH = env_rate("LOOKALIKE_RATE_LIMIT_URL_FETCH", "20/minute")
 # How many reverse proxies in front of the site append to X-Forwarded-For; 0 trusts only REMOTE_ADDR.
 LOOKALIKE_TRUSTED_PROXY_COUNT = env_int("LOOKALIKE_TRUSTED_PROXY_COUNT", 0, minimum=0)
+LOOKALIKE_EMBED_MAX_ATTEMPTS = env_int("LOOKALIKE_EMBED_MAX_ATTEMPTS", 3, minimum=1)
+LOOKALIKE_EMBED_RETRY_SECONDS = env_float("LOOKALIKE_EMBED_RETRY_SECONDS", 30.0, minimum=0.0)
+LOOKALIKE_STUCK_AFTER_SECONDS = env_int("LOOKALIKE_STUCK_AFTER_SECONDS", 1800, minimum=1)
+LOOKALIKE_JOB_STALL_SECONDS = env_int("LOOKALIKE_JOB_STALL_SECONDS", 600, minimum=1)
+LOOKALIKE_UPKEEP_INTERVAL = env_float("LOOKALIKE_UPKEEP_INTERVAL", 300.0, minimum=1.0)
+LOOKALIKE_MODERATION = env_bool("LOOKALIKE_MODERATION", False)
+
+# Periodic upkeep, run by `celery -A config beat` (or `worker --beat`): see `python manage.py upkeep`.
+CELERY_BEAT_SCHEDULE = {
+    "upkeep": {"task": "jobs.upkeep", "schedule": LOOKALIKE_UPKEEP_INTERVAL},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")

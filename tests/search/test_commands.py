@@ -6,6 +6,8 @@ import torch
 from django.core.management import CommandError, call_command
 from torchvision import models
 
+from gallery.models import Image
+from jobs.models import Job
 from search import runtime
 from tests import images
 from tests.conftest import store_indexed
@@ -70,12 +72,12 @@ class TestSearchImage:
     def test_missing_weights_are_a_clear_error(self, db, settings, tmp_path):
         settings.LOOKALIKE_BACKBONE = "efficientnet_b0"
         settings.TORCH_HOME = tmp_path
-        runtime.embedder.cache_clear()
+        runtime.embedder_for.cache_clear()
         try:
             with pytest.raises(CommandError, match="install_weights efficientnet_b0"):
                 search(str(tmp_path / "q.jpg"))
         finally:
-            runtime.embedder.cache_clear()
+            runtime.embedder_for.cache_clear()
 
 
 class TestRebuildIndex:
@@ -85,10 +87,30 @@ class TestRebuildIndex:
         assert "4 vectors of efficientnet_lite0" in out.getvalue()
         assert runtime.snapshot_store().read_meta().count == 4
 
-    def test_reembed_queues_every_image(self, gallery):
+    def test_reembed_starts_a_reindex_in_the_background(self, gallery):
         out = io.StringIO()
         call_command("rebuild_index", "--reembed", stdout=out)
-        assert "Queued 4 images" in out.getvalue()
+        job = Job.objects.get(kind=Job.Kind.REINDEX)
+        assert out.getvalue().startswith(f"Started {job} (efficientnet_lite0, M=16, ef_construction=200)")
+        assert set(Image.objects.values_list("state", flat=True)) == {Image.State.INDEXED}
+
+
+class TestReindex:
+    def test_it_starts_a_reindex_with_the_parameters_given(self, gallery):
+        out = io.StringIO()
+        call_command("reindex", "--m", "8", "--ef-construction", "40", stdout=out)
+        job = Job.objects.get(kind=Job.Kind.REINDEX)
+        assert job.params == {"backbone": "efficientnet_lite0", "m": 8, "ef_construction": 40, "batch_size": 256}
+        assert f"Started {job}" in out.getvalue()
+
+    def test_a_second_reindex_is_refused_while_one_runs(self, gallery):
+        call_command("reindex", stdout=io.StringIO())
+        with pytest.raises(CommandError, match="already queued; cancel it first"):
+            call_command("reindex", stdout=io.StringIO())
+
+    def test_an_unknown_backbone_is_refused(self, gallery):
+        with pytest.raises(CommandError, match="invalid choice: 'vgg'"):
+            call_command("reindex", "--backbone", "vgg")
 
 
 class TestInstallWeights:

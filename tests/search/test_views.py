@@ -316,7 +316,7 @@ class TestFindSimilar:
     def test_it_embeds_nothing(self, client, gallery, monkeypatch):
         from search import runtime
 
-        monkeypatch.setattr(runtime, "embedder", lambda: pytest.fail("a gallery image was embedded again"))
+        monkeypatch.setattr(runtime, "embedder_for", lambda backbone: pytest.fail("a gallery image was embedded again"))
         assert client.get(reverse("search:similar", args=[gallery[0].pk])).status_code == 200
 
     def test_each_result_links_to_its_own_similar_page(self, client, gallery):
@@ -366,7 +366,7 @@ def test_vectors_of_another_model_stop_search_with_the_fix(client, gallery):
     Embedding.objects.filter(image=gallery[0]).update(backbone_version="an-older-recipe")
     response = search(client, images.jpeg(1))
     assert response.status_code == 503
-    assert "rebuild_index --reembed" in response.context["error"]
+    assert "run `python manage.py reindex`" in response.context["error"]
 
 
 class TestRateLimits:

@@ -21,7 +21,8 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         env = dict(os.environ)
         commands = {
-            "worker": [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
+            # --beat: this one worker also sends the periodic upkeep task.
+            "worker": [sys.executable, "-m", "celery", "-A", "config", "worker", "--beat", "--loglevel=INFO",
                        f"--concurrency={options['concurrency']}"],
             "web": [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", str(options["bind"]),
                     "--workers", str(options["web_workers"]), "--threads", "4", "--timeout", "120",

@@ -1,20 +1,21 @@
 """python manage.py rebuild_index [--reembed]"""
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 from search import services
 
 
 class Command(BaseCommand):
-    help = ("Rebuild the HNSW index from the vectors stored in the database and publish it. With --reembed, "
-            "queue every image to be embedded again with the configured backbone instead (a worker must run).")
+    help = ("Rebuild the index in service from the vectors stored in the database and publish it at once. With "
+            "--reembed, start `reindex` instead: every image is embedded again in the background while search "
+            "goes on.")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--reembed", action="store_true", help="embed every image again, then rebuild")
+        parser.add_argument("--reembed", action="store_true", help="same as `python manage.py reindex`")
 
     def handle(self, *args: object, **options: object) -> None:
         if options["reembed"]:
-            count = services.images_requeue_all()
-            self.stdout.write(f"Queued {count} images to be embedded again; the index follows as they finish.")
+            call_command("reindex", stdout=self.stdout, stderr=self.stderr)
             return
         meta = services.index_rebuild()
         self.stdout.write(f"Published snapshot {meta.snapshot_id}: {meta.count} vectors of {meta.backbone} "

@@ -1,0 +1,42 @@
+"""Periodic upkeep (Celery beat, or ``python manage.py upkeep``): repair the index against the
+database, send again the images whose embedding got stuck, and resume background jobs whose
+worker died. Each run is recorded as an upkeep job."""
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from jobs import services as job_services
+from jobs.models import Job
+from jobs.services import JobRun
+from search import services
+
+
+def upkeep_run(run: JobRun) -> str:
+    """The runner of upkeep jobs; returns what it did."""
+    run.step(total=3, done=0, phase="reconciling the index")
+    stray = services.embeddings_purge_stray()
+    repair = services.index_repair()
+    run.step(done=1, phase="re-queueing stuck images")
+    requeued = services.images_requeue_stuck(older_than=timedelta(seconds=settings.LOOKALIKE_STUCK_AFTER_SECONDS))
+    run.step(done=2, phase="resuming stalled jobs")
+    resumed = job_services.jobs_resume_stalled(silent_for=timedelta(seconds=settings.LOOKALIKE_JOB_STALL_SECONDS))
+    run.step(done=3, phase="done")
+    index = (f"index rebuilt from the database ({repair.rebuilt})" if repair.rebuilt else
+             f"index: {repair.reconciled.added} missing vectors added, {repair.reconciled.removed} stale removed")
+    strays = f"; {stray} vectors of no index in use removed" if stray else ""
+    return (f"{index}{strays}; {requeued} stuck images queued again; "
+            f"{len(resumed)} stalled jobs resumed{': ' + ', '.join(map(str, resumed)) if resumed else ''}.")
+
+
+def upkeep_now() -> Job:
+    """Run upkeep in this process and record it as a job."""
+    token = uuid.uuid4().hex
+    job = Job.objects.create(kind=Job.Kind.UPKEEP, state=Job.State.RUNNING, claim_token=token,
+                             started_at=timezone.now(), heartbeat_at=timezone.now())
+    job_services.job_execute(job_id=job.pk, token=token)
+    job.refresh_from_db()
+    return job

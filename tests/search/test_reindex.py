@@ -1,0 +1,178 @@
+import numpy as np
+import pytest
+import torch
+from torchvision import models
+from torchvision.transforms.functional import to_tensor
+
+from gallery.models import Image
+from gallery.services import image_delete
+from jobs import services as job_services
+from jobs.models import Job
+from search import generations, reindex, runtime, selectors, services
+from search.embedding import get_backbone
+from search.models import Embedding
+from tests import images
+from tests.conftest import store, store_indexed
+
+
+def run(job: Job) -> Job:
+    """Run the job in this process, as a worker would."""
+    job.refresh_from_db()
+    job_services.job_execute(job_id=job.pk, token=job.claim_token)
+    job.refresh_from_db()
+    return job
+
+
+@pytest.fixture
+def gallery(db, clean_index):
+    stored = [store_indexed(images.jpeg(i), f"picture-{i}.jpg") for i in range(6)]
+    services.index_sync()
+    return stored
+
+
+def top_id(image: Image) -> int:
+    vector = Embedding.objects.of(runtime.index_identity()).get(image=image).as_array()
+    return selectors.similar_to_vectors(vector[None, :], k=1)[0][0].image.pk
+
+
+class TestReindex:
+    def test_it_builds_a_new_generation_with_new_parameters_and_puts_it_in_service(self, gallery):
+        before = generations.active()
+        job = run(reindex.reindex_start(m=8, ef_construction=50))
+        assert job.state == Job.State.SUCCEEDED, job.last_error
+        after = generations.active()
+        assert after != before
+        assert (after.m, after.ef_construction, after.backbone) == (8, 50, before.backbone)
+        meta = after.store.read_meta()
+        assert (meta.m, meta.ef_construction, meta.count) == (8, 50, len(gallery))
+        assert "6 sampled images found themselves first; 6 vectors match the database" in job.summary
+        assert (job.done, job.total, job.finished_at is not None) == (6, 6, True)
+        assert [top_id(image) for image in gallery] == [image.pk for image in gallery]
+
+    def test_each_reindex_keeps_the_generation_it_replaced_and_deletes_older_ones(self, gallery):
+        first = generations.active()
+        second = run(reindex.reindex_start(m=8))
+        assert {p.name for p in first.store.root.parent.iterdir() if p.is_dir()} == {
+            first.name, generations.active().name}
+        run(reindex.reindex_start(m=10))
+        assert {p.name for p in first.store.root.parent.iterdir() if p.is_dir()} == {
+            f"efficientnet_lite0-g{second.pk}", generations.active().name}
+
+    def test_changes_made_during_the_build_are_in_the_new_index(self, gallery, monkeypatch):
+        added = []
+
+        def upload_and_delete_during_the_build(progress, target):
+            # Between reading the log position and building: as if uploads and a delete came meanwhile.
+            added.append(store_indexed(images.jpeg(50), "late.jpg"))
+            image_delete(image=Image.objects.get(pk=gallery[0].pk))
+            return original_build(progress, target)
+
+        original_build = reindex._build
+        monkeypatch.setattr(reindex, "_build", upload_and_delete_during_the_build)
+        job = run(reindex.reindex_start(m=12))
+        assert job.state == Job.State.SUCCEEDED, job.last_error
+        meta = generations.active().store.read_meta()
+        index = generations.active().store.load(meta, runtime.index_params())
+        assert index.ids() == {image.pk for image in gallery[1:]} | {added[0].pk}
+
+    def test_a_cancelled_reindex_leaves_the_current_index_serving(self, gallery):
+        before = generations.active()
+        job = reindex.reindex_start(m=8)
+        job_services.job_cancel(job=job)
+        job.refresh_from_db()
+        assert job.state == Job.State.CANCELLED
+        assert job.last_error == "Cancelled before it started."
+        assert generations.active() == before
+
+    def test_a_reindex_cancelled_while_running_stops_and_says_so(self, gallery, monkeypatch):
+        before = generations.active()
+        job = reindex.reindex_start(m=8)
+        original_step = job_services.JobRun.step
+
+        def cancel_on_first_step(self, **kwargs):
+            job_services.job_cancel(job=Job.objects.get(pk=self.job.pk))
+            return original_step(self, **kwargs)
+
+        monkeypatch.setattr(job_services.JobRun, "step", cancel_on_first_step)
+        job = run(job)
+        assert job.state == Job.State.CANCELLED
+        assert "was cancelled" in job.last_error
+        assert generations.active() == before
+        assert not (before.store.root.parent / f"{job.params['backbone']}-g{job.pk}").exists()
+        assert [top_id(image) for image in gallery] == [image.pk for image in gallery]
+
+    def test_a_reindex_that_fails_its_self_check_is_not_put_in_service(self, gallery):
+        before = generations.active()
+        Embedding.objects.filter(image=gallery[2]).delete()
+        job = run(reindex.reindex_start(m=8))
+        assert job.state == Job.State.FAILED
+        assert f"1 indexed images have no {before.backbone} vector (e.g. image #{gallery[2].pk})" in job.last_error
+        assert generations.active() == before
+
+    def test_only_one_reindex_runs_at_a_time(self, gallery):
+        reindex.reindex_start(m=8)
+        with pytest.raises(reindex.ReindexRefused, match="already queued; cancel it first"):
+            reindex.reindex_start(m=10)
+
+    @pytest.mark.parametrize(("options", "message"), [
+        ({"backbone": "vgg"}, "vgg"),
+        ({"m": 1}, "--m must be at least 2"),
+        ({"ef_construction": 0}, "--ef-construction must be at least 1"),
+    ])
+    def test_bad_parameters_are_refused(self, db, clean_index, options, message):
+        with pytest.raises(reindex.ReindexRefused, match=message):
+            reindex.reindex_start(**options)
+        assert not Job.objects.exists()
+
+
+def install_untrained_resnet50() -> None:
+    """Weights for a second backbone: untrained, with batch-norm statistics taken from a few
+    pictures so that different pictures get different vectors, which is all a reindex needs."""
+    checkpoint = get_backbone("resnet50").torchvision.checkpoint_path(runtime.weights_dir())
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = models.resnet50(weights=None).train()
+    with torch.no_grad():
+        model(torch.stack([to_tensor(images.picture(1000 + i, (224, 224))) for i in range(16)]))
+    torch.save(model.state_dict(), checkpoint)
+
+
+@pytest.fixture
+def second_backbone(settings, tmp_path):
+    settings.TORCH_HOME = tmp_path / "torch"
+    install_untrained_resnet50()
+    runtime.embedder_for.cache_clear()
+    yield
+    runtime.embedder_for.cache_clear()
+
+
+def test_a_reindex_to_another_backbone_embeds_everything_again_while_search_goes_on(gallery, second_backbone,
+                                                                                     monkeypatch):
+    old = runtime.index_identity()
+    searched_during = []
+    original_catch_up = reindex._catch_up
+
+    def search_and_upload_before_the_catch_up(progress, target, index):
+        # The old index still answers, with new vectors of the other backbone already stored.
+        searched_during.append([top_id(image) for image in gallery])
+        late = store(images.jpeg(77), "late.jpg")
+        services.image_embed(image_id=late.pk, claim_token="late")
+        searched_during.append(late.pk)
+        return original_catch_up(progress, target, index)
+
+    monkeypatch.setattr(reindex, "_catch_up", search_and_upload_before_the_catch_up)
+    job = run(reindex.reindex_start(backbone="resnet50"))
+    assert job.state == Job.State.SUCCEEDED, job.last_error
+    assert searched_during[0] == [image.pk for image in gallery]
+    new = runtime.index_identity()
+    assert new.backbone == "resnet50" and new.dim == 2048
+    assert job.total == 12 and job.done == 12
+    late_id = searched_during[1]
+    assert set(Embedding.objects.values_list("backbone", flat=True)) == {"resnet50"}
+    assert Embedding.objects.count() == len(gallery) + 1
+    assert generations.active().replaced == (old.backbone, old.backbone_version)
+    meta = generations.active().store.read_meta()
+    assert meta.count == len(gallery) + 1 and meta.dim == 2048
+    assert top_id(Image.objects.get(pk=late_id)) == late_id
+    assert [top_id(image) for image in gallery] == [image.pk for image in gallery]
+    assert np.isclose(np.linalg.norm(Embedding.objects.first().as_array()), 1.0, atol=1e-4)
