@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from api.ratelimit import files_in, rate_limit
+from api.ratelimit import RateLimited, rate_limit_hit, too_many_requests_page
 from gallery import selectors, services
 from gallery.access import viewer_required
 from gallery.models import Image
@@ -62,7 +62,6 @@ def _wants_json(request: HttpRequest) -> bool:
 @csrf_exempt  # checked by _upload, once the body has been read under the size limit
 @login_required
 @require_http_methods(["GET", "POST"])
-@rate_limit("upload", cost=files_in("files"))
 def upload(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "gallery/upload.html")
@@ -79,6 +78,12 @@ def upload(request: HttpRequest) -> HttpResponse:
     if size_limit.too_large is not None:
         name = services.clean_original_name(size_limit.too_large)
         return _upload_error(request, "too_large", f"{name} is too large: {_too_large_detail()}", 413)
+    if len(files) <= max_files:
+        # Counted once the files are read, as the size limit must be in place before the body is.
+        try:
+            rate_limit_hit(request, scope="upload", cost=len(files))
+        except RateLimited as limited:
+            return too_many_requests_page(request, limited)
     return _upload(request, files)
 
 

@@ -76,6 +76,13 @@ def index_reader() -> IndexReader:
         return current[1]
 
 
+def drop_index_reader() -> None:
+    """Forget this process's reader, so that the next query loads the index afresh: for a process
+    whose database was replaced under it, as between tests."""
+    with _reader_lock:
+        _reader.clear()
+
+
 def configure_worker_process() -> None:
     """Give each worker process its share of the cores: torch's default of one thread per core
     in every process oversubscribes the machine as soon as there are two processes."""

@@ -81,7 +81,7 @@ def clean_index() -> Iterator[Path]:
     shutil.rmtree(settings.INDEX_DIR, ignore_errors=True)
     # A rolled-back test database hands out the same ids and sequence numbers again, which a
     # reader kept from an earlier test would take for rows it has already read.
-    runtime.index_reader.cache_clear()
+    runtime.drop_index_reader()
     yield settings.INDEX_DIR
     shutil.rmtree(settings.INDEX_DIR, ignore_errors=True)
 

@@ -255,4 +255,4 @@ class TestRequests:
 
     def test_vectors_of_another_model_make_search_unavailable(self, client, one):
         Embedding.objects.filter(image=one).update(backbone_version="an-older-recipe")
-        assert_error(by_upload(client, images.jpeg(1)), 503, "search_unavailable", "rebuild_index --reembed")
+        assert_error(by_upload(client, images.jpeg(1)), 503, "search_unavailable", "run `python manage.py reindex`")
