@@ -136,7 +136,9 @@ class Recipe:
 
     @property
     def tag(self) -> str:
-        return f"square{self.input_size}-gem{self.gem_p:g}"
+        # "+local": every vector is stored with its feature map for re-ranking (search.rerank);
+        # vectors stored without one are embedded again.
+        return f"square{self.input_size}-gem{self.gem_p:g}+local"
 
 
 DEFAULT_RECIPE = Recipe()
@@ -159,6 +161,19 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("LOOKALIKE_DEVICE asks for CUDA, but no CUDA device is available.")
     return device
+
+
+@dataclass(frozen=True)
+class Descriptors:
+    """What the embedder makes of a batch of images.
+
+    ``vectors``: one L2-normalised float32 vector per image, for the index. ``local``: the
+    feature map the vector was pooled from, positions x channels in float16, kept with the
+    vector so that the best candidates of a search can be compared position by position.
+    """
+
+    vectors: np.ndarray
+    local: np.ndarray
 
 
 class Embedder:
@@ -198,17 +213,22 @@ class Embedder:
         return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0))
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.embed_prepared([self.prepare(image) for image in images])
+        return self.describe(images).vectors
 
-    def embed_prepared(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+    def describe(self, images: Sequence[Image.Image]) -> Descriptors:
+        return self.describe_prepared([self.prepare(image) for image in images])
+
+    def describe_prepared(self, arrays: Sequence[np.ndarray]) -> Descriptors:
         if not arrays:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        out = [self.embed_pixels(torch.from_numpy(np.stack(arrays[i:i + self.batch_size])))
+            grid = self.recipe.input_size // 32
+            return Descriptors(np.zeros((0, self.dim), dtype=np.float32),
+                               np.zeros((0, grid * grid, self.backbone.channels), dtype=np.float16))
+        out = [self.describe_pixels(torch.from_numpy(np.stack(arrays[i:i + self.batch_size])))
                for i in range(0, len(arrays), self.batch_size)]
-        return np.concatenate(out)
+        return Descriptors(np.concatenate([d.vectors for d in out]), np.concatenate([d.local for d in out]))
 
     @torch.inference_mode()
-    def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+    def describe_pixels(self, pixels: torch.Tensor) -> Descriptors:
         """Descriptors of a batch of prepared uint8 pixels, batch x height x width x 3, on any device."""
         x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = ((x - self._mean) / self._std).to(self.dtype).contiguous(memory_format=torch.channels_last)
@@ -216,7 +236,9 @@ class Embedder:
         pooled = gem(features, self.recipe.gem_p)
         if self.backbone.signed:
             pooled = torch.cat([pooled, gem(-features, self.recipe.gem_p)], dim=1)
-        return F.normalize(pooled, dim=1).cpu().numpy().astype(np.float32, copy=False)
+        local = features.flatten(2).transpose(1, 2).to(torch.float16)
+        return Descriptors(F.normalize(pooled, dim=1).cpu().numpy().astype(np.float32, copy=False),
+                           local.cpu().numpy())
 
 
 _HASH_PREFIX = re.compile(r"-([a-f0-9]+)\.")

@@ -106,16 +106,19 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
             prepared[image.id] = embedder.prepare(picture)
         except Exception as exc:
             failed[image.id] = f"The stored copy of the image could not be read: {exc}"
-    vectors = embedder.embed_prepared(list(prepared.values()))
-    return _finish_batch(claim_token, dict(zip(prepared, vectors, strict=True)), failed)
+    described = embedder.describe_prepared(list(prepared.values()))
+    return _finish_batch(claim_token, dict(zip(prepared, zip(described.vectors, described.local, strict=True),
+                                               strict=True)), failed)
 
 
 @transaction.atomic
-def _finish_batch(token: str, vectors: dict[int, np.ndarray], failed: dict[int, str]) -> EmbedOutcome:
+def _finish_batch(token: str, described: dict[int, tuple[np.ndarray, np.ndarray]], failed: dict[int, str]
+                  ) -> EmbedOutcome:
+    """Store each image's vector and feature map, and record failures, for the images still ours."""
     identity = runtime.index_identity()
     now = timezone.now()
     still_ours = Image.objects.filter(claim_token=token, state=Image.State.EMBEDDING)
-    indexed = list(still_ours.filter(id__in=list(vectors)).values_list("id", flat=True))
+    indexed = list(still_ours.filter(id__in=list(described)).values_list("id", flat=True))
     still_ours.filter(id__in=indexed).update(state=Image.State.INDEXED, indexed_at=now, error="", claim_token="",
                                              claimed_at=None)
     for image_id, reason in failed.items():
@@ -124,10 +127,11 @@ def _finish_batch(token: str, vectors: dict[int, np.ndarray], failed: dict[int, 
     Embedding.objects.filter(image_id__in=indexed).other_than(identity).delete()
     Embedding.objects.bulk_create(
         [Embedding(image_id=image_id, backbone=identity.backbone, backbone_version=identity.backbone_version,
-                   dim=identity.dim, vector=vectors[image_id].astype(np.float32).tobytes())
+                   dim=identity.dim, vector=described[image_id][0].astype(np.float32).tobytes(),
+                   local_features=described[image_id][1].astype(np.float16).tobytes())
          for image_id in indexed],
         update_conflicts=True, unique_fields=["image", "backbone", "backbone_version"],
-        update_fields=["dim", "vector"],
+        update_fields=["dim", "vector", "local_features"],
     )
     changelog.record_changes(image_ids=indexed, kind=IndexChange.Kind.UPSERT)
     if indexed:
