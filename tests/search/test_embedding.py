@@ -11,6 +11,7 @@ from search.embedding import (
     WeightsMissing,
     WeightsRejected,
     descriptor_identity,
+    gem,
     get_backbone,
     install_weights,
     resolve_device,
@@ -129,3 +130,19 @@ class TestInstallWeights:
 def test_every_backbone_declares_its_dimension():
     assert {name: b.dim for name, b in BACKBONES.items()} == {
         "efficientnet_lite0": 640, "resnet50": 2048, "efficientnet_b0": 1280, "mobilenet_v3_large": 960}
+
+
+def test_the_feature_map_comes_with_the_vector_it_was_pooled_from(embedder):
+    described = embedder.describe([images.picture(1), images.picture(2, size=(50, 400))])
+    assert described.local.dtype == np.float16
+    assert described.local.shape == (2, 49, 320)
+    local = torch.from_numpy(described.local.astype(np.float32)).transpose(1, 2).reshape(2, 320, 7, 7)
+    pooled = torch.cat([gem(local, 3.0), gem(-local, 3.0)], dim=1)
+    again = (pooled / pooled.norm(dim=1, keepdim=True)).numpy()
+    assert np.allclose(again, described.vectors, atol=2e-3)
+
+
+def test_describing_nothing_gives_empty_arrays_of_the_right_width(embedder):
+    described = embedder.describe([])
+    assert described.vectors.shape == (0, 640)
+    assert described.local.shape == (0, 49, 320)

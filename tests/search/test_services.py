@@ -13,7 +13,7 @@ from search import runtime, services
 from search.changelog import last_seq
 from search.identity import IndexIdentity
 from search.index import HnswIndex
-from search.models import Embedding, IndexChange
+from search.models import Embedding, IndexChange, local_features_array
 from tests import images
 from tests.conftest import store, store_indexed
 
@@ -32,6 +32,8 @@ class TestImageEmbed:
             assert (embedding.backbone, embedding.backbone_version, embedding.dim) == (
                 identity.backbone, identity.backbone_version, identity.dim)
             assert np.linalg.norm(embedding.as_array()) == pytest.approx(1.0, abs=1e-5)
+            local = local_features_array(embedding.local_features, channels=runtime.embedder().backbone.channels)
+            assert local.shape == (49, 320) and np.isfinite(local).all()
         assert sorted(IndexChange.objects.values_list("image_id", flat=True)) == [i.pk for i in stored]
 
     def test_running_it_again_changes_nothing(self, db):

@@ -1,5 +1,6 @@
 import pytest
 from django.urls import reverse
+from PIL import ImageOps
 
 from gallery.models import Image
 from gallery.services import image_delete
@@ -11,6 +12,11 @@ from tests.conftest import store, store_indexed, upload_file
 @pytest.fixture
 def gallery(db, clean_index):
     return [store_indexed(images.jpeg(i), f"picture-{i}.jpg") for i in range(6)]
+
+
+def server_timing(response) -> dict[str, float]:
+    parts = (metric.strip().split(";dur=") for metric in response["Server-Timing"].split(","))
+    return {name: float(duration) for name, duration in parts}
 
 
 def result_ids(response) -> list[int]:
@@ -32,6 +38,18 @@ class TestSearchByPicture:
         body = response.content.decode()
         assert "100%" in body
         assert 'src="data:image/jpeg;base64,' in body, "the query is shown back without being stored"
+
+    def test_a_mirrored_copy_finds_its_original_first(self, client, gallery):
+        mirrored = images.encode(ImageOps.mirror(images.picture(4)), "JPEG", quality=90)
+        response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", mirrored)})
+        assert result_ids(response)[0] == gallery[4].pk
+        assert response.context["results"][0].score > 0.99
+
+    def test_it_says_how_long_embedding_and_the_index_took(self, client, gallery):
+        response = client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(3))})
+        timing = server_timing(response)
+        assert set(timing) == {"embed", "index"}
+        assert timing["embed"] > 0 and timing["index"] > 0
 
     def test_the_query_is_not_added_to_the_gallery(self, client, gallery):
         client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(99))})
@@ -97,6 +115,10 @@ class TestFindSimilar:
         assert sorted(result_ids(response)) == sorted(i.pk for i in gallery[1:])
         scores = [r.score for r in response.context["results"]]
         assert scores == sorted(scores, reverse=True)
+
+    def test_it_embeds_nothing_and_says_so_in_its_timing(self, client, gallery):
+        timing = server_timing(client.get(reverse("search:similar", args=[gallery[0].pk])))
+        assert timing["embed"] == 0 and timing["index"] > 0
 
     def test_each_result_links_to_its_own_similar_page(self, client, gallery):
         body = client.get(reverse("search:similar", args=[gallery[0].pk])).content.decode()
