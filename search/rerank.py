@@ -41,17 +41,22 @@ def local_descriptors(feature_map: np.ndarray, *, signed: bool) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def mutual_matches(query: np.ndarray, candidate: np.ndarray) -> int:
-    """Positions of two images (unit descriptors) that are each other's nearest, above the threshold."""
-    if query.shape[1] != candidate.shape[1]:
-        raise LocalFeaturesMismatch(f"feature maps of {query.shape[1]} and {candidate.shape[1]} channels")
-    if not len(query) or not len(candidate):
-        return 0
-    similarity = query @ candidate.T
-    nearest = similarity.argmax(axis=1)
-    back = similarity.argmax(axis=0)
-    mutual = back[nearest] == np.arange(len(query))
-    return int(np.count_nonzero(mutual & (similarity.max(axis=1) > MATCH_THRESHOLD)))
+def mutual_matches(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Per candidate, positions it shares with the query: each other's nearest, above the threshold.
+
+    ``query`` is positions x width, ``candidates`` candidates x positions x width, both unit
+    descriptors. One matrix product for all candidates: many small ones are slow.
+    """
+    if candidates.ndim != 3 or query.shape[-1] != candidates.shape[-1]:
+        raise LocalFeaturesMismatch(f"feature maps of shapes {query.shape} and {candidates.shape} cannot be compared")
+    count, positions = candidates.shape[:2]
+    if not len(query) or not positions:
+        return np.zeros(count, dtype=np.int64)
+    similarity = (query @ candidates.reshape(count * positions, -1).T).reshape(len(query), count, positions)
+    nearest = similarity.argmax(axis=2)  # query position -> candidate position, per candidate
+    back = similarity.argmax(axis=0)  # candidate position -> query position, per candidate
+    mutual = np.take_along_axis(back, nearest.T, axis=1) == np.arange(len(query))
+    return np.count_nonzero(mutual & (similarity.max(axis=2).T > MATCH_THRESHOLD), axis=1)
 
 
 def rerank(candidates: Sequence[tuple[int, float]], *, query_views: Sequence[np.ndarray],
@@ -60,14 +65,13 @@ def rerank(candidates: Sequence[tuple[int, float]], *, query_views: Sequence[np.
 
     ``query_views`` are the unit local descriptors of the query and of its variants (its
     mirror image): a candidate counts the matches of the view that matches it best.
-    ``local_of`` gives each candidate's unit local descriptors; a candidate without them keeps
-    its global score. The pairs are returned with their global cosine.
+    ``local_of`` gives each candidate's unit local descriptors, all of one shape; a candidate
+    without them keeps its global score. The pairs are returned with their global cosine.
     """
-    def score(pair: tuple[int, float]) -> float:
-        image_id, cosine = pair
-        local = local_of.get(image_id)
-        if local is None:
-            return cosine
-        return cosine + MATCH_WEIGHT * max((mutual_matches(view, local) for view in query_views), default=0)
-
-    return sorted(candidates, key=score, reverse=True)
+    compared = [image_id for image_id, _ in candidates if image_id in local_of]
+    bonus: dict[int, float] = {}
+    if compared and query_views:
+        stacked = np.stack([local_of[image_id] for image_id in compared])
+        matches = np.max([mutual_matches(view, stacked) for view in query_views], axis=0)
+        bonus = {image_id: MATCH_WEIGHT * int(n) for image_id, n in zip(compared, matches, strict=True)}
+    return sorted(candidates, key=lambda pair: pair[1] + bonus.get(pair[0], 0.0), reverse=True)

@@ -30,25 +30,35 @@ def test_a_feature_map_must_be_two_dimensional():
         local_descriptors(np.zeros((7, 7, 320)), signed=True)
 
 
-def test_a_map_matches_itself_everywhere_and_a_shuffled_copy_too():
+def test_a_map_matches_itself_everywhere_a_shuffled_copy_too_and_another_map_almost_nowhere():
     descriptors = local_descriptors(random_map(2), signed=True)
-    assert mutual_matches(descriptors, descriptors) == 49
     shuffled = descriptors[np.random.default_rng(0).permutation(49)]
-    assert mutual_matches(descriptors, shuffled) == 49, "positions may move (crop, mirror)"
+    other = local_descriptors(random_map(4), signed=True)
+    matches = mutual_matches(descriptors, np.stack([descriptors, shuffled, other]))
+    assert matches[0] == 49
+    assert matches[1] == 49, "positions may move (crop, mirror)"
+    assert matches[2] <= 2
 
 
-def test_unrelated_maps_match_almost_nowhere():
-    assert mutual_matches(local_descriptors(random_map(3), signed=True),
-                          local_descriptors(random_map(4), signed=True)) <= 2
+def test_each_candidate_is_counted_on_its_own():
+    query = local_descriptors(random_map(2), signed=True)
+    half = query.copy()
+    half[:20] = local_descriptors(random_map(5), signed=True)[:20]
+    candidates = np.stack([local_descriptors(random_map(4), signed=True), half, query])
+    alone = [int(mutual_matches(query, candidate[None])[0]) for candidate in candidates]
+    assert list(mutual_matches(query, candidates)) == alone
+    assert 25 <= alone[1] <= 29
 
 
 def test_maps_of_different_widths_are_refused():
-    with pytest.raises(LocalFeaturesMismatch, match="640 and 320"):
-        mutual_matches(local_descriptors(random_map(3), signed=True), local_descriptors(random_map(3), signed=False))
+    with pytest.raises(LocalFeaturesMismatch, match="cannot be compared"):
+        mutual_matches(local_descriptors(random_map(3), signed=True),
+                       local_descriptors(random_map(3), signed=False)[None])
 
 
 def test_an_empty_map_matches_nothing():
-    assert mutual_matches(np.zeros((0, 640), np.float32), local_descriptors(random_map(3), signed=True)) == 0
+    matches = mutual_matches(np.zeros((0, 640), np.float32), local_descriptors(random_map(3), signed=True)[None])
+    assert list(matches) == [0]
 
 
 def test_matches_lift_a_candidate_above_a_slightly_better_global_score():
