@@ -107,8 +107,10 @@ def main() -> None:
     category = [p.parent.name for p in files]
     gallery_arrays = [prepare(Image.open(p), args.size) for p in files]
     started = time.perf_counter()
-    gallery_maps = {norm: features(model, gallery_arrays, *stats) for norm, stats in NORMALISATIONS.items()}
-    gallery = {norm: variants(*maps) for norm, maps in gallery_maps.items()}
+    gallery, gallery_blocks = {}, {}
+    for norm, stats in NORMALISATIONS.items():
+        block, head = features(model, gallery_arrays, *stats)
+        gallery[norm], gallery_blocks[norm] = variants(block, head), block
     rate = 2 * len(files) / (time.perf_counter() - started)
     print(f"gallery: {len(files)} images, model at {args.size}px: {rate:.1f} images/s "
           f"({torch.get_num_threads()} threads, both layers)")
@@ -123,7 +125,7 @@ def main() -> None:
             if norm == "[-1, 1]":
                 mirrored, _ = features(model, [a[:, ::-1].copy() for a in query_arrays], *stats)
                 scores |= searched_with_mirror_and_reranked(
-                    block, mirrored, gallery_maps[norm][0], gallery[norm]["last block, GeM p=3 of both signs (640)"])
+                    block, mirrored, gallery_blocks[norm], gallery[norm]["last block, GeM p=3 of both signs (640)"])
             for name, score in scores.items():
                 top = np.argsort(-score, axis=1)[:, :10]
                 hits = [[digest[j] == digest[i] for j in row] for i, row in zip(picks, top, strict=True)]
