@@ -41,7 +41,8 @@ def snapshot_store() -> SnapshotStore:
 @functools.cache
 def embedder() -> Embedder:
     return Embedder(get_backbone(settings.LOOKALIKE_BACKBONE), weights_dir=weights_dir(),
-                    device=settings.LOOKALIKE_DEVICE, batch_size=settings.LOOKALIKE_EMBED_BATCH_SIZE)
+                    device=settings.LOOKALIKE_DEVICE, batch_size=settings.LOOKALIKE_EMBED_BATCH_SIZE,
+                    jpeg_decoder=settings.LOOKALIKE_JPEG_DECODER)
 
 
 def _ask_writer_to_rebuild(_reason: str) -> None:

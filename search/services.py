@@ -20,6 +20,7 @@ from django.utils import timezone
 from gallery.imaging import open_for_embedding
 from gallery.models import Image
 from search import changelog, runtime
+from search.embedding import Descriptors
 from search.identity import IndexIdentity
 from search.index import HnswIndex, SnapshotCorrupt, SnapshotMeta, SnapshotStore
 from search.models import Embedding, IndexChange
@@ -98,6 +99,13 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
     except Exception as exc:  # missing weights, a bad setting: every image in the batch says why
         log.exception("Cannot load the embedding model")
         return _finish_batch(claim_token, {}, {image.id: str(exc) for image in images})
+    if embedder.decodes_jpeg_itself:
+        try:
+            # The display copies are the site's own JPEGs.
+            described = embedder.describe_jpegs([Path(image.display.path).read_bytes() for image in images])
+            return _finish_batch(claim_token, _by_image([image.id for image in images], described), {})
+        except (RuntimeError, OSError):
+            log.warning("Decoding a batch on %s failed; reading it with Pillow to find the bad file", embedder.device)
     prepared: dict[int, np.ndarray] = {}
     failed: dict[int, str] = {}
     for image in images:
@@ -106,9 +114,12 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
             prepared[image.id] = embedder.prepare(picture)
         except Exception as exc:
             failed[image.id] = f"The stored copy of the image could not be read: {exc}"
-    described = embedder.describe_prepared(list(prepared.values()))
-    return _finish_batch(claim_token, dict(zip(prepared, zip(described.vectors, described.local, strict=True),
-                                               strict=True)), failed)
+    return _finish_batch(claim_token, _by_image(list(prepared), embedder.describe_prepared(list(prepared.values()))),
+                         failed)
+
+
+def _by_image(image_ids: list[int], described: Descriptors) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    return dict(zip(image_ids, zip(described.vectors, described.local, strict=True), strict=True))
 
 
 @transaction.atomic
