@@ -2,7 +2,8 @@
 """End-to-end import throughput against the bare model, measured side by side in one run.
 
   model       the embedder's forward pass alone (``describe_prepared``) on already-resized
-              224 x 224 pixels, batch of ``LOOKALIKE_EMBED_BATCH_SIZE``, with every core;
+              224 x 224 pixels, batch of ``LOOKALIKE_EMBED_BATCH_SIZE``, arranged as the
+              worker is: one process per core with one torch thread each, rates summed;
   import      ``manage.py import_images FOLDER --recursive --wait`` in a throw-away data
               directory, with one ``celery -A config worker`` (its default processes): reading,
               validating and storing each file, the display copy, the broker, decoding
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import os
 import shutil
 import signal
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,13 +40,19 @@ from search.embedding import Embedder, get_backbone  # noqa: E402
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
 
-def model_rate(files: list[Path], batch: int) -> float:
+def _model_rate_in_one_process(files: list[Path], batch: int) -> float:
+    torch.set_num_threads(1)
     embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."), batch_size=batch)
     prepared = [embedder.prepare(Image.open(p)) for p in files]
     embedder.describe_prepared(prepared[:batch])  # warm-up
     started = time.perf_counter()
     embedder.describe_prepared(prepared)
     return len(prepared) / (time.perf_counter() - started)
+
+
+def model_rate(files: list[Path], batch: int, processes: int) -> float:
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        return sum(pool.starmap(_model_rate_in_one_process, [(files[i::processes], batch) for i in range(processes)]))
 
 
 def import_rate(folder: Path, count: int, work: Path) -> float:
@@ -95,8 +104,10 @@ def main() -> None:
         subset.mkdir()
         for i, path in enumerate(files):
             shutil.copy(path, subset / f"{i:05d}-{path.name}")
-        model = model_rate(files, args.batch)
-        print(f"model   {model:8.1f} images/s  ({len(files)} gallery images, batch {args.batch})", flush=True)
+        processes = os.cpu_count() or 1
+        model = model_rate(files, args.batch, processes)
+        print(f"model   {model:8.1f} images/s  ({len(files)} gallery images, batch {args.batch}, "
+              f"{processes} processes of one thread)", flush=True)
         imported = import_rate(subset, len(files), work / "small")
         print(f"import  {imported:8.1f} images/s  import / model = {imported / model:.2f}", flush=True)
         if args.large:
