@@ -6,6 +6,11 @@ Every variant is computed from the same forward pass over the gallery and the ed
 exactly. It prints recall@1, recall@10 and category precision@10 per seed, so that a choice of
 pooling, layer or normalisation can be compared side by side. No Django, no database.
 
+The last two rows are what search does on top of the last-block vector: the query's mirror
+image is searched too (an image keeps its better cosine), and then the best candidates are
+re-ranked by matching feature-map positions (search.rerank). They cost a second forward pass
+per query, and nothing at import.
+
     .venv/bin/python bench/descriptor_variants.py [--seeds 1 2 3] [--queries 600]
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from search import rerank  # noqa: E402
 from search.efficientnet_lite import efficientnet_lite0  # noqa: E402
 from search.embedding import gem  # noqa: E402
 
@@ -61,6 +67,29 @@ def variants(block: torch.Tensor, head: torch.Tensor) -> dict[str, np.ndarray]:
     return {name: F.normalize(v, dim=1).numpy() for name, v in out.items()}
 
 
+def searched_with_mirror_and_reranked(block: torch.Tensor, mirrored: torch.Tensor, gallery_block: torch.Tensor,
+                                      gallery_vectors: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores (queries x gallery) of the last two rows; only the order of the scores matters."""
+    def signed_gem(x: torch.Tensor) -> np.ndarray:
+        return F.normalize(torch.cat([gem(x, 3.0), gem(-x, 3.0)], dim=1), dim=1).numpy()
+
+    def local(x: torch.Tensor) -> list[np.ndarray]:
+        return [rerank.local_descriptors(m.flatten(1).T.numpy(), signed=True) for m in x]
+
+    best = np.maximum(signed_gem(block) @ gallery_vectors.T, signed_gem(mirrored) @ gallery_vectors.T)
+    reranked = best.copy()
+    gallery_local = np.stack(local(gallery_block))
+    for row, views in enumerate(zip(local(block), local(mirrored), strict=True)):
+        top = np.argsort(-best[row])[:rerank.RERANK_CANDIDATES]
+        order = rerank.rerank([(int(j), float(best[row, j])) for j in top], query_views=views,
+                              local_of={int(j): gallery_local[j] for j in top})
+        # Above every other score, in the re-ranked order.
+        for rank, (j, _) in enumerate(order):
+            reranked[row, j] = 10.0 - rank
+    return {"last block, query and its mirror (640)": best,
+            "last block, query and its mirror, re-ranked (640)": reranked}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bench", default=str(ROOT.parent / "shared" / "bench"))
@@ -78,7 +107,10 @@ def main() -> None:
     category = [p.parent.name for p in files]
     gallery_arrays = [prepare(Image.open(p), args.size) for p in files]
     started = time.perf_counter()
-    gallery = {norm: variants(*features(model, gallery_arrays, *stats)) for norm, stats in NORMALISATIONS.items()}
+    gallery, gallery_blocks = {}, {}
+    for norm, stats in NORMALISATIONS.items():
+        block, head = features(model, gallery_arrays, *stats)
+        gallery[norm], gallery_blocks[norm] = variants(block, head), block
     rate = 2 * len(files) / (time.perf_counter() - started)
     print(f"gallery: {len(files)} images, model at {args.size}px: {rate:.1f} images/s "
           f"({torch.get_num_threads()} threads, both layers)")
@@ -88,21 +120,26 @@ def main() -> None:
         picks = rng.sample(range(len(files)), min(args.queries, len(files)))
         query_arrays = [prepare(attack(Image.open(files[i]), rng)[0], args.size) for i in picks]
         for norm, stats in NORMALISATIONS.items():
-            queries = variants(*features(model, query_arrays, *stats))
-            for name, q in queries.items():
-                top = np.argsort(-(q @ gallery[norm][name].T), axis=1)[:, :10]
+            block, head = features(model, query_arrays, *stats)
+            scores = {name: q @ gallery[norm][name].T for name, q in variants(block, head).items()}
+            if norm == "[-1, 1]":
+                mirrored, _ = features(model, [a[:, ::-1].copy() for a in query_arrays], *stats)
+                scores |= searched_with_mirror_and_reranked(
+                    block, mirrored, gallery_blocks[norm], gallery[norm]["last block, GeM p=3 of both signs (640)"])
+            for name, score in scores.items():
+                top = np.argsort(-score, axis=1)[:, :10]
                 hits = [[digest[j] == digest[i] for j in row] for i, row in zip(picks, top, strict=True)]
                 r1 = np.mean([h[0] for h in hits])
                 r10 = np.mean([any(h) for h in hits])
                 p10 = np.mean([np.mean([category[j] == category[i] for j in row]) for i, row in zip(picks, top,
                                                                                                    strict=True)])
                 rows.setdefault((name, norm), []).append((r1, r10, p10))
-    print(f"\n{'descriptor':42} {'input':9} " + " ".join(f"{'seed ' + str(s):>22}" for s in args.seeds)
+    print(f"\n{'descriptor':50} {'input':9} " + " ".join(f"{'seed ' + str(s):>22}" for s in args.seeds)
           + f" {'mean r@1':>9}")
-    print(f"{'':42} {'':9} " + " ".join(f"{'r@1   r@10  p@10':>22}" for _ in args.seeds))
+    print(f"{'':50} {'':9} " + " ".join(f"{'r@1   r@10  p@10':>22}" for _ in args.seeds))
     for (name, norm), values in rows.items():
         cells = " ".join(f"{r1:>10.3f} {r10:.3f} {p10:.3f}" for r1, r10, p10 in values)
-        print(f"{name:42} {norm:9} {cells} {np.mean([v[0] for v in values]):>9.3f}")
+        print(f"{name:50} {norm:9} {cells} {np.mean([v[0] for v in values]):>9.3f}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +69,7 @@ def main() -> None:
 
     prepared = [decode_and_prepare(embedder, blob) for blob in blobs[:batch * 4]]
     prepared = (prepared * (len(blobs) // len(prepared) + 1))[: len(blobs)]
-    model_rate = timed("model", len(prepared), lambda: embedder.embed_prepared(prepared))
+    model_rate = timed("model", len(prepared), lambda: embedder.describe_prepared(prepared))
 
     workers = max(1, (os.cpu_count() or 1) - (0 if device == "cpu" else 1))
 
@@ -78,7 +77,7 @@ def main() -> None:
         with ThreadPoolExecutor(workers) as pool:
             for start in range(0, len(blobs), batch):
                 chunk = list(pool.map(lambda b: decode_and_prepare(embedder, b), blobs[start:start + batch]))
-                embedder.embed_prepared(chunk)
+                embedder.describe_prepared(chunk)
 
     pipeline_rate = timed("pipeline", len(blobs), pillow_pipeline)
     print(f"pipeline / model = {pipeline_rate / model_rate:.2f}")
@@ -86,25 +85,18 @@ def main() -> None:
     if device.startswith("cuda"):
         reference = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."), device="cpu")
         sample = prepared[:64]
-        agreement = np.sum(embedder.embed_prepared(sample) * reference.embed_prepared(sample), axis=1)
+        agreement = np.sum(embedder.describe_prepared(sample).vectors * reference.describe_prepared(sample).vectors,
+                           axis=1)
         print(f"{embedder.dtype} on the GPU vs float32 on the CPU: cosine min {agreement.min():.4f}, "
               f"mean {agreement.mean():.4f}")
 
-        from torchvision.io import ImageReadMode, decode_jpeg
+        gpu_embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."), device=device,
+                                batch_size=batch, jpeg_decoder="torchvision")
 
-        size = embedder.recipe.input_size
-        tensors = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
-
-        @torch.inference_mode()
         def gpu_pipeline() -> None:
-            for start in range(0, len(tensors), batch):
-                decoded = decode_jpeg(tensors[start:start + batch], mode=ImageReadMode.RGB, device="cuda")
-                resized = [F.interpolate(img[None].float(), size=(size, size), mode="bicubic", antialias=True)
-                           .clamp(0, 255) for img in decoded]
-                pixels = torch.cat(resized).round().to(torch.uint8).permute(0, 2, 3, 1)
-                embedder.embed_pixels(pixels)
+            gpu_embedder.describe_jpegs(blobs)
 
-        gpu_rate = timed("gpu-jpeg", len(tensors), gpu_pipeline)
+        gpu_rate = timed("gpu-jpeg", len(blobs), gpu_pipeline)
         print(f"gpu-jpeg / model = {gpu_rate / model_rate:.2f}")
 
 

@@ -136,7 +136,9 @@ class Recipe:
 
     @property
     def tag(self) -> str:
-        return f"square{self.input_size}-gem{self.gem_p:g}"
+        # "+local": every vector is stored with its feature map for re-ranking (search.rerank);
+        # vectors stored without one are embedded again.
+        return f"square{self.input_size}-gem{self.gem_p:g}+local"
 
 
 DEFAULT_RECIPE = Recipe()
@@ -152,6 +154,9 @@ def gem(features: torch.Tensor, p: float) -> torch.Tensor:
     return features.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
 
+JPEG_DECODERS = ("auto", "pillow", "torchvision")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -161,6 +166,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@dataclass(frozen=True)
+class Descriptors:
+    """What the embedder makes of a batch of images.
+
+    ``vectors``: one L2-normalised float32 vector per image, for the index. ``local``: the
+    feature map the vector was pooled from, positions x channels in float16, kept with the
+    vector so that the best candidates of a search can be compared position by position.
+    """
+
+    vectors: np.ndarray
+    local: np.ndarray
+
+
 class Embedder:
     """Turns decoded RGB images into L2-normalised float32 descriptors.
 
@@ -168,11 +186,17 @@ class Embedder:
     """
 
     def __init__(self, backbone: Backbone, *, weights_dir: Path, device: str = "cpu",
-                 recipe: Recipe = DEFAULT_RECIPE, batch_size: int = 8) -> None:
+                 recipe: Recipe = DEFAULT_RECIPE, batch_size: int = 8, jpeg_decoder: str = "auto") -> None:
+        if jpeg_decoder not in JPEG_DECODERS:
+            raise ValueError(f"LOOKALIKE_JPEG_DECODER is {jpeg_decoder!r}; choose one of {', '.join(JPEG_DECODERS)}.")
         self.backbone = backbone
         self.recipe = recipe
         self.batch_size = batch_size
         self.device = resolve_device(device)
+        # On a GPU, torchvision's decoder keeps up with the model where Pillow on the CPU cannot
+        # (docs/benchmarks.md); on the CPU, Pillow's reduced-scale draft decoding is faster.
+        self.decodes_jpeg_itself = jpeg_decoder == "torchvision" or (
+            jpeg_decoder == "auto" and self.device.type == "cuda")
         # bfloat16 on a GPU halves memory traffic; on this kind of CPU it is slower than float32.
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         trunk = backbone.load_trunk(weights_dir).eval()
@@ -198,17 +222,44 @@ class Embedder:
         return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0))
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.embed_prepared([self.prepare(image) for image in images])
+        return self.describe(images).vectors
 
-    def embed_prepared(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
-        if not arrays:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        out = [self.embed_pixels(torch.from_numpy(np.stack(arrays[i:i + self.batch_size])))
-               for i in range(0, len(arrays), self.batch_size)]
-        return np.concatenate(out)
+    def describe(self, images: Sequence[Image.Image]) -> Descriptors:
+        return self.describe_prepared([self.prepare(image) for image in images])
+
+    def describe_prepared(self, arrays: Sequence[np.ndarray]) -> Descriptors:
+        return self._joined([self.describe_pixels(torch.from_numpy(np.stack(arrays[i:i + self.batch_size])))
+                             for i in range(0, len(arrays), self.batch_size)])
+
+    def describe_jpegs(self, blobs: Sequence[bytes]) -> Descriptors:
+        """Descriptors of JPEG files, decoded and resized by torchvision on the embedder's device.
+
+        Raises ``RuntimeError`` when a file cannot be decoded; ``prepare`` with Pillow then
+        tells which one.
+        """
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        size = self.recipe.input_size
+        parts = []
+        for start in range(0, len(blobs), self.batch_size):
+            data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+                    for blob in blobs[start:start + self.batch_size]]
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+            resized = [F.interpolate(image[None].float(), size=(size, size), mode="bicubic", antialias=True)
+                       for image in decoded]
+            pixels = torch.cat(resized).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+            parts.append(self.describe_pixels(pixels))
+        return self._joined(parts)
+
+    def _joined(self, parts: list[Descriptors]) -> Descriptors:
+        if not parts:
+            grid = self.recipe.input_size // 32
+            return Descriptors(np.zeros((0, self.dim), dtype=np.float32),
+                               np.zeros((0, grid * grid, self.backbone.channels), dtype=np.float16))
+        return Descriptors(np.concatenate([d.vectors for d in parts]), np.concatenate([d.local for d in parts]))
 
     @torch.inference_mode()
-    def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+    def describe_pixels(self, pixels: torch.Tensor) -> Descriptors:
         """Descriptors of a batch of prepared uint8 pixels, batch x height x width x 3, on any device."""
         x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = ((x - self._mean) / self._std).to(self.dtype).contiguous(memory_format=torch.channels_last)
@@ -216,7 +267,9 @@ class Embedder:
         pooled = gem(features, self.recipe.gem_p)
         if self.backbone.signed:
             pooled = torch.cat([pooled, gem(-features, self.recipe.gem_p)], dim=1)
-        return F.normalize(pooled, dim=1).cpu().numpy().astype(np.float32, copy=False)
+        local = features.flatten(2).transpose(1, 2).to(torch.float16)
+        return Descriptors(F.normalize(pooled, dim=1).cpu().numpy().astype(np.float32, copy=False),
+                           local.cpu().numpy())
 
 
 _HASH_PREFIX = re.compile(r"-([a-f0-9]+)\.")

@@ -28,6 +28,9 @@ class Embedding(models.Model):
     backbone_version = models.CharField(max_length=128)
     dim = models.PositiveIntegerField()
     vector = models.BinaryField()
+    # The feature map the vector was pooled from, positions x channels in float16, for
+    # re-ranking the best candidates of a search (search.rerank).
+    local_features = models.BinaryField(default=b"")
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = EmbeddingQuerySet.as_manager()
@@ -43,6 +46,11 @@ class Embedding(models.Model):
 
     def as_array(self) -> np.ndarray:
         return np.frombuffer(bytes(self.vector), dtype=np.float32)
+
+
+def local_features_array(data: bytes, *, channels: int) -> np.ndarray:
+    """A stored feature map as positions x channels."""
+    return np.frombuffer(bytes(data), dtype=np.float16).reshape(-1, channels)
 
 
 class IndexChange(models.Model):

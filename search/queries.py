@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 
-import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from PIL.Image import Image as PILImage
@@ -261,15 +260,19 @@ def query_from_image(*, image_id: int, user: AbstractBaseUser | AnonymousUser) -
 
 def search_run(*, query: Query, user: AbstractBaseUser | AnonymousUser, params: SearchParams) -> SearchOutcome:
     """The page of results ``params`` asks for, best first, each with its verdict."""
-    started = time.perf_counter()
     # One reader for the whole search: a reindex may switch the site to another index meanwhile.
     reader = runtime.index_reader()
+    timings = selectors.SearchTimings()
+    wanted = params.offset + params.k + 1
     try:
-        vector, exclude = _query_vector(query, params.box, reader)
-        embedded = time.perf_counter()
-        wanted = params.offset + params.k + 1
-        [similar] = selectors.similar_to_vectors(vector[None, :], k=wanted, exclude=[exclude],
-                                                 filters=params.filters, reader=reader)
+        if query.source is not None and params.box is None:
+            similar = _similar_to_source(query.source, wanted, params.filters, reader, timings)
+        else:
+            picture = query.picture if query.picture is not None else _source_picture(query)
+            if params.box is not None:
+                picture = _crop(picture, params.box, query)
+            [similar] = selectors.similar_to_pictures([picture], k=wanted, filters=params.filters, reader=reader,
+                                                      timings=timings)
     except (selectors.SearchUnavailable, WeightsMissing) as exc:
         raise QueryError("search_unavailable", str(exc), 503) from None
     threshold = verdicts.edited_copy_threshold(reader.identity)
@@ -278,23 +281,20 @@ def search_run(*, query: Query, user: AbstractBaseUser | AnonymousUser, params: 
                                                           threshold=threshold))
                for s in similar if s.score >= params.min_score]
     page = passing[params.offset:params.offset + params.k]
-    finished = time.perf_counter()
-    return SearchOutcome(page, len(passing) > params.offset + params.k, (embedded - started) * 1000,
-                         (finished - embedded) * 1000)
+    return SearchOutcome(page, len(passing) > params.offset + params.k, timings.embed * 1000, timings.index * 1000)
 
 
-def _query_vector(query: Query, box: Box | None, reader: IndexReader) -> tuple[np.ndarray, list[int]]:
-    """The vector to search with, and the images to leave out of the results."""
-    if query.source is not None and box is None:
-        embedding = Embedding.objects.of(reader.identity).filter(image=query.source).first()
-        if embedding is None:
-            raise selectors.SearchUnavailable(f"Image #{query.source.pk} has no vector of the current model yet.")
-        # "Similar to this image" means other images; a region of it may well find itself.
-        return embedding.as_array(), [query.source.pk]
-    picture = query.picture if query.picture is not None else _source_picture(query)
-    if box is not None:
-        picture = _crop(picture, box, query)
-    return runtime.embedder_for(reader.identity.backbone).embed([picture])[0], []
+def _similar_to_source(source: Image, k: int, filters: SearchFilters, reader: IndexReader,
+                       timings: selectors.SearchTimings) -> list[selectors.SimilarImage]:
+    """Images like a gallery image, by its stored vector: nothing is embedded. Not the image itself."""
+    started = time.perf_counter()
+    embedding = Embedding.objects.of(reader.identity).filter(image=source).first()
+    if embedding is None:
+        raise selectors.SearchUnavailable(f"Image #{source.pk} has no vector of the current model yet.")
+    [similar] = selectors.similar_to_vectors(embedding.as_array()[None, :], k=k, exclude=[[source.pk]],
+                                             filters=filters, reader=reader)
+    timings.index = time.perf_counter() - started
+    return similar
 
 
 def _source_picture(query: Query) -> PILImage:

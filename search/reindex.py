@@ -187,8 +187,8 @@ def _embed_missing(progress: _Progress, target: Generation) -> None:
                      .order_by("id")[:batch_size])
         if not batch:
             break
-        vectors, batch_failed = images_embed_with(embedder=embedder, images=batch)
-        embeddings_store(identity=identity, vectors=vectors)
+        described, batch_failed = images_embed_with(embedder=embedder, images=batch)
+        embeddings_store(identity=identity, described=described)
         failed.update(batch_failed)
         cp["embedded_after"] = batch[-1].id
         cp["embedded"] = cp.get("embedded", 0) + len(batch)

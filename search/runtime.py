@@ -48,7 +48,8 @@ def embedder() -> Embedder:
 @functools.cache
 def embedder_for(backbone: str) -> Embedder:
     return Embedder(get_backbone(backbone), weights_dir=weights_dir(),
-                    device=settings.LOOKALIKE_DEVICE, batch_size=settings.LOOKALIKE_EMBED_BATCH_SIZE)
+                    device=settings.LOOKALIKE_DEVICE, batch_size=settings.LOOKALIKE_EMBED_BATCH_SIZE,
+                    jpeg_decoder=settings.LOOKALIKE_JPEG_DECODER)
 
 
 def _ask_writer_to_rebuild(_reason: str) -> None:

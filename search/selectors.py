@@ -7,14 +7,16 @@ from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
-from django.conf import settings
 from django.db.models import QuerySet
+from PIL import ImageOps
 from PIL.Image import Image as PILImage
 
 from gallery.models import Image
-from search import changelog, generations, latency, runtime
+from search import changelog, generations, latency, rerank, runtime
+from search.embedding import Backbone
+from search.identity import IndexIdentity
 from search.index import exact_search
-from search.models import Embedding
+from search.models import Embedding, local_features_array
 from search.reader import Hit, IndexReader
 
 # A filter that leaves at most this many images is answered by exact search over their stored
@@ -80,24 +82,29 @@ def _ensure_one_vector_kind() -> None:
         )
 
 
-def clamp_k(k: int | None) -> int:
-    return max(1, min(k or settings.LOOKALIKE_SEARCH_DEFAULT_K, settings.LOOKALIKE_SEARCH_MAX_K))
+@dataclass
+class SearchTimings:
+    """Where a search spent its time, in seconds, for the ``Server-Timing`` response header."""
+
+    embed: float = 0.0
+    index: float = 0.0
 
 
-def similar_to_vectors(vectors: np.ndarray, *, k: int, exclude: list[list[int]] | None = None,
-                       filters: SearchFilters = SearchFilters(), reader: IndexReader | None = None
-                       ) -> list[list[SimilarImage]]:
-    """``reader``: the one whose identity made the vectors, when a reindex may switch it meanwhile."""
+def _results(rows: list[list[tuple[int, float]]]) -> list[list[SimilarImage]]:
+    images = Image.objects.select_related("owner").in_bulk({image_id for row in rows for image_id, _ in row})
+    return [[SimilarImage(images[image_id], score) for image_id, score in row if image_id in images]
+            for row in rows]
+
+
+def _hits(vectors: np.ndarray, *, k: int, exclude: list[list[int]] | None, filters: SearchFilters,
+          reader: IndexReader) -> list[list[tuple[int, float]]]:
     _ensure_one_vector_kind()
-    reader = reader or runtime.index_reader()
     started = time.perf_counter()
     hits = _filtered_hits(vectors, k, exclude, filters, reader) if filters.active else None
     if hits is None:
         hits = reader.search(vectors, k, visible=_visible_under(filters), exclude=exclude)
     latency.record(time.perf_counter() - started)
-    images = Image.objects.select_related("owner").in_bulk({hit.image_id for row in hits for hit in row})
-    return [[SimilarImage(images[hit.image_id], hit.score) for hit in row if hit.image_id in images]
-            for row in hits]
+    return [[(hit.image_id, hit.score) for hit in row] for row in hits]
 
 
 def _filtered_hits(vectors: np.ndarray, k: int, exclude: list[list[int]] | None,
@@ -118,13 +125,58 @@ def _filtered_hits(vectors: np.ndarray, k: int, exclude: list[list[int]] | None,
     return rows
 
 
-def similar_to_pictures(pictures: list[PILImage], *, k: int) -> list[list[SimilarImage]]:
-    """Search with decoded pictures (see ``gallery.imaging.decode_image``), one result list each."""
+def similar_to_vectors(vectors: np.ndarray, *, k: int, exclude: list[list[int]] | None = None,
+                       filters: SearchFilters = SearchFilters(), reader: IndexReader | None = None
+                       ) -> list[list[SimilarImage]]:
+    """``reader``: the one whose identity made the vectors, when a reindex may switch it meanwhile."""
+    return _results(_hits(vectors, k=k, exclude=exclude, filters=filters, reader=reader or runtime.index_reader()))
+
+
+def _stored_local_descriptors(image_ids: set[int], identity: IndexIdentity, backbone: Backbone
+                              ) -> dict[int, np.ndarray]:
+    rows = (Embedding.objects.of(identity).filter(image_id__in=list(image_ids))
+            .exclude(local_features=b"").values_list("image_id", "local_features"))
+    return {image_id: rerank.local_descriptors(local_features_array(data, channels=backbone.channels),
+                                               signed=backbone.signed)
+            for image_id, data in rows}
+
+
+def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilters = SearchFilters(),
+                        reader: IndexReader | None = None, timings: SearchTimings | None = None
+                        ) -> list[list[SimilarImage]]:
+    """Search with decoded pictures (see ``gallery.imaging.decode_image``), one result list each.
+
+    Each picture is searched together with its mirror image (a mirrored copy is a common edit),
+    keeping an image's better cosine; the best candidates are then re-ranked by matching
+    feature-map positions (``search.rerank``).
+    """
     if not pictures:
         return []
-    reader = runtime.index_reader()
-    vectors = runtime.embedder_for(reader.identity.backbone).embed(pictures)
-    return similar_to_vectors(vectors, k=k, reader=reader)
+    reader = reader or runtime.index_reader()
+    timings = timings or SearchTimings()
+    started = time.perf_counter()
+    embedder = runtime.embedder_for(reader.identity.backbone)
+    described = embedder.describe([*pictures, *(ImageOps.mirror(p.convert("RGB")) for p in pictures)])
+    timings.embed = time.perf_counter() - started
+    started = time.perf_counter()
+    count = len(pictures)
+    rows = _hits(described.vectors, k=max(k, rerank.RERANK_CANDIDATES), exclude=None, filters=filters, reader=reader)
+    merged = []
+    for row, mirrored in zip(rows[:count], rows[count:], strict=True):
+        best: dict[int, float] = {}
+        for image_id, score in (*row, *mirrored):
+            best[image_id] = max(score, best.get(image_id, -1.0))
+        merged.append(sorted(best.items(), key=lambda pair: pair[1], reverse=True))
+    heads = {image_id for row in merged for image_id, _ in row[:rerank.RERANK_CANDIDATES]}
+    local_of = _stored_local_descriptors(heads, reader.identity, embedder.backbone)
+    ranked = []
+    for i, row in enumerate(merged):
+        views = [rerank.local_descriptors(described.local[j], signed=embedder.backbone.signed) for j in (i, count + i)]
+        head = rerank.rerank(row[:rerank.RERANK_CANDIDATES], query_views=views, local_of=local_of)
+        ranked.append((head + row[rerank.RERANK_CANDIDATES:])[:k])
+    results = _results(ranked)
+    timings.index = time.perf_counter() - started
+    return results
 
 
 def similar_to_image(image: Image, *, k: int) -> list[SimilarImage]:

@@ -22,7 +22,7 @@ from django.utils import timezone
 from gallery.imaging import open_for_embedding
 from gallery.models import Image
 from search import changelog, runtime
-from search.embedding import Embedder, WeightsMissing
+from search.embedding import Descriptors, Embedder, WeightsMissing
 from search.identity import IndexIdentity
 from search.index import HnswIndex, SnapshotCorrupt, SnapshotMeta, SnapshotStore
 from search.models import Embedding, IndexChange
@@ -116,18 +116,18 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
         # Weights only appear when an operator installs them: trying again would not help.
         permanent = set(failed) if isinstance(exc, WeightsMissing) else set()
         return _finish_batch(claim_token, {}, failed | worn_out, permanent=permanent | set(worn_out))
-    vectors, failed = images_embed_with(embedder=embedder, images=images)
+    described, failed = images_embed_with(embedder=embedder, images=images)
     failed |= worn_out
-    extra = {}
+    extra: Described = {}
     building = reindex_target_identity()
-    if building is not None and building != identity and vectors:
+    if building is not None and building != identity and described:
         try:
             extra, _ = images_embed_with(embedder=runtime.embedder_for(building.backbone),
-                                         images=[image for image in images if image.id in vectors])
+                                         images=[image for image in images if image.id in described])
         except Exception:  # the reindex embeds whatever is still missing before it completes
             log.exception("Could not embed with %s for the reindex in progress", building.describe())
-    return _finish_batch(claim_token, vectors, failed, permanent=set(worn_out), extra_identity=building,
-                         extra_vectors=extra)
+    return _finish_batch(claim_token, described, failed, permanent=set(worn_out), extra_identity=building,
+                         extra_described=extra)
 
 
 def _worn_out_reason(image: Image) -> str:
@@ -140,8 +140,19 @@ def _retry_delay(attempts: int) -> float:
     return settings.LOOKALIKE_EMBED_RETRY_SECONDS * 4 ** max(0, attempts - 1)
 
 
-def images_embed_with(*, embedder: Embedder, images: list[Image]) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Vectors of the images' display copies, and the reason for each image that could not be read."""
+# image id -> (vector, feature map): what is stored of an image for one identity
+Described = dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+def images_embed_with(*, embedder: Embedder, images: list[Image]) -> tuple[Described, dict[int, str]]:
+    """Descriptors of the images' display copies, and the reason for each image that could not be read."""
+    if embedder.decodes_jpeg_itself:
+        try:
+            # The display copies are the site's own JPEGs.
+            described = embedder.describe_jpegs([Path(image.display.path).read_bytes() for image in images])
+            return _by_image([image.id for image in images], described), {}
+        except (RuntimeError, OSError):
+            log.warning("Decoding a batch on %s failed; reading it with Pillow to find the bad file", embedder.device)
     prepared: dict[int, np.ndarray] = {}
     failed: dict[int, str] = {}
     for image in images:
@@ -150,29 +161,35 @@ def images_embed_with(*, embedder: Embedder, images: list[Image]) -> tuple[dict[
             prepared[image.id] = embedder.prepare(picture)
         except Exception as exc:
             failed[image.id] = f"The stored copy of the image could not be read: {exc}"
-    vectors = embedder.embed_prepared(list(prepared.values())) if prepared else []
-    return dict(zip(prepared, vectors, strict=True)), failed
+    if not prepared:
+        return {}, failed
+    return _by_image(list(prepared), embedder.describe_prepared(list(prepared.values()))), failed
 
 
-def embeddings_store(*, identity: IndexIdentity, vectors: dict[int, np.ndarray]) -> None:
-    """Store (or replace) vectors of one identity. The caller logs the change if the index must follow."""
+def _by_image(image_ids: list[int], described: Descriptors) -> Described:
+    return dict(zip(image_ids, zip(described.vectors, described.local, strict=True), strict=True))
+
+
+def embeddings_store(*, identity: IndexIdentity, described: Described) -> None:
+    """Store (or replace) descriptors of one identity. The caller logs the change if the index must follow."""
     Embedding.objects.bulk_create(
         [Embedding(image_id=image_id, backbone=identity.backbone, backbone_version=identity.backbone_version,
-                   dim=identity.dim, vector=vector.astype(np.float32).tobytes())
-         for image_id, vector in vectors.items()],
+                   dim=identity.dim, vector=vector.astype(np.float32).tobytes(),
+                   local_features=local.astype(np.float16).tobytes())
+         for image_id, (vector, local) in described.items()],
         update_conflicts=True, unique_fields=["image", "backbone", "backbone_version"],
-        update_fields=["dim", "vector"],
+        update_fields=["dim", "vector", "local_features"],
     )
 
 
 @transaction.atomic
-def _finish_batch(token: str, vectors: dict[int, np.ndarray], failed: dict[int, str], *,
+def _finish_batch(token: str, described: Described, failed: dict[int, str], *,
                   permanent: set[int] | None = None, extra_identity: IndexIdentity | None = None,
-                  extra_vectors: dict[int, np.ndarray] | None = None) -> EmbedOutcome:
+                  extra_described: Described | None = None) -> EmbedOutcome:
     identity = runtime.index_identity()
     now = timezone.now()
     still_ours = Image.objects.filter(claim_token=token, state=Image.State.EMBEDDING)
-    indexed = list(still_ours.filter(id__in=list(vectors)).values_list("id", flat=True))
+    indexed = list(still_ours.filter(id__in=list(described)).values_list("id", flat=True))
     still_ours.filter(id__in=indexed).update(state=Image.State.INDEXED, indexed_at=now, error="", claim_token="",
                                              claimed_at=None)
     attempts = dict(still_ours.filter(id__in=list(failed)).values_list("id", "attempts"))
@@ -191,10 +208,10 @@ def _finish_batch(token: str, vectors: dict[int, np.ndarray], failed: dict[int, 
     if extra_identity is not None:
         stale = stale.exclude(backbone=extra_identity.backbone, backbone_version=extra_identity.backbone_version)
     stale.delete()
-    embeddings_store(identity=identity, vectors={image_id: vectors[image_id] for image_id in indexed})
-    if extra_identity is not None and extra_vectors:
+    embeddings_store(identity=identity, described={image_id: described[image_id] for image_id in indexed})
+    if extra_identity is not None and extra_described:
         embeddings_store(identity=extra_identity,
-                         vectors={image_id: v for image_id, v in extra_vectors.items() if image_id in indexed})
+                         described={image_id: d for image_id, d in extra_described.items() if image_id in indexed})
     changelog.record_changes(image_ids=indexed, kind=IndexChange.Kind.UPSERT)
     if indexed:
         queue_index_sync()

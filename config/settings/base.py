@@ -180,6 +180,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 LOOKALIKE_BACKBONE = env_str("LOOKALIKE_BACKBONE", "efficientnet_lite0")
 LOOKALIKE_DEVICE = env_str("LOOKALIKE_DEVICE", "auto")
 LOOKALIKE_EMBED_BATCH_SIZE = env_int("LOOKALIKE_EMBED_BATCH_SIZE", 8, minimum=1)
+LOOKALIKE_JPEG_DECODER = env_str("LOOKALIKE_JPEG_DECODER", "auto")
 LOOKALIKE_MAX_UPLOAD_BYTES = env_int("LOOKALIKE_MAX_UPLOAD_BYTES", 40 * 1024 * 1024, minimum=1)
 LOOKALIKE_MAX_UPLOAD_FILES = env_int("LOOKALIKE_MAX_UPLOAD_FILES", 200, minimum=1)
 # Django refuses a request with more files than this before any view runs; leave room above

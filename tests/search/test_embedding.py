@@ -1,4 +1,6 @@
 """Descriptors, backbones and offline weights, without Django."""
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from search.embedding import (
     WeightsMissing,
     WeightsRejected,
     descriptor_identity,
+    gem,
     get_backbone,
     install_weights,
     resolve_device,
@@ -129,3 +132,49 @@ class TestInstallWeights:
 def test_every_backbone_declares_its_dimension():
     assert {name: b.dim for name, b in BACKBONES.items()} == {
         "efficientnet_lite0": 640, "resnet50": 2048, "efficientnet_b0": 1280, "mobilenet_v3_large": 960}
+
+
+def test_the_feature_map_comes_with_the_vector_it_was_pooled_from(embedder):
+    described = embedder.describe([images.picture(1), images.picture(2, size=(50, 400))])
+    assert described.local.dtype == np.float16
+    assert described.local.shape == (2, 49, 320)
+    local = torch.from_numpy(described.local.astype(np.float32)).transpose(1, 2).reshape(2, 320, 7, 7)
+    pooled = torch.cat([gem(local, 3.0), gem(-local, 3.0)], dim=1)
+    again = (pooled / pooled.norm(dim=1, keepdim=True)).numpy()
+    assert np.allclose(again, described.vectors, atol=2e-3)
+
+
+def test_describing_nothing_gives_empty_arrays_of_the_right_width(embedder):
+    described = embedder.describe([])
+    assert described.vectors.shape == (0, 640)
+    assert described.local.shape == (0, 49, 320)
+
+
+def test_torchvision_decodes_jpegs_on_the_device_like_pillow(tmp_path):
+    # On a CUDA machine this is the GPU's decoder; the same code runs here on the CPU.
+    embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=tmp_path, batch_size=2,
+                        jpeg_decoder="torchvision")
+    assert embedder.decodes_jpeg_itself
+    blobs = [images.bench_image("cat", n).read_bytes() for n in (1, 2, 3)]
+    on_device = embedder.describe_jpegs(blobs)
+    with_pillow = embedder.describe([Image.open(io.BytesIO(blob)) for blob in blobs])
+    assert on_device.vectors.shape == (3, 640) and on_device.local.shape == (3, 49, 320)
+    assert (np.sum(on_device.vectors * with_pillow.vectors, axis=1) > 0.97).all()
+
+
+def test_a_damaged_jpeg_fails_the_device_decoder_loudly(tmp_path):
+    embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=tmp_path, jpeg_decoder="torchvision")
+    with pytest.raises(RuntimeError):
+        embedder.describe_jpegs([images.jpeg(1)[:200]])
+
+
+@pytest.mark.parametrize(("decoder", "device", "expected"), [
+    ("auto", "cpu", False), ("pillow", "cpu", False), ("torchvision", "cpu", True)])
+def test_pillow_decodes_on_the_cpu_unless_told_otherwise(tmp_path, decoder, device, expected):
+    embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=tmp_path, device=device, jpeg_decoder=decoder)
+    assert embedder.decodes_jpeg_itself is expected
+
+
+def test_an_unknown_jpeg_decoder_is_refused_with_the_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"LOOKALIKE_JPEG_DECODER.*auto, pillow, torchvision"):
+        Embedder(get_backbone("efficientnet_lite0"), weights_dir=tmp_path, jpeg_decoder="libjpeg-turbo")

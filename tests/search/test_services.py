@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 from django.utils import timezone
 
+from gallery.imaging import open_for_embedding
 from gallery.models import Image
 from search import runtime, services
 from search.changelog import last_seq
+from search.embedding import Embedder
 from search.identity import IndexIdentity
 from search.index import HnswIndex
-from search.models import Embedding, IndexChange
+from search.models import Embedding, IndexChange, local_features_array
 from tests import images
 from tests.conftest import store, store_indexed
 
@@ -32,6 +34,8 @@ class TestImageEmbed:
             assert (embedding.backbone, embedding.backbone_version, embedding.dim) == (
                 identity.backbone, identity.backbone_version, identity.dim)
             assert np.linalg.norm(embedding.as_array()) == pytest.approx(1.0, abs=1e-5)
+            local = local_features_array(embedding.local_features, channels=runtime.embedder().backbone.channels)
+            assert local.shape == (49, 320) and np.isfinite(local).all()
         assert sorted(IndexChange.objects.values_list("image_id", flat=True)) == [i.pk for i in stored]
 
     def test_running_it_again_changes_nothing(self, db):
@@ -80,6 +84,33 @@ class TestImageEmbed:
         Image.objects.filter(pk=image.pk).update(state=Image.State.EMBEDDING, claim_token="task-9",
                                                  claimed_at=timezone.now())
         assert services.image_embed(image_id=image.pk, claim_token="task-9").indexed == [image.pk]
+
+    @pytest.fixture
+    def device_decoder(self, settings):
+        # What a CUDA worker does by default, run on the CPU.
+        settings.LOOKALIKE_JPEG_DECODER = "torchvision"
+        runtime.embedder.cache_clear()
+        yield
+        runtime.embedder.cache_clear()
+
+    def test_a_worker_decoding_on_its_device_stores_what_pillow_would(self, db, device_decoder):
+        stored = [store(images.jpeg(i), f"{i}.jpg") for i in range(3)]
+        outcome = services.image_embed(image_id=stored[0].pk, claim_token="run-6")
+        assert sorted(outcome.indexed) == [image.pk for image in stored]
+        pillow = Embedder(runtime.embedder().backbone, weights_dir=runtime.weights_dir())
+        with_pillow = pillow.embed([open_for_embedding(image.display.path, min_side=224) for image in stored])
+        agreement = [Embedding.objects.get(image=image).as_array() @ expected
+                     for image, expected in zip(stored, with_pillow, strict=True)]
+        assert min(agreement) > 0.95, agreement
+
+    def test_a_damaged_copy_under_the_device_decoder_fails_that_image_only(self, db, device_decoder):
+        broken, fine = store(images.jpeg(1), "broken.jpg"), store(images.jpeg(2), "fine.jpg")
+        with open(broken.display.path, "r+b") as copy:
+            copy.truncate(300)
+        outcome = services.image_embed(image_id=broken.pk, claim_token="run-7")
+        assert outcome.indexed == [fine.pk]
+        broken.refresh_from_db()
+        assert broken.state == Image.State.FAILED and "could not be read" in broken.error
 
     def test_missing_weights_fail_the_batch_with_the_command_to_run(self, db, settings, tmp_path):
         settings.LOOKALIKE_BACKBONE = "resnet50"

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""How the HNSW index behaves at 100,000 and 1,000,000 vectors of the default backbone. No Django.
+
+Vectors: the default backbone's descriptors of the gallery images and of their mirror images
+(real embeddings, 2 x 2,698), then synthetic ones around them. Each synthetic vector is a real
+descriptor, plus 0.3 x another random real descriptor, plus Gaussian noise of norm 0.3,
+normalised: a cloud around real images, as crowded as an index of many near-duplicate photos,
+not uniform noise. Queries are further such vectors, not in the index.
+
+For each size it reports the build time (hnswlib, ``--threads`` threads), memory per vector
+(the saved index file), and for several ``ef`` the recall@10 against exact search and the
+latency of single queries on one thread (p50, p99).
+
+    .venv/bin/python bench/index_scale.py [--sizes 100000 1000000] [--m 16] [--ef-construction 100]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+from PIL import Image, ImageOps
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from search.embedding import Embedder, get_backbone  # noqa: E402
+
+
+def real_descriptors(images: Path, cache: Path) -> np.ndarray:
+    if cache.exists():
+        return np.load(cache)
+    embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."))
+    pictures = [Image.open(p).convert("RGB") for p in sorted(images.rglob("*.jpg"))]
+    vectors = np.concatenate([embedder.embed(pictures), embedder.embed([ImageOps.mirror(p) for p in pictures])])
+    np.save(cache, vectors)
+    return vectors
+
+
+def synthetic(real: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    out = np.empty((count, real.shape[1]), dtype=np.float32)
+    for start in range(0, count, 100_000):
+        n = min(100_000, count - start)
+        noise = rng.standard_normal((n, real.shape[1])).astype(np.float32)
+        noise *= 0.3 / np.linalg.norm(noise, axis=1, keepdims=True)
+        v = real[rng.integers(len(real), size=n)] + 0.3 * real[rng.integers(len(real), size=n)] + noise
+        out[start:start + n] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_ids = np.zeros((len(queries), k), dtype=np.int64)
+    for start in range(0, len(vectors), 200_000):
+        scores = queries @ vectors[start:start + 200_000].T
+        ids = np.argpartition(-scores, k, axis=1)[:, :k]
+        merged_scores = np.concatenate([best_scores, np.take_along_axis(scores, ids, 1)], axis=1)
+        merged_ids = np.concatenate([best_ids, ids + start], axis=1)
+        keep = np.argsort(-merged_scores, axis=1)[:, :k]
+        best_scores = np.take_along_axis(merged_scores, keep, 1)
+        best_ids = np.take_along_axis(merged_ids, keep, 1)
+    return best_ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", default=str(ROOT.parent / "shared" / "bench" / "images"))
+    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "lookalike-gallery-descriptors.npy"),
+                        help="where the gallery's real descriptors are kept between runs")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--m", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=100)
+    parser.add_argument("--ef", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--threads", type=int, default=2, help="threads for building (queries use one)")
+    parser.add_argument("--queries", type=int, default=1000)
+    args = parser.parse_args()
+
+    real = real_descriptors(Path(args.images), Path(args.cache))
+    rng = np.random.default_rng(0)
+    queries = synthetic(real, args.queries, rng)
+    print(f"{len(real)} real descriptors of {real.shape[1]} dimensions; M={args.m}, "
+          f"ef_construction={args.ef_construction}, build threads={args.threads}", flush=True)
+    for size in args.sizes:
+        vectors = np.concatenate([real, synthetic(real, size - len(real), rng)])
+        truth = exact_top(vectors, queries, 10)
+        graph = hnswlib.Index(space="ip", dim=real.shape[1])
+        graph.init_index(max_elements=size, M=args.m, ef_construction=args.ef_construction)
+        started = time.perf_counter()
+        graph.add_items(vectors, np.arange(size), num_threads=args.threads)
+        build = time.perf_counter() - started
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "index.bin"
+            graph.save_index(str(path))
+            per_vector = path.stat().st_size / size
+        print(f"\n{size:,} vectors: build {build:.1f} s ({size / build:,.0f} vectors/s), "
+              f"{per_vector:,.0f} bytes per vector ({per_vector / (4 * real.shape[1]):.2f} x the float32 vector)")
+        print(f"{'ef':>5} {'recall@10':>10} {'p50 ms':>8} {'p99 ms':>8}")
+        for ef in args.ef:
+            graph.set_ef(ef)
+            latencies = []
+            found = []
+            for query in queries:
+                started = time.perf_counter()
+                labels, _ = graph.knn_query(query[None, :], k=10, num_threads=1)
+                latencies.append(time.perf_counter() - started)
+                found.append(labels[0])
+            recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
+            p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+            print(f"{ef:>5} {recall:>10.3f} {p50:>8.2f} {p99:>8.2f}", flush=True)
+        del graph, vectors
+
+
+if __name__ == "__main__":
+    main()

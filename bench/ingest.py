@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""End-to-end import throughput against the bare model, measured side by side in one run.
+
+  model       the embedder's forward pass alone (``describe_prepared``) on already-resized
+              224 x 224 pixels, batch of ``LOOKALIKE_EMBED_BATCH_SIZE``, arranged as the
+              worker is: one process per core with one torch thread each, rates summed;
+  import      ``manage.py import_images FOLDER --recursive --wait`` in a throw-away data
+              directory, with one ``celery -A config worker`` (its default processes): reading,
+              validating and storing each file, the display copy, the broker, decoding
+              (JPEG draft), the forward pass, the database and the index writer;
+  large       the same import for ``--large N`` 12-megapixel JPEGs (4000 x 3000, made by
+              enlarging gallery images), where decoding dominates.
+
+It prints images per second for each and import / model.
+
+    .venv/bin/python bench/ingest.py [--images ../shared/bench/images] [--limit 800] [--large 40]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from search.embedding import Embedder, get_backbone  # noqa: E402
+
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+
+
+def _model_rate_in_one_process(files: list[Path], batch: int) -> float:
+    torch.set_num_threads(1)
+    embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."), batch_size=batch)
+    prepared = [embedder.prepare(Image.open(p)) for p in files]
+    embedder.describe_prepared(prepared[:batch])  # warm-up
+    started = time.perf_counter()
+    embedder.describe_prepared(prepared)
+    return len(prepared) / (time.perf_counter() - started)
+
+
+def model_rate(files: list[Path], batch: int, processes: int) -> float:
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        return sum(pool.starmap(_model_rate_in_one_process, [(files[i::processes], batch) for i in range(processes)]))
+
+
+def import_rate(folder: Path, count: int, work: Path) -> float:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(DATA_DIR=str(work / "data"), PYTHONUNBUFFERED="1")
+    subprocess.run([PYTHON, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT, check=True,
+                   capture_output=True)
+    with (work / "worker.log").open("w") as log:
+        worker = subprocess.Popen([PYTHON, "-m", "celery", "-A", "config", "worker", "--loglevel=WARNING"],
+                                  env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        started = time.perf_counter()
+        subprocess.run([PYTHON, "manage.py", "import_images", str(folder), "--recursive", "--wait"], env=env,
+                       cwd=ROOT, check=True, capture_output=True)
+        return count / (time.perf_counter() - started)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+
+
+def large_jpegs(files: list[Path], count: int, folder: Path) -> None:
+    """12-megapixel photos: gallery images enlarged to 4000 x 3000, with grain so they compress like photos."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, path in enumerate(files[:count]):
+        image = Image.open(path).convert("RGB").resize((4000, 3000), Image.Resampling.BILINEAR)
+        grain = rng.integers(-6, 7, size=(3000, 4000, 3), dtype=np.int16)
+        pixels = np.clip(np.asarray(image, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+        (folder / f"large-{i:04d}.jpg").write_bytes(buffer.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", default=str(ROOT.parent / "shared" / "bench" / "images"))
+    parser.add_argument("--limit", type=int, default=None, help="import at most this many gallery images")
+    parser.add_argument("--large", type=int, default=0, help="also import this many 12-megapixel JPEGs")
+    parser.add_argument("--batch", type=int, default=int(os.environ.get("LOOKALIKE_EMBED_BATCH_SIZE") or 8))
+    args = parser.parse_args()
+
+    files = sorted(Path(args.images).rglob("*.jpg"))[: args.limit]
+    work = Path(tempfile.mkdtemp(prefix="lookalike-ingest-"))
+    try:
+        subset = work / "gallery"
+        subset.mkdir()
+        for i, path in enumerate(files):
+            shutil.copy(path, subset / f"{i:05d}-{path.name}")
+        processes = os.cpu_count() or 1
+        model = model_rate(files, args.batch, processes)
+        print(f"model   {model:8.1f} images/s  ({len(files)} gallery images, batch {args.batch}, "
+              f"{processes} processes of one thread)", flush=True)
+        imported = import_rate(subset, len(files), work / "small")
+        print(f"import  {imported:8.1f} images/s  import / model = {imported / model:.2f}", flush=True)
+        if args.large:
+            large_jpegs(files, args.large, work / "large")
+            rate = import_rate(work / "large", args.large, work / "large-run")
+            print(f"large   {rate:8.1f} images/s  ({args.large} JPEGs of 12 megapixels, end to end)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
