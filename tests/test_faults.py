@@ -141,7 +141,7 @@ def test_a_damaged_snapshot_is_searched_around_and_rebuilt(worker, alice_client,
     path.write_bytes(bytes(data))
 
     # A web process starting now finds the damage, answers from the database rows and asks for a rebuild.
-    runtime.index_reader.cache_clear()
+    runtime.drop_index_reader()
     response = alice_client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(41))})
     assert response.status_code == 200
     assert response.context["results"][0].image.pk == ids[1]

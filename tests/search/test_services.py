@@ -89,9 +89,9 @@ class TestImageEmbed:
     def device_decoder(self, settings):
         # What a CUDA worker does by default, run on the CPU.
         settings.LOOKALIKE_JPEG_DECODER = "torchvision"
-        runtime.embedder.cache_clear()
+        runtime.embedder_for.cache_clear()
         yield
-        runtime.embedder.cache_clear()
+        runtime.embedder_for.cache_clear()
 
     def test_a_worker_decoding_on_its_device_stores_what_pillow_would(self, db, device_decoder):
         stored = [store(images.jpeg(i), f"{i}.jpg") for i in range(3)]
@@ -110,7 +110,9 @@ class TestImageEmbed:
         outcome = services.image_embed(image_id=broken.pk, claim_token="run-7")
         assert outcome.indexed == [fine.pk]
         broken.refresh_from_db()
-        assert broken.state == Image.State.FAILED and "could not be read" in broken.error
+        # Its first failure: back in the queue for a later attempt, with the reason kept.
+        assert broken.state == Image.State.QUEUED and "could not be read" in broken.error
+        assert broken.retry_after is not None
 
     def test_missing_weights_fail_the_batch_with_the_command_to_run(self, db, settings, tmp_path):
         settings.LOOKALIKE_BACKBONE = "resnet50"
