@@ -87,7 +87,7 @@ def main() -> None:
     env.update(DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
     import_gallery(env, images, data_dir)
     identity = manage(env, "shell", "-c", "from search.runtime import index_identity as i; print(i().backbone, "
-                                          "i().backbone_version)").split()
+                                          "i().backbone_version)").split()[-2:]
     print(f"descriptor: {identity}")
 
     originals, impostors = [], []

@@ -169,8 +169,7 @@ class ImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="")
     def thumbnail_tag(self, image: Image) -> str:
-        return format_html('<img src="{}" alt="" style="width:64px;height:64px;object-fit:cover;border-radius:4px">',
-                           image.thumbnail.url)
+        return format_html('<img src="{}" alt="" class="admin-thumb">', image.thumbnail.url)
 
     @admin.display(description="State", ordering="state")
     def status(self, image: Image) -> str:
@@ -192,7 +191,7 @@ class ImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="Image")
     def preview(self, image: Image) -> str:
-        return format_html('<img src="{}" alt="" style="max-width:480px;max-height:480px">', image.display.url)
+        return format_html('<img src="{}" alt="" class="admin-preview">', image.display.url)
 
     @admin.display(description="Embedding")
     def embedding_state(self, image: Image) -> str:
@@ -210,8 +209,7 @@ class ImageAdmin(admin.ModelAdmin):
         if not similar:
             return "No other image to compare with."
         return format_html_join(
-            " ", '<a href="{}" title="{}" style="display:inline-block;text-align:center;margin:2px">'
-                 '<img src="{}" alt="" style="width:96px;height:96px;object-fit:cover"><br>#{} · {}</a>',
+            " ", '<a href="{}" title="{}" class="admin-neighbour"><img src="{}" alt=""><br>#{} · {}</a>',
             ((reverse("admin:gallery_image_change", args=[s.image.pk]), s.image.original_name, s.image.thumbnail.url,
               s.image.pk, f"{s.score:.3f}") for s in similar))
 

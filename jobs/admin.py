@@ -64,7 +64,7 @@ class JobAdmin(admin.ModelAdmin):
     def progress(self, job: Job) -> str:
         return format_html(
             '<span class="job-progress" data-job="{}" data-active="{}"><progress max="100" value="{}" '
-            'style="width:10em"></progress> <span class="job-count">{} / {}</span></span>',
+            'class="job-bar"></progress> <span class="job-count">{} / {}</span></span>',
             job.pk, "1" if job.is_active else "", job.percent, job.done, job.total)
 
     @admin.display(description="ETA")
