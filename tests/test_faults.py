@@ -144,7 +144,7 @@ def test_a_damaged_snapshot_is_searched_around_and_rebuilt(worker, alice_client,
     runtime.drop_index_reader()
     response = alice_client.post(reverse("search:search"), {"image": upload_file("q.jpg", images.jpeg(41))})
     assert response.status_code == 200
-    assert response.context["results"][0].image.pk == ids[1]
+    assert response.context["outcome"].results[0].image.pk == ids[1]
     assert "Ignoring the index snapshot" in caplog.text
 
     rebuilt = wait_for(lambda: (m := store_.read_meta()) and m.snapshot_id != damaged.snapshot_id and m, 60,
