@@ -21,7 +21,7 @@ from search.index import HnswParams, SnapshotStore
 from search.models import Embedding
 from search.tasks import embed_image
 from tests import images
-from tests.conftest import PROJECT_ROOT, Worker, process_env, store, upload_file, wait_for
+from tests.conftest import PROJECT_ROOT, Worker, manage, process_env, store, upload_file, wait_for
 
 PUBLISHER = """
 import sys
@@ -213,3 +213,28 @@ def test_workers_embed_at_once_while_other_processes_search(worker, tmp_path):
     assert meta.count == len(ids)
     assert runtime.snapshot_store().load(meta, runtime.index_params()).ids() == ids
     assert "search.embed_image" in second.log(), "the second worker took tasks too"
+
+
+# Nothing listens on port 1: connecting is refused at once, as to a broker that is down.
+DEAD_BROKER = "redis://127.0.0.1:1/0"
+
+
+@pytest.mark.worker
+def test_an_upload_while_the_broker_is_down_is_stored_and_embedded_once_it_is_back(worker, tmp_path):
+    picture = tmp_path / "while-the-broker-is-down.jpg"
+    picture.write_bytes(images.jpeg(61))
+    started = time.monotonic()
+    imported = manage("import_images", str(picture), env=dict(process_env(), CELERY_BROKER_URL=DEAD_BROKER),
+                      timeout=120)
+    took = time.monotonic() - started
+    assert "1 stored" in imported.stdout, imported.stdout + imported.stderr
+    image = Image.objects.get(original_name=picture.name)
+    assert image.state == Image.State.QUEUED, "stored, waiting for its task"
+    assert took < 60, f"storing the upload took {took:.1f} s with the broker down"
+
+    # The broker is back (the worker's own); upkeep sends the task that was lost.
+    time.sleep(1.5)
+    manage("upkeep", env=dict(process_env(), LOOKALIKE_STUCK_AFTER_SECONDS="1"))
+    wait_for(lambda: Image.objects.filter(pk=image.pk, state=Image.State.INDEXED).exists(), 120,
+             message="the upload to be embedded once the broker is back")
+    assert Embedding.objects.filter(image=image).count() == 1
