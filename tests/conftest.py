@@ -123,9 +123,15 @@ class Worker:
             start_new_session=True,
         )
 
-    def busiest_pool_process(self) -> int:
-        """The pool process (a child of the worker's main process) that has used the most CPU: the
-        one running a task, when only one is."""
+    def busiest_pool_process(self, over: float = 0.5) -> int:
+        """The pool process (a child of the worker's main process) that used the most CPU during the
+        next ``over`` seconds: the one running a task, when only one is."""
+        before = self._pool_cpu_times()
+        time.sleep(over)
+        after = self._pool_cpu_times()
+        return max(after, key=lambda pid: after[pid] - before.get(pid, 0))
+
+    def _pool_cpu_times(self) -> dict[int, int]:
         assert self.process is not None
         children: dict[int, int] = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -135,7 +141,7 @@ class Worker:
                 continue
             if int(fields[1]) == self.process.pid:
                 children[int(stat.parent.name)] = int(fields[11]) + int(fields[12])  # user + system time
-        return max(children, key=children.__getitem__)
+        return children
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:
