@@ -160,8 +160,7 @@ def _query(request: HttpRequest, data: Mapping[str, object], upload: UploadedFil
         raise ApiError(400, "ambiguous_query",
                        f"Search with one picture at a time; this request has {' and '.join(given)}.")
     if upload is not None:
-        # One byte more than the limit is enough to know that the picture is too large.
-        return queries.query_from_upload(data=upload.read(settings.LOOKALIKE_MAX_UPLOAD_BYTES + 1))
+        return queries.query_from_upload(source=upload)
     if "url" in given:
         rate_limit_hit(request, scope="url_fetch")
         return queries.query_from_url(url=data["url"])  # type: ignore[arg-type]

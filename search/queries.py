@@ -8,11 +8,12 @@ the HTTP status that fits it. Query pictures are never stored.
 from __future__ import annotations
 
 import hashlib
+import io
 import ipaddress
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
+from typing import BinaryIO
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -21,11 +22,10 @@ from PIL.Image import Image as PILImage
 from gallery import selectors as gallery_selectors
 from gallery.imaging import ImageRejected, decode_image, open_for_embedding
 from gallery.models import Image
+from gallery.services import read_limited
 from search import runtime, selectors, verdicts
 from search.embedding import WeightsMissing
 from search.fetch import FetchLimits, FetchRefused, fetch_url
-from search.models import Embedding
-from search.reader import IndexReader
 from search.selectors import SearchFilters
 
 __all__ = ["Box", "Query", "QueryError", "Result", "SearchFilters", "SearchOutcome", "SearchParams",
@@ -214,12 +214,10 @@ def _box(data: Mapping[str, object]) -> Box | None:
 # Where the picture comes from ---------------------------------------------------------------
 
 
-def query_from_upload(*, data: bytes) -> Query:
-    """A query picture sent by the person searching; validated like an upload, never stored."""
-    if len(data) > settings.LOOKALIKE_MAX_UPLOAD_BYTES:
-        raise QueryError("too_large", f"The picture is larger than the limit of "
-                                      f"{settings.LOOKALIKE_MAX_UPLOAD_BYTES // (1024 * 1024)} MB.", 413)
+def query_from_upload(*, source: BinaryIO) -> Query:
+    """A query picture sent by the person searching; read and validated like an upload, never stored."""
     try:
+        data = read_limited(source, settings.LOOKALIKE_MAX_UPLOAD_BYTES)
         decoded = decode_image(data, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS)
     except ImageRejected as rejection:
         raise QueryError(rejection.code, rejection.message,
@@ -239,7 +237,7 @@ def query_from_url(*, url: str) -> Query:
     except FetchRefused as refusal:
         raise QueryError(refusal.code, refusal.message, _STATUS_BY_FETCH_CODE.get(refusal.code, 400)) from None
     try:
-        return query_from_upload(data=data)
+        return query_from_upload(source=io.BytesIO(data))
     except QueryError as error:
         raise QueryError(error.code, f"The URL did not give a usable picture: {error.message}", error.status) from None
 
@@ -266,7 +264,8 @@ def search_run(*, query: Query, user: AbstractBaseUser | AnonymousUser, params: 
     wanted = params.offset + params.k + 1
     try:
         if query.source is not None and params.box is None:
-            similar = _similar_to_source(query.source, wanted, params.filters, reader, timings)
+            similar = selectors.similar_to_image(query.source, k=wanted, filters=params.filters, reader=reader,
+                                                 timings=timings)
         else:
             picture = query.picture if query.picture is not None else _source_picture(query)
             if params.box is not None:
@@ -282,19 +281,6 @@ def search_run(*, query: Query, user: AbstractBaseUser | AnonymousUser, params: 
                for s in similar if s.score >= params.min_score]
     page = passing[params.offset:params.offset + params.k]
     return SearchOutcome(page, len(passing) > params.offset + params.k, timings.embed * 1000, timings.index * 1000)
-
-
-def _similar_to_source(source: Image, k: int, filters: SearchFilters, reader: IndexReader,
-                       timings: selectors.SearchTimings) -> list[selectors.SimilarImage]:
-    """Images like a gallery image, by its stored vector: nothing is embedded. Not the image itself."""
-    started = time.perf_counter()
-    embedding = Embedding.objects.of(reader.identity).filter(image=source).first()
-    if embedding is None:
-        raise selectors.SearchUnavailable(f"Image #{source.pk} has no vector of the current model yet.")
-    [similar] = selectors.similar_to_vectors(embedding.as_array()[None, :], k=k, exclude=[[source.pk]],
-                                             filters=filters, reader=reader)
-    timings.index = time.perf_counter() - started
-    return similar
 
 
 def _source_picture(query: Query) -> PILImage:

@@ -60,10 +60,6 @@ def searchable_images(*, filters: SearchFilters = SearchFilters()) -> QuerySet[I
     return images
 
 
-def visible_image_ids(ids: set[int]) -> set[int]:
-    return _visible_under(SearchFilters())(ids)
-
-
 def _visible_under(filters: SearchFilters) -> Callable[[set[int]], set[int]]:
     def visible(ids: set[int]) -> set[int]:
         return set(searchable_images(filters=filters).filter(id__in=ids).values_list("id", flat=True))
@@ -179,10 +175,18 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
     return results
 
 
-def similar_to_image(image: Image, *, k: int) -> list[SimilarImage]:
+def similar_to_image(image: Image, *, k: int, filters: SearchFilters = SearchFilters(),
+                     reader: IndexReader | None = None, timings: SearchTimings | None = None) -> list[SimilarImage]:
     """Images like a gallery image, by its stored vector (nothing is embedded again); not itself."""
-    reader = runtime.index_reader()
+    started = time.perf_counter()
+    reader = reader or runtime.index_reader()
     embedding = Embedding.objects.of(reader.identity).filter(image=image).first()
+    if embedding is None and image.state == Image.State.INDEXED:
+        raise SearchUnavailable(f"Image #{image.pk} has no vector of the current model yet.")
     if embedding is None:
         raise SearchUnavailable(f"Image #{image.pk} is not indexed yet ({image.get_state_display().lower()}).")
-    return similar_to_vectors(embedding.as_array()[None, :], k=k, exclude=[[image.pk]], reader=reader)[0]
+    [similar] = similar_to_vectors(embedding.as_array()[None, :], k=k, exclude=[[image.pk]], filters=filters,
+                                   reader=reader)
+    if timings is not None:
+        timings.index = time.perf_counter() - started
+    return similar

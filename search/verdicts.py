@@ -16,8 +16,6 @@ SAME_FILE = "same_file"
 EDITED_COPY = "edited_copy"
 SIMILAR = "similar"
 
-LABELS = {SAME_FILE: "Same file", EDITED_COPY: "Edited copy", SIMILAR: "Similar"}
-
 # descriptor (backbone, version) -> similarity threshold, from bench/calibrate_verdicts.py
 CALIBRATED_THRESHOLDS: dict[tuple[str, str], float] = {
     # 1,800 queries (seeds 1-3): 14.8% of true originals reach it, 1.0% of best unrelated matches do.

@@ -3,19 +3,17 @@ from a gallery image. The logic lives in ``search.queries``; the API answers the
 from __future__ import annotations
 
 import base64
-import io
 import logging
 
 from django.conf import settings
-from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from api.ratelimit import RateLimited, rate_limit_hit
 from gallery.access import viewer_required
-from gallery.imaging import ImageRejected, encode_jpeg
-from gallery.services import image_upload, read_limited
+from gallery.imaging import encode_jpeg
+from gallery.services import image_upload
 from search import queries
 from search.queries import QueryError
 
@@ -89,13 +87,12 @@ def _query_from(request: HttpRequest, data: QueryDict, context: dict[str, object
     """The query picture: an uploaded file, else a URL, else a gallery image."""
     upload = request.FILES.get("image")
     if upload is not None:
-        picture = _read_upload(upload)
-        query = queries.query_from_upload(data=picture)
+        query = queries.query_from_upload(source=upload)
         context.update(query_kind="upload", query_name=upload.name, query_preview=_preview(query))
         if data.get("add_to_gallery") and request.user.is_authenticated:
             # Only when asked: a query picture is otherwise never stored.
-            context["added"] = image_upload(source=io.BytesIO(picture), original_name=upload.name,
-                                            owner=request.user)
+            upload.seek(0)
+            context["added"] = image_upload(source=upload, original_name=upload.name, owner=request.user)
     elif data.get("url", "").strip():
         rate_limit_hit(request, scope="url_fetch")
         query = queries.query_from_url(url=data["url"])
@@ -111,13 +108,6 @@ def _query_from(request: HttpRequest, data: QueryDict, context: dict[str, object
         raise QueryError("no_query", "Choose a picture, paste one, or give its URL to search with.")
     context.update(query_width=query.width, query_height=query.height)
     return query
-
-
-def _read_upload(upload: UploadedFile) -> bytes:
-    try:
-        return read_limited(upload, settings.LOOKALIKE_MAX_UPLOAD_BYTES)
-    except ImageRejected as rejection:
-        raise QueryError(rejection.code, rejection.message, 413) from None
 
 
 def _preview(query: queries.Query) -> str:
