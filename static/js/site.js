@@ -201,11 +201,8 @@
         var transfer = new DataTransfer();
         transfer.items.add(picture);
         fileInput.files = transfer.files;
-        lastSource = "file";
-        boxField.value = "";
-        var title = searchForm.querySelector(".dropzone-title");
-        if (title) title.textContent = picture.name || "Pasted picture";
-        run(false);
+        // As if chosen with the picker: the drop zone names it and the search starts.
+        fileInput.dispatchEvent(new Event("change", { bubbles: true }));
         return;
       }
       var text = (data.getData("text") || "").trim();
