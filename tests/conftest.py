@@ -113,12 +113,13 @@ class Worker:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, **env: str) -> None:
-        """Start the worker; ``env`` sets environment variables (settings) for this run of it only."""
+    def start(self, *options: str, **env: str) -> None:
+        """Start the worker, with both queues unless ``options`` name others; ``env`` sets environment
+        variables (settings) for this run of it only."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO", "--concurrency=2",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+             "--without-gossip", "--without-mingle", "--without-heartbeat", *options],
             cwd=PROJECT_ROOT, env={**process_env(), **env}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -128,3 +128,32 @@ def test_the_worker_uses_the_broker_this_run_is_configured_for(worker):
     expected = "redis" if os.environ.get("REDIS_URL") else "filesystem"
     assert settings.CELERY_BROKER_URL.startswith(expected)
     assert connection.vendor == ("postgresql" if os.environ.get("DATABASE_URL") else "sqlite")
+
+
+def test_an_embedding_worker_never_runs_the_index_writer_and_the_index_writer_publishes(worker, tmp_path):
+    from django.conf import settings
+
+    from tests.conftest import Worker, store
+
+    worker.stop()
+    earlier_log = len(worker.log()) if worker.log_path.exists() else 0
+    worker.start(f"--queues={settings.CELERY_TASK_DEFAULT_QUEUE}", "--hostname=embed@%h")
+    writer = Worker(tmp_path / "writer.log")
+    try:
+        image = store(images.jpeg(7), "only-embedded.jpg")
+        wait_until_settled([image.pk])
+        assert states([image.pk]) == {Image.State.INDEXED}
+        # The change waits in the writer's queue: no snapshot holds it yet.
+        assert runtime.snapshot_store().read_meta() is None
+        embedding_log = worker.log()[earlier_log:]
+        assert "Task search.embed_image[" in embedding_log and "Task search.sync_index[" not in embedding_log
+
+        writer.start(f"--queues={settings.LOOKALIKE_INDEX_QUEUE}", "--pool=solo", "--hostname=index@%h")
+        meta = wait_for(lambda: (m := runtime.snapshot_store().read_meta()) and m.applied_seq == last_seq() and m,
+                        60, message="the index writer to publish")
+        assert meta.count == 1
+        assert "Task search.sync_index[" in writer.log() and "Task search.embed_image[" not in writer.log()
+    finally:
+        writer.stop()
+        worker.stop()
+        worker.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from kombu import Queue
 
 from config.env import (
     env_bool,
@@ -174,6 +175,21 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+
+
+def celery_queues(default_queue: str) -> tuple[str, tuple[Queue, Queue], dict[str, dict[str, str]]]:
+    """The index writer's queue, both queues, and the route to the writer's queue.
+
+    The index writer's task has a queue of its own, so that a worker that takes only the default
+    queue (``-Q celery``) embeds images and never loads the index; `manage.py serve` and
+    docker-compose run one worker for each queue. A worker started without ``-Q`` takes both.
+    """
+    index_queue = f"{default_queue}-index"
+    return index_queue, (Queue(default_queue), Queue(index_queue)), {"search.sync_index": {"queue": index_queue}}
+
+
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+LOOKALIKE_INDEX_QUEUE, CELERY_TASK_QUEUES, CELERY_TASK_ROUTES = celery_queues(CELERY_TASK_DEFAULT_QUEUE)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # The product.

@@ -11,7 +11,7 @@ os.environ.setdefault("LOOKALIKE_TEST_QUEUE", f"lookalike-test-{uuid.uuid4().hex
 
 from config.env import env_rate
 from config.settings.base import *  # noqa: F403
-from config.settings.base import CACHES, DATABASES, VAR_DIR
+from config.settings.base import CACHES, DATABASES, VAR_DIR, celery_queues
 
 SECRET_KEY = "test-only-secret-key"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -28,6 +28,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ["LOOKALIKE_TEST_QUEUE"]
+LOOKALIKE_INDEX_QUEUE, CELERY_TASK_QUEUES, CELERY_TASK_ROUTES = celery_queues(CELERY_TASK_DEFAULT_QUEUE)
 LOOKALIKE_SNAPSHOT_INTERVAL = 0.2
 # Cache keys of this session's own (a Redis may be shared); a test may pass another prefix to
 # the processes it starts through LOOKALIKE_TEST_CACHE_PREFIX.

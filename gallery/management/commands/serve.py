@@ -1,4 +1,5 @@
-"""python manage.py serve: the site and a Celery worker, each in its own process (used by `make run`)."""
+"""python manage.py serve: the site, a Celery worker that embeds images and one that keeps the
+index, each in its own processes (used by `make run`)."""
 from __future__ import annotations
 
 import os
@@ -7,23 +8,29 @@ import subprocess
 import sys
 import time
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 
 class Command(BaseCommand):
-    help = "Serve the site with gunicorn and run a Celery worker beside it, until interrupted."
+    help = "Serve the site with gunicorn and run the Celery workers beside it, until interrupted."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--bind", default="127.0.0.1:8000", help="address for the web server")
         parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes")
-        parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1, help="Celery worker processes")
+        parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
+                            help="processes of the Celery worker that embeds images")
 
     def handle(self, *args: object, **options: object) -> None:
         env = dict(os.environ)
         commands = {
             # --beat: this one worker also sends the periodic upkeep task.
             "worker": [sys.executable, "-m", "celery", "-A", "config", "worker", "--beat", "--loglevel=INFO",
-                       f"--concurrency={options['concurrency']}"],
+                       f"--concurrency={options['concurrency']}", "--hostname=embed@%h",
+                       f"--queues={settings.CELERY_TASK_DEFAULT_QUEUE}"],
+            # The only process that loads the index to change it: one task at a time, in the worker itself.
+            "index writer": [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
+                             "--pool=solo", "--hostname=index@%h", f"--queues={settings.LOOKALIKE_INDEX_QUEUE}"],
             "web": [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", str(options["bind"]),
                     "--workers", str(options["web_workers"]), "--threads", "4", "--timeout", "120",
                     "--access-logfile", "-"],
