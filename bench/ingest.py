@@ -3,7 +3,11 @@
 
   model       the embedder's forward pass alone (``describe_prepared``) on already-resized
               224 x 224 pixels, batch of ``LOOKALIKE_EMBED_BATCH_SIZE``, arranged as the
-              worker is: one process per core with one torch thread each, rates summed;
+              worker is: on the CPU one process per core with one torch thread each, rates
+              summed; on a GPU (``--device cuda``) one process, bfloat16;
+  store       ``manage.py import_images FOLDER --recursive`` with no worker running: the import
+              command's own work (reading, validating, the display copy and thumbnail, the
+              database), which shares the machine with the workers during an import;
   import      ``manage.py import_images FOLDER --recursive --wait`` in a throw-away data
               directory, with one ``celery -A config worker`` (its default processes): reading,
               validating and storing each file, the display copy, the broker, decoding
@@ -11,9 +15,11 @@
   large       the same import for ``--large N`` 12-megapixel JPEGs (4000 x 3000, made by
               enlarging gallery images), where decoding dominates.
 
-It prints images per second for each and import / model.
+It prints images per second for each and import / model. The worker embeds on ``--device``
+(``LOOKALIKE_DEVICE``) with ``--batch`` (``LOOKALIKE_EMBED_BATCH_SIZE``).
 
     .venv/bin/python bench/ingest.py [--images ../shared/bench/images] [--limit 800] [--large 40]
+                                     [--device cpu|cuda] [--batch 8]
 """
 from __future__ import annotations
 
@@ -37,12 +43,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from search.embedding import Embedder, get_backbone  # noqa: E402
 
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
+PYTHON = sys.executable
 
 
-def _model_rate_in_one_process(files: list[Path], batch: int) -> float:
-    torch.set_num_threads(1)
-    embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."), batch_size=batch)
+def _model_rate_in_one_process(files: list[Path], batch: int, device: str = "cpu") -> float:
+    if device == "cpu":
+        torch.set_num_threads(1)
+    embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."), batch_size=batch, device=device)
     prepared = [embedder.prepare(Image.open(p)) for p in files]
     embedder.describe_prepared(prepared[:batch])  # warm-up
     started = time.perf_counter()
@@ -50,16 +57,31 @@ def _model_rate_in_one_process(files: list[Path], batch: int) -> float:
     return len(prepared) / (time.perf_counter() - started)
 
 
-def model_rate(files: list[Path], batch: int, processes: int) -> float:
+def model_rate(files: list[Path], batch: int, processes: int, device: str) -> float:
+    if device != "cpu":
+        return _model_rate_in_one_process(files, batch, device)
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         return sum(pool.starmap(_model_rate_in_one_process, [(files[i::processes], batch) for i in range(processes)]))
 
 
-def import_rate(folder: Path, count: int, work: Path) -> float:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+def store_rate(folder: Path, count: int, work: Path, env: dict[str, str]) -> float:
+    env = _fresh_site(work, env)
+    started = time.perf_counter()
+    subprocess.run([PYTHON, "manage.py", "import_images", str(folder), "--recursive"], env=env,
+                   cwd=ROOT, check=True, capture_output=True)
+    return count / (time.perf_counter() - started)
+
+
+def _fresh_site(work: Path, env: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(DATA_DIR=str(work / "data"), PYTHONUNBUFFERED="1")
     subprocess.run([PYTHON, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT, check=True,
                    capture_output=True)
+    return env
+
+
+def import_rate(folder: Path, count: int, work: Path, env: dict[str, str]) -> float:
+    env = _fresh_site(work, env)
     with (work / "worker.log").open("w") as log:
         worker = subprocess.Popen([PYTHON, "-m", "celery", "-A", "config", "worker", "--loglevel=WARNING"],
                                   env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -95,7 +117,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="import at most this many gallery images")
     parser.add_argument("--large", type=int, default=0, help="also import this many 12-megapixel JPEGs")
     parser.add_argument("--batch", type=int, default=int(os.environ.get("LOOKALIKE_EMBED_BATCH_SIZE") or 8))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the model and the worker embed")
     args = parser.parse_args()
+    env = dict(os.environ, LOOKALIKE_DEVICE=args.device, LOOKALIKE_EMBED_BATCH_SIZE=str(args.batch))
 
     files = sorted(Path(args.images).rglob("*.jpg"))[: args.limit]
     work = Path(tempfile.mkdtemp(prefix="lookalike-ingest-"))
@@ -105,14 +129,17 @@ def main() -> None:
         for i, path in enumerate(files):
             shutil.copy(path, subset / f"{i:05d}-{path.name}")
         processes = os.cpu_count() or 1
-        model = model_rate(files, args.batch, processes)
-        print(f"model   {model:8.1f} images/s  ({len(files)} gallery images, batch {args.batch}, "
-              f"{processes} processes of one thread)", flush=True)
-        imported = import_rate(subset, len(files), work / "small")
+        model = model_rate(files, args.batch, processes, args.device)
+        arrangement = f"{processes} processes of one thread" if args.device == "cpu" else args.device
+        print(f"model   {model:8.1f} images/s  ({len(files)} gallery images, batch {args.batch}, {arrangement})",
+              flush=True)
+        stored = store_rate(subset, len(files), work / "store", env)
+        print(f"store   {stored:8.1f} images/s  (the import command alone, no worker)", flush=True)
+        imported = import_rate(subset, len(files), work / "small", env)
         print(f"import  {imported:8.1f} images/s  import / model = {imported / model:.2f}", flush=True)
         if args.large:
             large_jpegs(files, args.large, work / "large")
-            rate = import_rate(work / "large", args.large, work / "large-run")
+            rate = import_rate(work / "large", args.large, work / "large-run", env)
             print(f"large   {rate:8.1f} images/s  ({args.large} JPEGs of 12 megapixels, end to end)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
