@@ -8,10 +8,17 @@ normalised: a cloud around real images, as crowded as an index of many near-dupl
 not uniform noise. Queries are further such vectors, not in the index.
 
 For each size it reports the build time (hnswlib, ``--threads`` threads), memory per vector
-(the saved index file), and for several ``ef`` the recall@10 against exact search and the
-latency of single queries on one thread (p50, p99).
+(the saved index file), and for several ``ef`` the recall@10 against exact search over the
+full vectors and the latency of single queries on one thread (p50, p99).
+
+With ``--pca D`` the graph holds the vectors projected onto their top D principal directions
+(uncentred, so that inner products are kept; fitted on 20,000 of the indexed vectors). Each
+query then takes the graph's top ``--rerank`` candidates and re-ranks them exactly against the
+full vectors, held in memory as float16; the latency includes the projection and the re-rank,
+and memory per vector counts the float16 copy.
 
     .venv/bin/python bench/index_scale.py [--sizes 100000 1000000] [--m 16] [--ef-construction 100]
+                                          [--pca 256 --rerank 50]
 """
 from __future__ import annotations
 
@@ -65,6 +72,13 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return best_ids
 
 
+def fit_projection(vectors: np.ndarray, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """The top ``dim`` directions of the vectors' second moment, as a (full dim x dim) matrix."""
+    sample = vectors[rng.choice(len(vectors), size=min(20_000, len(vectors)), replace=False)].astype(np.float64)
+    _, eigenvectors = np.linalg.eigh(sample.T @ sample)
+    return np.ascontiguousarray(eigenvectors[:, ::-1][:, :dim], dtype=np.float32)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", default=str(ROOT.parent / "shared" / "bench" / "images"))
@@ -76,41 +90,55 @@ def main() -> None:
     parser.add_argument("--ef", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--threads", type=int, default=2, help="threads for building (queries use one)")
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--pca", type=int, default=0, help="dimension the graph holds (0: the full vectors)")
+    parser.add_argument("--rerank", type=int, default=50, help="with --pca: candidates re-ranked exactly")
     args = parser.parse_args()
 
     real = real_descriptors(Path(args.images), Path(args.cache))
     rng = np.random.default_rng(0)
     queries = synthetic(real, args.queries, rng)
+    layout = (f"graph of {args.pca} PCA dimensions, top {args.rerank} re-ranked against float16 full vectors"
+              if args.pca else "graph of the full vectors")
     print(f"{len(real)} real descriptors of {real.shape[1]} dimensions; M={args.m}, "
-          f"ef_construction={args.ef_construction}, build threads={args.threads}", flush=True)
+          f"ef_construction={args.ef_construction}, build threads={args.threads}; {layout}", flush=True)
     for size in args.sizes:
         vectors = np.concatenate([real, synthetic(real, size - len(real), rng)])
         truth = exact_top(vectors, queries, 10)
-        graph = hnswlib.Index(space="ip", dim=real.shape[1])
+        projection = fit_projection(vectors, args.pca, rng) if args.pca else None
+        full = vectors.astype(np.float16) if projection is not None else None
+        graphed = vectors @ projection if projection is not None else vectors
+        del vectors
+        graph = hnswlib.Index(space="ip", dim=graphed.shape[1])
         graph.init_index(max_elements=size, M=args.m, ef_construction=args.ef_construction)
         started = time.perf_counter()
-        graph.add_items(vectors, np.arange(size), num_threads=args.threads)
+        graph.add_items(graphed, np.arange(size), num_threads=args.threads)
         build = time.perf_counter() - started
+        del graphed
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "index.bin"
             graph.save_index(str(path))
-            per_vector = path.stat().st_size / size
+            per_vector = path.stat().st_size / size + (2 * real.shape[1] if full is not None else 0)
         print(f"\n{size:,} vectors: build {build:.1f} s ({size / build:,.0f} vectors/s), "
               f"{per_vector:,.0f} bytes per vector ({per_vector / (4 * real.shape[1]):.2f} x the float32 vector)")
         print(f"{'ef':>5} {'recall@10':>10} {'p50 ms':>8} {'p99 ms':>8}")
-        for ef in args.ef:
+        for ef in sorted({max(ef, args.rerank) if full is not None else ef for ef in args.ef}):
             graph.set_ef(ef)
             latencies = []
             found = []
             for query in queries:
                 started = time.perf_counter()
-                labels, _ = graph.knn_query(query[None, :], k=10, num_threads=1)
+                if projection is not None and full is not None:
+                    labels, _ = graph.knn_query((query @ projection)[None, :], k=args.rerank, num_threads=1)
+                    exact = full[labels[0]].astype(np.float32) @ query
+                    labels = labels[:, np.argsort(-exact)[:10]]
+                else:
+                    labels, _ = graph.knn_query(query[None, :], k=10, num_threads=1)
                 latencies.append(time.perf_counter() - started)
                 found.append(labels[0])
             recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
             p50, p99 = np.percentile(latencies, [50, 99]) * 1000
             print(f"{ef:>5} {recall:>10.3f} {p50:>8.2f} {p99:>8.2f}", flush=True)
-        del graph, vectors
+        del graph, full
 
 
 if __name__ == "__main__":
