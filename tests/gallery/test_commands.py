@@ -54,6 +54,22 @@ class TestImportImages:
         assert "empty.png: The file is empty." in err
         assert Image.objects.count() == 2
 
+    def test_it_stores_with_several_processes_and_reports_the_same(self, transactional_db, folder):
+        (folder / "notes.jpg").write_text("not a picture")
+        status, out, err = run("import_images", str(folder), "--recursive", "--jobs", "3")
+        assert status == 1
+        assert out.strip() == "5 files: 3 stored, 1 duplicates, 1 refused."
+        assert "notes.jpg: The file is not an image" in err and "duplicate: " in err
+        # Either copy of the same bytes may be stored first; the other is the duplicate.
+        names = sorted(Image.objects.values_list("original_name", flat=True))
+        assert names in (["a.jpg", "b.png", "c.jpg"], ["b.png", "c.jpg", "copy-of-a.jpg"])
+        assert set(Image.objects.values_list("state", flat=True)) == {Image.State.QUEUED}
+
+    def test_fewer_than_one_job_is_an_error(self, db, folder):
+        with pytest.raises(CommandError, match="--jobs must be at least 1, not 0"):
+            call_command("import_images", str(folder), "--jobs", "0")
+        assert not Image.objects.exists()
+
     def test_a_missing_path_is_refused(self, db, tmp_path):
         status, _, err = run("import_images", str(tmp_path / "nowhere.jpg"))
         assert status == 1

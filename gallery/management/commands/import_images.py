@@ -1,6 +1,7 @@
-"""python manage.py import_images PATH... [--recursive] [--wait]"""
+"""python manage.py import_images PATH... [--recursive] [--wait] [--jobs N]"""
 from __future__ import annotations
 
+import multiprocessing
 import sys
 import time
 from collections import Counter
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
 from tqdm import tqdm
 
 from gallery.models import Image
@@ -28,6 +30,26 @@ def _files(paths: list[str], recursive: bool) -> Iterator[Path]:
             yield path
 
 
+def _store_file(job: tuple[Path, object]) -> UploadResult:
+    path, owner = job
+    try:
+        with path.open("rb") as source:
+            return image_upload(source=source, original_name=path.name, owner=owner)
+    except OSError as exc:
+        return UploadResult(path.name, "refused", code="unreadable", message=f"cannot be read: {exc.strerror}")
+
+
+def _store_files(files: list[Path], owner: object, jobs: int) -> Iterator[UploadResult]:
+    """Each file's result, in order; with several jobs, stored by that many processes at once."""
+    if jobs == 1:
+        yield from (_store_file((path, owner)) for path in files)
+        return
+    # Forked processes must not share this one's database connections; each opens its own.
+    connections.close_all()
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        yield from pool.imap(_store_file, [(path, owner) for path in files], chunksize=4)
+
+
 class Command(BaseCommand):
     help = ("Import image files and folders through the same pipeline as the web upload: same validation, "
             "same de-duplication, same Celery tasks. Exits with status 1 if any file was refused or failed.")
@@ -38,6 +60,8 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="return once every stored file is indexed or failed")
         parser.add_argument("--owner", help="user name to own the imported images (default: none)")
         parser.add_argument("--timeout", type=float, help="with --wait, give up after this many seconds")
+        parser.add_argument("--jobs", type=int, default=1,
+                            help="processes that read, check and store files at once (default 1)")
 
     def handle(self, *args: object, **options: object) -> None:
         owner = None
@@ -45,13 +69,16 @@ class Command(BaseCommand):
             owner = get_user_model().objects.filter(username=options["owner"]).first()
             if owner is None:
                 raise CommandError(f"No user named {options['owner']!r}.")
+        jobs = options["jobs"]
+        if not isinstance(jobs, int) or jobs < 1:
+            raise CommandError(f"--jobs must be at least 1, not {jobs}.")
         files = list(_files(options["paths"], bool(options["recursive"])))
         if not files:
             raise CommandError("No files to import.")
         progress = not options["verbosity"] == 0 and sys.stderr.isatty()
-        outcomes: list[tuple[Path, UploadResult]] = []
-        for path in tqdm(files, desc="Storing", unit="file", disable=not progress):
-            outcomes.append((path, self._import_one(path, owner)))
+        results = tqdm(_store_files(files, owner, jobs), total=len(files), desc="Storing", unit="file",
+                       disable=not progress)
+        outcomes = list(zip(files, results, strict=True))
         for path, result in outcomes:
             if result.status != "accepted":
                 self.stderr.write(f"{result.status}: {path}: {result.message}")
@@ -69,13 +96,6 @@ class Command(BaseCommand):
         self.stdout.write(summary)
         if counts["refused"] or states[Image.State.FAILED]:
             sys.exit(1)
-
-    def _import_one(self, path: Path, owner: object) -> UploadResult:
-        try:
-            with path.open("rb") as source:
-                return image_upload(source=source, original_name=path.name, owner=owner)
-        except OSError as exc:
-            return UploadResult(path.name, "refused", code="unreadable", message=f"cannot be read: {exc.strerror}")
 
     def _states(self, ids: list[int]) -> Counter[str]:
         counts: Counter[str] = Counter()
