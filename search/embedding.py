@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision import models
+from torchvision.ops.misc import ConvNormActivation
 
 from search import efficientnet_lite
 from search.identity import IndexIdentity
@@ -179,6 +181,19 @@ class Descriptors:
     local: np.ndarray
 
 
+def fold_batch_norms(trunk: nn.Module) -> nn.Module:
+    """Fold each batch norm that follows a convolution into that convolution, in place.
+
+    At inference a batch norm is a fixed per-channel scale and shift, which the convolution's
+    weights and bias can carry; run apart, it costs about a fifth of the CPU forward pass.
+    """
+    for block in trunk.modules():
+        if isinstance(block, ConvNormActivation) and isinstance(block[1], nn.BatchNorm2d):
+            block[0] = fuse_conv_bn_eval(cast(nn.Conv2d, block[0]), block[1])
+            block[1] = nn.Identity()
+    return trunk
+
+
 class Embedder:
     """Turns decoded RGB images into L2-normalised float32 descriptors.
 
@@ -199,7 +214,7 @@ class Embedder:
             jpeg_decoder == "auto" and self.device.type == "cuda")
         # bfloat16 on a GPU halves memory traffic; on this kind of CPU it is slower than float32.
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        trunk = backbone.load_trunk(weights_dir).eval()
+        trunk = fold_batch_norms(backbone.load_trunk(weights_dir).eval())
         self.trunk = trunk.to(self.device, self.dtype).to(memory_format=torch.channels_last)
         self._mean = torch.tensor(backbone.mean, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(backbone.std, device=self.device).view(1, 3, 1, 1) * 255

@@ -1,5 +1,6 @@
 """Descriptors, backbones and offline weights, without Django."""
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from search.embedding import (
     WeightsMissing,
     WeightsRejected,
     descriptor_identity,
+    fold_batch_norms,
     gem,
     get_backbone,
     install_weights,
@@ -178,3 +180,15 @@ def test_pillow_decodes_on_the_cpu_unless_told_otherwise(tmp_path, decoder, devi
 def test_an_unknown_jpeg_decoder_is_refused_with_the_choices(tmp_path):
     with pytest.raises(ValueError, match=r"LOOKALIKE_JPEG_DECODER.*auto, pillow, torchvision"):
         Embedder(get_backbone("efficientnet_lite0"), weights_dir=tmp_path, jpeg_decoder="libjpeg-turbo")
+
+
+def test_folding_the_batch_norms_keeps_the_output_and_leaves_none():
+    trunk = get_backbone("efficientnet_lite0").load_trunk(Path("unused")).eval()
+    pixels = torch.rand(2, 3, 224, 224) * 2 - 1
+    with torch.inference_mode():
+        before = trunk(pixels)
+        folded = fold_batch_norms(trunk)
+        after = folded(pixels)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    assert torch.allclose(before, after, atol=1e-3, rtol=1e-3)
+    assert torch.nn.functional.cosine_similarity(before.flatten(1), after.flatten(1)).min() > 0.99999
