@@ -2,10 +2,16 @@
 """How the HNSW index behaves at 100,000 and 1,000,000 vectors of the default backbone. No Django.
 
 Vectors: the default backbone's descriptors of the gallery images and of their mirror images
-(real embeddings, 2 x 2,698), then synthetic ones around them. Each synthetic vector is a real
-descriptor, plus 0.3 x another random real descriptor, plus Gaussian noise of norm 0.3,
-normalised: a cloud around real images, as crowded as an index of many near-duplicate photos,
-not uniform noise. Queries are further such vectors, not in the index.
+(real embeddings, 2 x 2,698), then synthetic ones made from them, in one of two ways
+(``--vectors``); queries are further such vectors, not in the index:
+
+  clustered   a real descriptor, plus 0.3 x another random real descriptor, plus Gaussian
+              noise of norm 0.3, normalised: a cloud around each real image. At 1,000,000
+              that is about 185 near-copies of every real image, whose order against a
+              query differs by hundredths of a cosine: the hardest case for a graph index.
+  mixed       a mix of three random real descriptors with random weights (uniform on the
+              simplex), plus Gaussian noise of norm 0.1, normalised: vectors spread between
+              real images rather than piled on them, closer to a collection of distinct photos.
 
 For each size it reports the build time (hnswlib, ``--threads`` threads), memory per vector
 (the saved index file), and for several ``ef`` the recall@10 against exact search over the
@@ -18,7 +24,7 @@ full vectors, held in memory as float16; the latency includes the projection and
 and memory per vector counts the float16 copy.
 
     .venv/bin/python bench/index_scale.py [--sizes 100000 1000000] [--m 16] [--ef-construction 100]
-                                          [--pca 256 --rerank 50]
+                                          [--vectors clustered|mixed] [--pca 256 --rerank 50]
 """
 from __future__ import annotations
 
@@ -58,6 +64,21 @@ def synthetic(real: np.ndarray, count: int, rng: np.random.Generator) -> np.ndar
     return out
 
 
+def mixed(real: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    out = np.empty((count, real.shape[1]), dtype=np.float32)
+    for start in range(0, count, 100_000):
+        n = min(100_000, count - start)
+        weights = rng.dirichlet(np.ones(3), size=n).astype(np.float32)
+        v = sum(weights[:, i:i + 1] * real[rng.integers(len(real), size=n)] for i in range(3))
+        noise = rng.standard_normal((n, real.shape[1])).astype(np.float32)
+        v += noise * (0.1 / np.linalg.norm(noise, axis=1, keepdims=True))
+        out[start:start + n] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+GENERATORS = {"clustered": synthetic, "mixed": mixed}
+
+
 def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_ids = np.zeros((len(queries), k), dtype=np.int64)
@@ -90,19 +111,22 @@ def main() -> None:
     parser.add_argument("--ef", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--threads", type=int, default=2, help="threads for building (queries use one)")
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--vectors", choices=GENERATORS, default="clustered", help="how synthetic vectors are made")
     parser.add_argument("--pca", type=int, default=0, help="dimension the graph holds (0: the full vectors)")
     parser.add_argument("--rerank", type=int, default=50, help="with --pca: candidates re-ranked exactly")
     args = parser.parse_args()
 
     real = real_descriptors(Path(args.images), Path(args.cache))
     rng = np.random.default_rng(0)
-    queries = synthetic(real, args.queries, rng)
+    generate = GENERATORS[args.vectors]
+    queries = generate(real, args.queries, rng)
     layout = (f"graph of {args.pca} PCA dimensions, top {args.rerank} re-ranked against float16 full vectors"
               if args.pca else "graph of the full vectors")
     print(f"{len(real)} real descriptors of {real.shape[1]} dimensions; M={args.m}, "
-          f"ef_construction={args.ef_construction}, build threads={args.threads}; {layout}", flush=True)
+          f"ef_construction={args.ef_construction}, build threads={args.threads}; {args.vectors} vectors; {layout}",
+          flush=True)
     for size in args.sizes:
-        vectors = np.concatenate([real, synthetic(real, size - len(real), rng)])
+        vectors = np.concatenate([real, generate(real, size - len(real), rng)])
         truth = exact_top(vectors, queries, 10)
         projection = fit_projection(vectors, args.pca, rng) if args.pca else None
         full = vectors.astype(np.float16) if projection is not None else None
