@@ -8,8 +8,8 @@ pooling, layer or normalisation can be compared side by side. No Django, no data
 
 The last two rows are what search does on top of the last-block vector: the query's mirror
 image is searched too (an image keeps its better cosine), and then the best candidates are
-re-ranked by matching feature-map positions (search.rerank). They cost a second forward pass
-per query, and nothing at import.
+re-ranked by matching the positions of the stride-16 feature map (search.rerank). They cost a
+second forward pass per query, and nothing at import.
 
     .venv/bin/python bench/descriptor_variants.py [--seeds 1 2 3] [--queries 600]
 """
@@ -30,7 +30,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from search import rerank  # noqa: E402
-from search.efficientnet_lite import efficientnet_lite0  # noqa: E402
+from search.efficientnet_lite import STRIDE_16_DEPTH, efficientnet_lite0  # noqa: E402
 from search.embedding import gem  # noqa: E402
 
 NORMALISATIONS = {
@@ -44,18 +44,21 @@ def prepare(image: Image.Image, size: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def features(model, arrays: list[np.ndarray], mean, std, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Feature maps of the last inverted-residual block and of the 1280-channel head."""
+def features(model, arrays: list[np.ndarray], mean, std,
+             batch: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Feature maps of the stride-16 stage, of the last inverted-residual block and of the head."""
     mean = torch.tensor(mean).view(1, -1, 1, 1) * 255
     std = torch.tensor(std).view(1, -1, 1, 1) * 255
-    blocks, heads = [], []
+    finer, blocks, heads = [], [], []
     for i in range(0, len(arrays), batch):
         x = torch.from_numpy(np.stack(arrays[i:i + batch])).permute(0, 3, 1, 2).float()
         x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-        block = model.features[:-1](x)
+        stride_16 = model.features[:STRIDE_16_DEPTH](x)
+        block = model.features[STRIDE_16_DEPTH:-1](stride_16)
+        finer.append(stride_16)
         blocks.append(block)
         heads.append(model.features[-1](block))
-    return torch.cat(blocks), torch.cat(heads)
+    return torch.cat(finer), torch.cat(blocks), torch.cat(heads)
 
 
 def variants(block: torch.Tensor, head: torch.Tensor) -> dict[str, np.ndarray]:
@@ -67,7 +70,8 @@ def variants(block: torch.Tensor, head: torch.Tensor) -> dict[str, np.ndarray]:
     return {name: F.normalize(v, dim=1).numpy() for name, v in out.items()}
 
 
-def searched_with_mirror_and_reranked(block: torch.Tensor, mirrored: torch.Tensor, gallery_block: torch.Tensor,
+def searched_with_mirror_and_reranked(block: torch.Tensor, mirrored: torch.Tensor, finer: torch.Tensor,
+                                      mirrored_finer: torch.Tensor, gallery_finer: torch.Tensor,
                                       gallery_vectors: np.ndarray) -> dict[str, np.ndarray]:
     """Scores (queries x gallery) of the last two rows; only the order of the scores matters."""
     def signed_gem(x: torch.Tensor) -> np.ndarray:
@@ -78,8 +82,8 @@ def searched_with_mirror_and_reranked(block: torch.Tensor, mirrored: torch.Tenso
 
     best = np.maximum(signed_gem(block) @ gallery_vectors.T, signed_gem(mirrored) @ gallery_vectors.T)
     reranked = best.copy()
-    gallery_local = np.stack(local(gallery_block))
-    for row, views in enumerate(zip(local(block), local(mirrored), strict=True)):
+    gallery_local = np.stack(local(gallery_finer))
+    for row, views in enumerate(zip(local(finer), local(mirrored_finer), strict=True)):
         top = np.argsort(-best[row])[:rerank.RERANK_CANDIDATES]
         order = rerank.rerank([(int(j), float(best[row, j])) for j in top], query_views=views,
                               local_of={int(j): gallery_local[j] for j in top})
@@ -107,10 +111,10 @@ def main() -> None:
     category = [p.parent.name for p in files]
     gallery_arrays = [prepare(Image.open(p), args.size) for p in files]
     started = time.perf_counter()
-    gallery, gallery_blocks = {}, {}
+    gallery, gallery_finer = {}, {}
     for norm, stats in NORMALISATIONS.items():
-        block, head = features(model, gallery_arrays, *stats)
-        gallery[norm], gallery_blocks[norm] = variants(block, head), block
+        finer, block, head = features(model, gallery_arrays, *stats)
+        gallery[norm], gallery_finer[norm] = variants(block, head), finer
     rate = 2 * len(files) / (time.perf_counter() - started)
     print(f"gallery: {len(files)} images, model at {args.size}px: {rate:.1f} images/s "
           f"({torch.get_num_threads()} threads, both layers)")
@@ -120,12 +124,13 @@ def main() -> None:
         picks = rng.sample(range(len(files)), min(args.queries, len(files)))
         query_arrays = [prepare(attack(Image.open(files[i]), rng)[0], args.size) for i in picks]
         for norm, stats in NORMALISATIONS.items():
-            block, head = features(model, query_arrays, *stats)
+            finer, block, head = features(model, query_arrays, *stats)
             scores = {name: q @ gallery[norm][name].T for name, q in variants(block, head).items()}
             if norm == "[-1, 1]":
-                mirrored, _ = features(model, [a[:, ::-1].copy() for a in query_arrays], *stats)
+                mirrored_finer, mirrored, _ = features(model, [a[:, ::-1].copy() for a in query_arrays], *stats)
                 scores |= searched_with_mirror_and_reranked(
-                    block, mirrored, gallery_blocks[norm], gallery[norm]["last block, GeM p=3 of both signs (640)"])
+                    block, mirrored, finer, mirrored_finer, gallery_finer[norm],
+                    gallery[norm]["last block, GeM p=3 of both signs (640)"])
             for name, score in scores.items():
                 top = np.argsort(-score, axis=1)[:, :10]
                 hits = [[digest[j] == digest[i] for j in row] for i, row in zip(picks, top, strict=True)]

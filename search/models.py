@@ -28,8 +28,8 @@ class Embedding(models.Model):
     backbone_version = models.CharField(max_length=128)
     dim = models.PositiveIntegerField()
     vector = models.BinaryField()
-    # The feature map the vector was pooled from, positions x channels in float16, for
-    # re-ranking the best candidates of a search (search.rerank).
+    # A feature map of the image (Backbone.local_depth says which), positions x channels in
+    # float16, for re-ranking the best candidates of a search (search.rerank).
     local_features = models.BinaryField(default=b"")
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -1,12 +1,14 @@
 """Re-ranking the best candidates of a search by matching feature-map positions. Free of Django.
 
 The global vector finds candidates; it pools a whole feature map into one vector, so a crop,
-a border or a caption shifts it. Each image's feature map (7 x 7 positions for a 224-pixel
-input) is stored with its vector. For the best candidates, positions of the query and of the
-candidate that are each other's nearest neighbour, and similar enough, count as matches: the
-same picture shares many such positions even after edits, another photo of the same subject
-few. The final score is the cosine of the global vectors plus a small bonus per match; it was
-tuned on the copy-detection benchmark (docs/benchmarks.md).
+a border or a caption shifts it, and two photos of the same kind of subject get close vectors.
+Each image's finer feature map (for the default backbone 14 x 14 positions of 112 channels,
+16 pixels apart in the 224-pixel input) is stored with its vector. For the best candidates,
+positions of the query and of the candidate that are each other's nearest neighbour, and
+similar enough, count as matches: the same picture shares many such positions even after
+edits, another photo of the same subject few. The final score is the cosine of the global
+vectors plus a small bonus per match; it was tuned on the copy-detection benchmark
+(docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -15,11 +17,11 @@ from collections.abc import Sequence
 import numpy as np
 
 # How many of the best candidates (by global cosine) are compared position by position.
-RERANK_CANDIDATES = 30
+RERANK_CANDIDATES = 60
 # Cosine two positions must exceed to count as a match.
-MATCH_THRESHOLD = 0.5
-# Score added per match: 49 positions at most, so up to about 0.25 for a perfect match.
-MATCH_WEIGHT = 0.005
+MATCH_THRESHOLD = 0.6
+# Score added per match: 196 positions at most, so up to about 0.4 for a perfect match.
+MATCH_WEIGHT = 0.002
 
 
 class LocalFeaturesMismatch(ValueError):

@@ -132,7 +132,7 @@ def _stored_local_descriptors(image_ids: set[int], identity: IndexIdentity, back
                               ) -> dict[int, np.ndarray]:
     rows = (Embedding.objects.of(identity).filter(image_id__in=list(image_ids))
             .exclude(local_features=b"").values_list("image_id", "local_features"))
-    return {image_id: rerank.local_descriptors(local_features_array(data, channels=backbone.channels),
+    return {image_id: rerank.local_descriptors(local_features_array(data, channels=backbone.local_width),
                                                signed=backbone.signed)
             for image_id, data in rows}
 

@@ -19,7 +19,7 @@ SIMILAR = "similar"
 # descriptor (backbone, version) -> similarity threshold, from bench/calibrate_verdicts.py
 CALIBRATED_THRESHOLDS: dict[tuple[str, str], float] = {
     # 1,800 queries (seeds 1-3): 14.8% of true originals reach it, 1.0% of best unrelated matches do.
-    ("efficientnet_lite0", "lukemelas-57934424:last-block+square224-gem3+local"): 0.936,
+    ("efficientnet_lite0", "lukemelas-57934424:last-block+square224-gem3+local@12"): 0.936,
 }
 
 

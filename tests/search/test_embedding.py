@@ -136,20 +136,32 @@ def test_every_backbone_declares_its_dimension():
         "efficientnet_lite0": 640, "resnet50": 2048, "efficientnet_b0": 1280, "mobilenet_v3_large": 960}
 
 
-def test_the_feature_map_comes_with_the_vector_it_was_pooled_from(embedder):
-    described = embedder.describe([images.picture(1), images.picture(2, size=(50, 400))])
+def test_the_finer_feature_map_comes_with_the_vector(embedder):
+    pictures = [images.picture(1), images.picture(2, size=(50, 400))]
+    described = embedder.describe(pictures)
     assert described.local.dtype == np.float16
-    assert described.local.shape == (2, 49, 320)
-    local = torch.from_numpy(described.local.astype(np.float32)).transpose(1, 2).reshape(2, 320, 7, 7)
-    pooled = torch.cat([gem(local, 3.0), gem(-local, 3.0)], dim=1)
-    again = (pooled / pooled.norm(dim=1, keepdim=True)).numpy()
-    assert np.allclose(again, described.vectors, atol=2e-3)
+    assert described.local.shape == (2, 196, 112)
+    # The map is the stride-16 stage's output, and the vector is still pooled from the last block.
+    pixels = torch.from_numpy(np.stack([embedder.prepare(p) for p in pictures])).permute(0, 3, 1, 2).float()
+    with torch.inference_mode():
+        stride_16 = embedder.trunk[:12]((pixels - 127.5) / 127.5)
+        last = embedder.trunk[12:](stride_16)
+    assert np.allclose(described.local, stride_16.flatten(2).transpose(1, 2).numpy(), atol=2e-2)
+    pooled = torch.cat([gem(last, 3.0), gem(-last, 3.0)], dim=1)
+    assert np.allclose((pooled / pooled.norm(dim=1, keepdim=True)).numpy(), described.vectors, atol=2e-3)
+
+
+def test_a_backbone_without_a_finer_map_keeps_the_one_its_vector_is_pooled_from():
+    backbone = get_backbone("resnet50")
+    assert backbone.local_depth is None and backbone.local_width == backbone.channels == 2048
+    assert descriptor_identity(backbone).backbone_version.endswith("+local")
+    assert descriptor_identity(get_backbone("efficientnet_lite0")).backbone_version.endswith("+local@12")
 
 
 def test_describing_nothing_gives_empty_arrays_of_the_right_width(embedder):
     described = embedder.describe([])
     assert described.vectors.shape == (0, 640)
-    assert described.local.shape == (0, 49, 320)
+    assert described.local.shape == (0, 196, 112)
 
 
 def test_torchvision_decodes_jpegs_on_the_device_like_pillow(tmp_path):
@@ -160,7 +172,7 @@ def test_torchvision_decodes_jpegs_on_the_device_like_pillow(tmp_path):
     blobs = [images.bench_image("cat", n).read_bytes() for n in (1, 2, 3)]
     on_device = embedder.describe_jpegs(blobs)
     with_pillow = embedder.describe([Image.open(io.BytesIO(blob)) for blob in blobs])
-    assert on_device.vectors.shape == (3, 640) and on_device.local.shape == (3, 49, 320)
+    assert on_device.vectors.shape == (3, 640) and on_device.local.shape == (3, 196, 112)
     assert (np.sum(on_device.vectors * with_pillow.vectors, axis=1) > 0.97).all()
 
 

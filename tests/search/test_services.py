@@ -34,8 +34,8 @@ class TestImageEmbed:
             assert (embedding.backbone, embedding.backbone_version, embedding.dim) == (
                 identity.backbone, identity.backbone_version, identity.dim)
             assert np.linalg.norm(embedding.as_array()) == pytest.approx(1.0, abs=1e-5)
-            local = local_features_array(embedding.local_features, channels=runtime.embedder().backbone.channels)
-            assert local.shape == (49, 320) and np.isfinite(local).all()
+            local = local_features_array(embedding.local_features, channels=runtime.embedder().backbone.local_width)
+            assert local.shape == (196, 112) and np.isfinite(local).all()
         assert sorted(IndexChange.objects.values_list("image_id", flat=True)) == [i.pk for i in stored]
 
     def test_running_it_again_changes_nothing(self, db):
