@@ -128,13 +128,17 @@ def similar_to_vectors(vectors: np.ndarray, *, k: int, exclude: list[list[int]] 
     return _results(_hits(vectors, k=k, exclude=exclude, filters=filters, reader=reader or runtime.index_reader()))
 
 
-def _stored_local_descriptors(image_ids: set[int], identity: IndexIdentity, backbone: Backbone
-                              ) -> dict[int, np.ndarray]:
+def _stored_local_descriptors(image_ids: set[int], identity: IndexIdentity, backbone: Backbone,
+                              query_map: np.ndarray) -> dict[int, np.ndarray]:
+    """The stored maps of these images that have the query's shape (``query_map``: positions x
+    channels). A site upgraded without a reindex still searches under its older descriptor
+    version, whose maps had another shape: those candidates keep their cosine alone."""
     rows = (Embedding.objects.of(identity).filter(image_id__in=list(image_ids))
             .exclude(local_features=b"").values_list("image_id", "local_features"))
+    size = query_map.size * np.dtype(np.float16).itemsize
     return {image_id: rerank.local_descriptors(local_features_array(data, channels=backbone.local_width),
                                                signed=backbone.signed)
-            for image_id, data in rows}
+            for image_id, data in rows if len(data) == size}
 
 
 def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilters = SearchFilters(),
@@ -164,7 +168,7 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
             best[image_id] = max(score, best.get(image_id, -1.0))
         merged.append(sorted(best.items(), key=lambda pair: pair[1], reverse=True))
     heads = {image_id for row in merged for image_id, _ in row[:rerank.RERANK_CANDIDATES]}
-    local_of = _stored_local_descriptors(heads, reader.identity, embedder.backbone)
+    local_of = _stored_local_descriptors(heads, reader.identity, embedder.backbone, described.local[0])
     ranked = []
     for i, row in enumerate(merged):
         views = [rerank.local_descriptors(described.local[j], signed=embedder.backbone.signed) for j in (i, count + i)]

@@ -1,0 +1,28 @@
+"""Search by picture: candidates from the index, re-ranked by their stored feature maps."""
+import io
+
+from PIL import Image as PILImage
+
+from search.models import Embedding
+from search.selectors import similar_to_pictures
+from tests import images
+from tests.conftest import store_indexed
+
+
+def test_a_candidate_whose_stored_map_has_another_shape_keeps_its_cosine(db, clean_index):
+    query_bytes = images.jpeg(1)
+    query = store_indexed(query_bytes, "query.jpg")
+    others = [store_indexed(images.jpeg(seed), f"other-{seed}.jpg") for seed in (2, 3)]
+    vector_of = {e.image_id: e.as_array() for e in Embedding.objects.all()}
+    closer, farther = sorted(others, key=lambda image: -float(vector_of[image.pk] @ vector_of[query.pk]))
+    query_map = Embedding.objects.get(image=query).local_features
+    # As an earlier recipe could have left it: a map with one position more, which read with
+    # today's width would hold every position of the query's own map.
+    Embedding.objects.filter(image=farther).update(local_features=bytes(query_map) + bytes(112 * 2))
+    Embedding.objects.filter(image=closer).update(local_features=b"")
+
+    [results] = similar_to_pictures([PILImage.open(io.BytesIO(query_bytes))], k=3)
+
+    # Read as if it fitted, the odd map would have matched the query everywhere and put the
+    # farther image second.
+    assert [r.image.pk for r in results] == [query.pk, closer.pk, farther.pk]
