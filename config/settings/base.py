@@ -175,6 +175,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 
 def celery_queues(default_queue: str) -> tuple[str, tuple[Queue, Queue], dict[str, dict[str, str]]]:
@@ -190,7 +191,6 @@ def celery_queues(default_queue: str) -> tuple[str, tuple[Queue, Queue], dict[st
 
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 LOOKALIKE_INDEX_QUEUE, CELERY_TASK_QUEUES, CELERY_TASK_ROUTES = celery_queues(CELERY_TASK_DEFAULT_QUEUE)
-CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # The product.
 LOOKALIKE_BACKBONE = env_str("LOOKALIKE_BACKBONE", "efficientnet_lite0")
