@@ -61,8 +61,14 @@ def import_gallery(env: dict[str, str], images: Path, data_dir: Path) -> None:
                               env=env, capture_output=True, text=True)
         print(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:])
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(60)
+        # SIGTERM to the main process alone: a pool process stopped by a signal of its own may
+        # hold the pool's queue lock, and the main process then waits for it forever.
+        os.kill(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
     marker.touch()
 
 

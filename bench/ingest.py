@@ -115,8 +115,10 @@ def import_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs:
                         f"--jobs={jobs}"], env=env, cwd=ROOT, check=True, capture_output=True)
         return count / (time.perf_counter() - started)
     finally:
+        # SIGTERM to each main process alone: a pool process stopped by a signal of its own may
+        # hold the pool's queue lock, and the main process then waits for it forever.
         for process in processes:
-            os.killpg(process.pid, signal.SIGTERM)
+            os.kill(process.pid, signal.SIGTERM)
         for process in processes:
             try:
                 process.wait(30)
