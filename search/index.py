@@ -45,7 +45,7 @@ class IndexMismatch(ValueError):
 class HnswParams:
     m: int = 16
     ef_construction: int = 200
-    ef_search: int = 128
+    ef_search: int = 256
 
 
 class HnswIndex:

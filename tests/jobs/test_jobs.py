@@ -126,6 +126,6 @@ class TestJobAdmin:
             store_indexed(images.jpeg(i), f"{i}.jpg")
         search_services.index_sync()
         page = admin_client.get(reverse("admin:jobs_job_health")).content.decode()
-        for text in ("Vectors in the index", "efficientnet_lite0", "M=16, ef_construction=200, ef_search=128",
+        for text in ("Vectors in the index", "efficientnet_lite0", "M=16, ef_construction=200, ef_search=256",
                      "top-1 is itself for 100.0%, recall@10 1.000 against exact search (3 sampled)"):
             assert text in page

@@ -22,7 +22,7 @@ def test_it_reports_counts_lag_parameters_recall_and_latency(db, clean_index):
     health = index_health(sample=5)
     assert (health.vectors_in_database, health.vectors_in_index, health.deleted_not_purged) == (6, 5, 0)
     assert health.changes_behind == 1 and health.behind_since is not None
-    assert (health.m, health.ef_construction, health.ef_search, health.dim) == (16, 200, 128, 640)
+    assert (health.m, health.ef_construction, health.ef_search, health.dim) == (16, 200, 256, 640)
     assert (health.recall.sample, health.recall.top1_self, health.recall.recall_at_10) == (5, 1.0, 1.0)
     assert health.latency_queries >= 4 and 0 < health.latency_p50_ms <= health.latency_p99_ms
     assert health.last_snapshot_at is not None and health.snapshot_problem == ""
