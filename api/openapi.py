@@ -101,7 +101,9 @@ _SCHEMAS: dict[str, Any] = {
             "id": {"type": "integer"},
             "original_name": {"type": "string"},
             "score": {"type": "number", "description": "Cosine similarity of the two pictures' descriptors: "
-                      "1 for the same picture."},
+                      "1 for the same picture. A search with a picture ranks its best candidates by this "
+                      "score and by how many parts of the two pictures match, so a result may have a lower "
+                      "score than the next one."},
             "verdict": {"type": "string", "enum": ["same_file", "edited_copy", "similar"],
                         "description": "`same_file`: identical content; `edited_copy`: a score above the threshold "
                         "calibrated for copies; `similar`: anything else."},
