@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT.parent / "shared" / "bench"
 sys.path.insert(0, str(BENCH))
 from attacks import attack  # noqa: E402
+from workers import stop_workers  # noqa: E402
 
 IMPOSTOR_RATE = 0.01
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -61,14 +61,7 @@ def import_gallery(env: dict[str, str], images: Path, data_dir: Path) -> None:
                               env=env, capture_output=True, text=True)
         print(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:])
     finally:
-        # SIGTERM to the main process alone: a pool process stopped by a signal of its own may
-        # hold the pool's queue lock, and the main process then waits for it forever.
-        os.kill(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_workers([worker], timeout=60)
     marker.touch()
 
 

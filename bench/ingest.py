@@ -32,7 +32,6 @@ import io
 import multiprocessing
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from workers import stop_workers  # noqa: E402
+
 from search.embedding import Embedder, get_backbone  # noqa: E402
 
 PYTHON = sys.executable
@@ -115,15 +116,7 @@ def import_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs:
                         f"--jobs={jobs}"], env=env, cwd=ROOT, check=True, capture_output=True)
         return count / (time.perf_counter() - started)
     finally:
-        # SIGTERM to each main process alone: a pool process stopped by a signal of its own may
-        # hold the pool's queue lock, and the main process then waits for it forever.
-        for process in processes:
-            os.kill(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        stop_workers(processes, timeout=30)
 
 
 def large_jpegs(files: list[Path], count: int, folder: Path) -> None:
