@@ -189,9 +189,9 @@ def resolve_device(name: str) -> torch.device:
 class Descriptors:
     """What the embedder makes of a batch of images.
 
-    ``vectors``: one L2-normalised float32 vector per image, for the index. ``local``: the
-    feature map the vector was pooled from, positions x channels in float16, kept with the
-    vector so that the best candidates of a search can be compared position by position.
+    ``vectors``: one L2-normalised float32 vector per image, for the index. ``local``: a
+    feature map (``Backbone.local_depth`` says which), positions x channels in float16, kept
+    with the vector so that the best candidates of a search can be compared position by position.
     """
 
     vectors: np.ndarray
@@ -233,13 +233,11 @@ class Embedder:
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         trunk = fold_batch_norms(backbone.load_trunk(weights_dir).eval())
         self.trunk = trunk.to(self.device, self.dtype).to(memory_format=torch.channels_last)
-        # The trunk in two parts when the re-ranking map comes from inside it.
+        # The trunk in two parts: up to the map kept for re-ranking, and the rest.
         depth = backbone.local_depth
-        if depth is None:
-            self._stages = [self.trunk]
-        else:
-            stages = cast(nn.Sequential, self.trunk)
-            self._stages = [stages[:depth], stages[depth:]]
+        blocks = cast(nn.Sequential, self.trunk)
+        self._to_local_map: nn.Module = self.trunk if depth is None else blocks[:depth]
+        self._after_local_map: nn.Module = nn.Identity() if depth is None else blocks[depth:]
         self._mean = torch.tensor(backbone.mean, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(backbone.std, device=self.device).view(1, 3, 1, 1) * 255
 
@@ -302,8 +300,8 @@ class Embedder:
         """Descriptors of a batch of prepared uint8 pixels, batch x height x width x 3, on any device."""
         x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         x = ((x - self._mean) / self._std).to(self.dtype).contiguous(memory_format=torch.channels_last)
-        local_map = self._stages[0](x)
-        features = (self._stages[1](local_map) if len(self._stages) > 1 else local_map).float()
+        local_map = self._to_local_map(x)
+        features = self._after_local_map(local_map).float()
         pooled = gem(features, self.recipe.gem_p)
         if self.backbone.signed:
             pooled = torch.cat([pooled, gem(-features, self.recipe.gem_p)], dim=1)
