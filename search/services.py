@@ -243,29 +243,34 @@ class IndexSyncResult:
 _writer_index: dict[Path, tuple[str, HnswIndex]] = {}
 _DEFER_FILE = "deferred-until"
 _APPLY_CHUNK = 5000
+_BUSY_RETRY_SECONDS = 1.0
 
 
-def index_sync(*, verify: bool = False) -> IndexSyncResult:
+def index_sync(*, verify: bool = False, deferred: bool = False) -> IndexSyncResult:
     """Apply the change log to the index and publish a snapshot, if this process may write.
 
     Snapshots are spaced by ``_snapshot_spacing``: readers cover the newest rows meanwhile, so
-    a burst of uploads costs a few snapshots instead of one per image. With ``verify``, a
-    published snapshot whose files do not match their checksums is rebuilt from the database
-    even when no change is waiting.
+    a burst of uploads costs a few snapshots instead of one per image. A run that comes too soon
+    schedules one ``deferred`` run, which every other run then leaves the publishing to. With
+    ``verify``, a published snapshot whose files do not match their checksums is rebuilt from the
+    database even when no change is waiting.
     """
     store = runtime.snapshot_store()
     with store.writer_lock() as is_writer:
         if not is_writer:
+            if deferred:
+                # The writer may have left the changes to this run, seeing it scheduled: try again.
+                return IndexSyncResult("deferred", retry_in=_BUSY_RETRY_SECONDS)
             # The writer re-checks the log after releasing the lock, so nothing is missed.
             return IndexSyncResult("busy")
-        result = _sync_as_writer(store, verify=verify)
+        result = _sync_as_writer(store, verify=verify, deferred=deferred)
     # A change committed while this run held the lock found it busy and gave up: run again.
     if result.status in ("published", "up_to_date") and result.meta and changelog.last_seq() > result.meta.applied_seq:
         queue_index_sync()
     return result
 
 
-def _sync_as_writer(store: SnapshotStore, *, verify: bool) -> IndexSyncResult:
+def _sync_as_writer(store: SnapshotStore, *, verify: bool, deferred: bool) -> IndexSyncResult:
     identity = runtime.index_identity()
     latest = changelog.last_seq()
     meta = _usable_meta(store, identity, latest)
@@ -281,7 +286,8 @@ def _sync_as_writer(store: SnapshotStore, *, verify: bool) -> IndexSyncResult:
         return IndexSyncResult("up_to_date", meta)
     wait = meta.created_at + _snapshot_spacing(meta) - time.time()
     if wait > 0:
-        if _claim_deferred_run(store, wait):
+        # The scheduled run itself may come a little early, or after another publish: it goes on.
+        if _claim_deferred_run(store, wait, scheduled_run=deferred):
             return IndexSyncResult("deferred", meta, retry_in=wait)
         return IndexSyncResult("scheduled", meta)
     (store.root / _DEFER_FILE).unlink(missing_ok=True)
@@ -339,7 +345,7 @@ def _load_writer_index(store: SnapshotStore, meta: SnapshotMeta) -> HnswIndex | 
         return None
 
 
-def _claim_deferred_run(store: SnapshotStore, wait: float) -> bool:
+def _claim_deferred_run(store: SnapshotStore, wait: float, *, scheduled_run: bool) -> bool:
     """True when the caller should schedule a later run; False when one is already scheduled."""
     marker = store.root / _DEFER_FILE
     try:
@@ -347,7 +353,7 @@ def _claim_deferred_run(store: SnapshotStore, wait: float) -> bool:
     except (FileNotFoundError, ValueError):
         scheduled = 0.0
     # A scheduled run that has not come 30 s after its time was lost with its worker.
-    if time.time() < scheduled + 30:
+    if not scheduled_run and time.time() < scheduled + 30:
         return False
     marker.write_text(str(time.time() + wait))
     return True

@@ -12,7 +12,7 @@ def embed_image(self, image_id: int) -> None:
 
 
 @shared_task(name="search.sync_index")
-def sync_index(verify: bool = False) -> None:
-    result = services.index_sync(verify=verify)
+def sync_index(verify: bool = False, deferred: bool = False) -> None:
+    result = services.index_sync(verify=verify, deferred=deferred)
     if result.status == "deferred":
-        sync_index.apply_async(countdown=result.retry_in)
+        sync_index.apply_async(kwargs={"verify": verify, "deferred": True}, countdown=result.retry_in)

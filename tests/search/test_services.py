@@ -181,6 +181,26 @@ class TestIndexSync:
         assert queued == [], "a run that finds one scheduled asks for no other"
         assert snapshot_store.read_meta() == first.meta
 
+    def test_the_scheduled_run_goes_on_when_it_comes_early(self, db, snapshot_store, settings):
+        settings.LOOKALIKE_SNAPSHOT_INTERVAL = 60
+        store_indexed(images.jpeg(1))
+        services.index_sync()
+        store_indexed(images.jpeg(2))
+        assert services.index_sync().status == "deferred"
+        again = services.index_sync(deferred=True)
+        assert again.status == "deferred", "the scheduled run schedules itself again rather than trusting itself"
+        assert 50 < again.retry_in <= 60
+        assert services.index_sync().status == "scheduled"
+
+    def test_the_scheduled_run_tries_again_while_another_process_writes(self, db, snapshot_store):
+        store_indexed(images.jpeg(1))
+        with snapshot_store.writer_lock() as held:
+            assert held
+            busy = services.index_sync(deferred=True)
+        assert busy.status == "deferred"
+        assert 0 < busy.retry_in <= 1
+        assert services.index_sync(deferred=True).status == "published"
+
     def test_a_slow_publish_stretches_the_spacing(self, db, snapshot_store, settings):
         settings.LOOKALIKE_SNAPSHOT_INTERVAL = 0.01
         store_indexed(images.jpeg(1))
