@@ -33,6 +33,7 @@ from torchvision import models
 from torchvision.ops.misc import ConvNormActivation
 
 from search import efficientnet_lite
+from search.allocator import keep_freed_memory
 from search.identity import IndexIdentity
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -225,6 +226,8 @@ class Embedder:
         self.recipe = recipe
         self.batch_size = batch_size
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         # On a GPU, torchvision's decoder keeps up with the model where Pillow on the CPU cannot
         # (docs/benchmarks.md); on the CPU, Pillow's reduced-scale draft decoding is faster.
         self.decodes_jpeg_itself = jpeg_decoder == "torchvision" or (
