@@ -28,7 +28,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from search.embedding import Embedder, get_backbone  # noqa: E402
+from search.backbones import get_backbone  # noqa: E402
+from search.embedding import Embedder  # noqa: E402
 
 
 def timed(label: str, count: int, run) -> float:

@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from workers import stop_workers  # noqa: E402
 
-from search.embedding import Embedder, get_backbone  # noqa: E402
+from search.backbones import get_backbone  # noqa: E402
+from search.embedding import Embedder  # noqa: E402
 
 PYTHON = sys.executable
 

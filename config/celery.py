@@ -2,7 +2,7 @@
 import os
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import celeryd_after_setup
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
@@ -24,12 +24,5 @@ def _prepare_embedded_broker(sender: Celery, **kwargs: object) -> None:
 def _remember_pool_size(sender: str, instance: object, **kwargs: object) -> None:
     from search.runtime import WORKER_PROCESSES_ENV
 
-    # Read by each pool process as it starts (they inherit the environment).
+    # Read by each pool process when it loads the model (they inherit the environment).
     os.environ[WORKER_PROCESSES_ENV] = str(getattr(instance, "concurrency", 1) or 1)
-
-
-@worker_process_init.connect
-def _share_cores_between_worker_processes(**kwargs: object) -> None:
-    from search.runtime import configure_worker_process
-
-    configure_worker_process()

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 from jobs import services
 from jobs.models import Job
 from search import generations
-from search.embedding import BACKBONES
+from search.backbones import BACKBONES
 from search.health import index_health
 from search.reindex import ReindexRefused, reindex_start
 from search.upkeep import upkeep_now

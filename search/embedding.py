@@ -34,139 +34,36 @@ from torchvision.ops.misc import ConvNormActivation
 
 from search import efficientnet_lite
 from search.allocator import keep_freed_memory
+from search.backbones import DEFAULT_RECIPE, Backbone, Recipe, WeightsMissing, descriptor_identity, get_backbone
 from search.identity import IndexIdentity
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# TF-Lite EfficientNets were trained on inputs scaled to [-1, 1].
-UNIT_RANGE_MEAN = (0.5, 0.5, 0.5)
-UNIT_RANGE_STD = (0.5, 0.5, 0.5)
-
-
-class WeightsMissing(RuntimeError):
-    """The backbone's weights are not on disk and cannot be downloaded here."""
 
 
 class WeightsRejected(ValueError):
     """A weights file offered to ``install_weights`` is not the one the backbone needs."""
 
 
-@dataclass(frozen=True)
-class TorchvisionWeights:
-    """A torchvision architecture with its published ImageNet weights, and the part we keep."""
-
-    architecture: Callable[..., nn.Module]
-    weights: models.WeightsEnum
-    trunk_of: Callable[[nn.Module], nn.Module]
-
-    def checkpoint_path(self, weights_dir: Path) -> Path:
-        return weights_dir / os.path.basename(self.weights.url)
-
-    def load_trunk(self, name: str, weights_dir: Path) -> nn.Module:
-        checkpoint = self.checkpoint_path(weights_dir)
-        if not checkpoint.exists():
-            raise WeightsMissing(
-                f"The {name} weights are not installed (looked for {checkpoint}). This machine cannot "
-                f"download them: fetch {self.weights.url} elsewhere, then run "
-                f"`python manage.py install_weights {name} PATH/TO/{checkpoint.name}`."
-            )
-        model = self.architecture(weights=None)
-        # torchvision's own loader, which finds the file in its cache directory.
-        model.load_state_dict(self.weights.get_state_dict(model_dir=str(weights_dir), progress=False))
-        return self.trunk_of(model)
-
-
-@dataclass(frozen=True)
-class Backbone:
-    name: str
-    channels: int
-    weights_tag: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    # None for a backbone whose weights ship with the application.
-    torchvision: TorchvisionWeights | None = None
-    # Pool the negative part too: for a feature map without a ReLU, it carries half the signal.
-    signed: bool = False
-    # The feature map that search.rerank compares position by position: the output of the
-    # trunk's first ``local_depth`` modules, ``local_stride`` input pixels per position and
-    # ``local_channels`` deep; None: the last map, the one the vector is pooled from.
-    local_depth: int | None = None
-    local_stride: int = 32
-    local_channels: int | None = None
-
-    @property
-    def dim(self) -> int:
-        return self.channels * (2 if self.signed else 1)
-
-    @property
-    def local_width(self) -> int:
-        return self.local_channels or self.channels
-
-    @property
-    def local_tag(self) -> str:
-        return f"@{self.local_depth}" if self.local_depth is not None else ""
-
-    def load_trunk(self, weights_dir: Path) -> nn.Module:
-        if self.torchvision is None:
-            return efficientnet_lite.efficientnet_lite0().features[:-1]
-        return self.torchvision.load_trunk(self.name, weights_dir)
-
-
-def _resnet_trunk(model: nn.Module) -> nn.Module:
-    return nn.Sequential(*list(model.children())[:-2])
-
-
-def _features_trunk(model: nn.Module) -> nn.Module:
-    return cast(nn.Module, model.features)
-
-
-BACKBONES: dict[str, Backbone] = {
-    backbone.name: backbone
-    for backbone in (
-        # Positions of the stride-16 map (14 x 14 at 224 pixels) tell one photo from another of the
-        # same kind of subject much better than the 7 x 7 of the last block (docs/benchmarks.md).
-        Backbone("efficientnet_lite0", efficientnet_lite.LAST_BLOCK_CHANNELS, "lukemelas-57934424:last-block",
-                 UNIT_RANGE_MEAN, UNIT_RANGE_STD, signed=True, local_depth=efficientnet_lite.STRIDE_16_DEPTH,
-                 local_stride=16, local_channels=efficientnet_lite.STRIDE_16_CHANNELS),
-        Backbone("resnet50", 2048, "IMAGENET1K_V2", IMAGENET_MEAN, IMAGENET_STD,
-                 TorchvisionWeights(models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2, _resnet_trunk)),
-        Backbone("efficientnet_b0", 1280, "IMAGENET1K_V1", IMAGENET_MEAN, IMAGENET_STD,
-                 TorchvisionWeights(models.efficientnet_b0, models.EfficientNet_B0_Weights.IMAGENET1K_V1,
-                                    _features_trunk)),
-        Backbone("mobilenet_v3_large", 960, "IMAGENET1K_V2", IMAGENET_MEAN, IMAGENET_STD,
-                 TorchvisionWeights(models.mobilenet_v3_large, models.MobileNet_V3_Large_Weights.IMAGENET1K_V2,
-                                    _features_trunk)),
-    )
+_TRUNKS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "children": lambda model: nn.Sequential(*list(model.children())[:-2]),
+    "features": lambda model: cast(nn.Module, model.features),
 }
 
 
-def get_backbone(name: str) -> Backbone:
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(sorted(BACKBONES))}.") from None
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How an image becomes a descriptor. Changing any field changes ``Embedder.version``."""
-
-    input_size: int = 224
-    gem_p: float = 3.0
-
-    @property
-    def tag(self) -> str:
-        # "+local": every vector is stored with its feature map for re-ranking (search.rerank);
-        # vectors stored without one are embedded again.
-        return f"square{self.input_size}-gem{self.gem_p:g}+local"
-
-
-DEFAULT_RECIPE = Recipe()
-
-
-def descriptor_identity(backbone: Backbone, recipe: Recipe = DEFAULT_RECIPE) -> IndexIdentity:
-    """What an ``Embedder`` with these settings produces, known without loading the model."""
-    return IndexIdentity(backbone.name, f"{backbone.weights_tag}+{recipe.tag}{backbone.local_tag}", backbone.dim)
+def load_trunk(backbone: Backbone, weights_dir: Path) -> nn.Module:
+    """The backbone's convolutional trunk with its pretrained weights."""
+    tv = backbone.torchvision
+    if tv is None:
+        return efficientnet_lite.efficientnet_lite0().features[:-1]
+    checkpoint = tv.checkpoint_path(weights_dir)
+    if not checkpoint.exists():
+        raise WeightsMissing(
+            f"The {backbone.name} weights are not installed (looked for {checkpoint}). This machine cannot "
+            f"download them: fetch {tv.url} elsewhere, then run "
+            f"`python manage.py install_weights {backbone.name} PATH/TO/{checkpoint.name}`."
+        )
+    model = getattr(models, tv.architecture)(weights=None)
+    # torchvision's own loader, which finds the file in its cache directory.
+    model.load_state_dict(models.get_weight(tv.weights).get_state_dict(model_dir=str(weights_dir), progress=False))
+    return _TRUNKS[tv.trunk](model)
 
 
 def gem(features: torch.Tensor, p: float) -> torch.Tensor:
@@ -234,7 +131,7 @@ class Embedder:
             jpeg_decoder == "auto" and self.device.type == "cuda")
         # bfloat16 on a GPU halves memory traffic; on this kind of CPU it is slower than float32.
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        trunk = fold_batch_norms(backbone.load_trunk(weights_dir).eval())
+        trunk = fold_batch_norms(load_trunk(backbone, weights_dir).eval())
         self.trunk = trunk.to(self.device, self.dtype).to(memory_format=torch.channels_last)
         # The trunk in two parts: up to the map kept for re-ranking, and the rest.
         depth = backbone.local_depth
@@ -333,11 +230,12 @@ def install_weights(name: str, source: Path, weights_dir: Path, *, ignore_checks
     if expected and not digest.startswith(expected.group(1)) and not ignore_checksum:
         raise WeightsRejected(
             f"{source} is not {target.name}: its SHA-256 starts with {digest[:len(expected.group(1))]}, "
-            f"not {expected.group(1)}. Download {tv.weights.url} again, or pass --ignore-checksum to "
+            f"not {expected.group(1)}. Download {tv.url} again, or pass --ignore-checksum to "
             "install a re-saved copy of the same weights."
         )
     try:
-        tv.architecture(weights=None).load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+        model = getattr(models, tv.architecture)(weights=None)
+        model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise WeightsRejected(f"{source} does not hold {name} weights: {exc}") from exc
     weights_dir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from search.embedding import descriptor_identity, get_backbone
+from search.backbones import descriptor_identity, get_backbone
 from search.identity import IndexIdentity
 from search.index import HnswParams, SnapshotStore
 

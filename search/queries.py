@@ -24,7 +24,7 @@ from gallery.imaging import ImageRejected, decode_image, open_for_embedding
 from gallery.models import Image
 from gallery.services import read_limited
 from search import runtime, selectors, verdicts
-from search.embedding import WeightsMissing
+from search.backbones import WeightsMissing
 from search.fetch import FetchLimits, FetchRefused, fetch_url
 from search.selectors import SearchFilters
 

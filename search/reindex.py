@@ -34,7 +34,7 @@ from jobs import services as job_services
 from jobs.models import Job
 from jobs.services import JobRun, JobStopped
 from search import changelog, generations, runtime
-from search.embedding import get_backbone
+from search.backbones import get_backbone
 from search.generations import Generation
 from search.index import HnswIndex, SnapshotCorrupt, SnapshotStore
 from search.models import Embedding, IndexChange

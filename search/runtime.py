@@ -7,16 +7,19 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from django.conf import settings
 
 from search import generations
+from search.backbones import get_backbone
 from search.changelog import DatabaseChangeSource
-from search.embedding import Embedder, get_backbone
 from search.identity import IndexIdentity
 from search.index import HnswParams, SnapshotStore
 from search.reader import IndexReader
+
+if TYPE_CHECKING:
+    from search.embedding import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,15 @@ def embedder() -> Embedder:
 
 @functools.cache
 def embedder_for(backbone: str) -> Embedder:
+    # torch is imported here, by the processes that embed, and by no other.
+    import torch
+
+    from search.embedding import Embedder
+
+    if processes := int(os.environ.get(WORKER_PROCESSES_ENV) or 0):
+        # A worker's processes share the cores: torch's default of one thread per core in
+        # every process oversubscribes the machine as soon as there are two processes.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
     return Embedder(get_backbone(backbone), weights_dir=weights_dir(),
                     device=settings.LOOKALIKE_DEVICE, batch_size=settings.LOOKALIKE_EMBED_BATCH_SIZE,
                     jpeg_decoder=settings.LOOKALIKE_JPEG_DECODER)
@@ -82,10 +94,3 @@ def drop_index_reader() -> None:
     whose database was replaced under it, as between tests."""
     with _reader_lock:
         _reader.clear()
-
-
-def configure_worker_process() -> None:
-    """Give each worker process its share of the cores: torch's default of one thread per core
-    in every process oversubscribes the machine as soon as there are two processes."""
-    processes = int(os.environ.get(WORKER_PROCESSES_ENV) or 1)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))

@@ -13,7 +13,7 @@ from PIL.Image import Image as PILImage
 
 from gallery.models import Image
 from search import changelog, generations, latency, rerank, runtime
-from search.embedding import Backbone
+from search.backbones import Backbone
 from search.identity import IndexIdentity
 from search.index import exact_search
 from search.models import Embedding, local_features_array

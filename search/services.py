@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from django.conf import settings
@@ -22,11 +22,14 @@ from django.utils import timezone
 from gallery.imaging import open_for_embedding
 from gallery.models import Image
 from search import changelog, runtime
-from search.embedding import Descriptors, Embedder, WeightsMissing
+from search.backbones import WeightsMissing
 from search.identity import IndexIdentity
 from search.index import HnswIndex, SnapshotCorrupt, SnapshotMeta, SnapshotStore
 from search.models import Embedding, IndexChange
 from search.reader import resolve_changes
+
+if TYPE_CHECKING:
+    from search.embedding import Descriptors, Embedder
 
 log = logging.getLogger(__name__)
 

@@ -8,16 +8,14 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import models
 
+from search.backbones import BACKBONES, WeightsMissing, descriptor_identity, get_backbone
 from search.embedding import (
-    BACKBONES,
     Embedder,
-    WeightsMissing,
     WeightsRejected,
-    descriptor_identity,
     fold_batch_norms,
     gem,
-    get_backbone,
     install_weights,
+    load_trunk,
     resolve_device,
 )
 from tests import images
@@ -195,7 +193,7 @@ def test_an_unknown_jpeg_decoder_is_refused_with_the_choices(tmp_path):
 
 
 def test_folding_the_batch_norms_keeps_the_output_and_leaves_none():
-    trunk = get_backbone("efficientnet_lite0").load_trunk(Path("unused")).eval()
+    trunk = load_trunk(get_backbone("efficientnet_lite0"), Path("unused")).eval()
     pixels = torch.rand(2, 3, 224, 224) * 2 - 1
     with torch.inference_mode():
         before = trunk(pixels)

@@ -9,7 +9,7 @@ from gallery.services import image_delete
 from jobs import services as job_services
 from jobs.models import Job
 from search import generations, reindex, runtime, selectors, services
-from search.embedding import get_backbone
+from search.backbones import get_backbone
 from search.models import Embedding
 from tests import images
 from tests.conftest import store, store_indexed

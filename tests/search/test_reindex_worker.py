@@ -12,7 +12,7 @@ from gallery.models import Image
 from jobs import services as job_services
 from jobs.models import Job
 from search import generations, reindex, runtime, selectors, services
-from search.embedding import get_backbone
+from search.backbones import get_backbone
 from search.models import Embedding
 from tests import images
 from tests.conftest import store, wait_for

@@ -4,7 +4,8 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from search import runtime
-from search.embedding import BACKBONES, WeightsRejected, install_weights
+from search.backbones import BACKBONES
+from search.embedding import WeightsRejected, install_weights
 
 
 class Command(BaseCommand):

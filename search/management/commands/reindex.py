@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from jobs.management.commands.wait_job import wait_and_report
 from jobs.models import Job
-from search.embedding import BACKBONES
+from search.backbones import BACKBONES
 from search.reindex import DEFAULT_BATCH_SIZE, ReindexRefused, reindex_start
 
 
