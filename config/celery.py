@@ -3,6 +3,7 @@ import os
 
 from celery import Celery
 from celery.signals import celeryd_after_setup
+from celery.worker import WorkController
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
@@ -21,8 +22,15 @@ def _prepare_embedded_broker(sender: Celery, **kwargs: object) -> None:
 
 
 @celeryd_after_setup.connect
-def _remember_pool_size(sender: str, instance: object, **kwargs: object) -> None:
+def _prepare_pool_processes(sender: str, instance: WorkController, **kwargs: object) -> None:
+    from django.conf import settings
+
     from search.runtime import WORKER_PROCESSES_ENV
 
     # Read by each pool process when it loads the model (they inherit the environment).
     os.environ[WORKER_PROCESSES_ENV] = str(getattr(instance, "concurrency", 1) or 1)
+    if settings.CELERY_TASK_DEFAULT_QUEUE in instance.app.amqp.queues.consume_from:
+        # A worker that embeds imports torch once, before it forks: its pool processes then share
+        # those pages and none spends seconds importing it on its first task. Only the import:
+        # a process that has run torch's thread pools cannot safely fork.
+        import search.embedding  # noqa: F401

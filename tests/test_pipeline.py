@@ -130,6 +130,10 @@ def test_the_worker_uses_the_broker_this_run_is_configured_for(worker):
     assert connection.vendor == ("postgresql" if os.environ.get("DATABASE_URL") else "sqlite")
 
 
+def loads_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def test_an_embedding_worker_never_runs_the_index_writer_and_the_index_writer_publishes(worker, tmp_path):
     from django.conf import settings
 
@@ -153,6 +157,9 @@ def test_an_embedding_worker_never_runs_the_index_writer_and_the_index_writer_pu
                         60, message="the index writer to publish")
         assert meta.count == 1
         assert "Task search.sync_index[" in writer.log() and "Task search.embed_image[" not in writer.log()
+        # The writer never loads torch; the embedding worker loads it once, before its pool forks.
+        assert not loads_torch(writer.process.pid)
+        assert loads_torch(worker.process.pid)
     finally:
         writer.stop()
         worker.stop()
