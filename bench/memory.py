@@ -44,6 +44,7 @@ from PIL import Image
 role, index_dir, images = sys.argv[1], Path(sys.argv[2]), sorted(Path(sys.argv[3]).rglob("*.jpg"))[:8]
 pictures = [Image.open(p).convert("RGB") for p in images]
 if role in ("web", "worker"):
+    from search.backbones import get_backbone
     from search.embedding import Embedder
     embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."))
     described = embedder.describe(pictures)
