@@ -153,12 +153,16 @@ LOGGING = {
 REDIS_URL = env_optional("REDIS_URL")
 CELERY_BROKER_URL = env_optional("CELERY_BROKER_URL") or REDIS_URL or "filesystem://localhost//"
 BROKER_DIR = VAR_DIR / "broker"
+EMBEDDED_BROKER = CELERY_BROKER_URL.startswith("filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {"data_folder_in": str(BROKER_DIR / "queue"), "data_folder_out": str(BROKER_DIR / "queue"),
      "control_folder": str(BROKER_DIR / "control"), "polling_interval": 0.05}
-    if CELERY_BROKER_URL.startswith("filesystem://")
+    if EMBEDDED_BROKER
     else {"visibility_timeout": 3600}
 )
+if EMBEDDED_BROKER:
+    # kombu's filesystem transport, writing each message whole before renaming it into the queue.
+    CELERY_BROKER_TRANSPORT = "config.broker:Transport"
 # The cache holds the rate-limit counters, which every web process must share: Redis when it is
 # configured, otherwise files under VAR_DIR, which all processes on one machine see.
 CACHES = {
