@@ -112,17 +112,24 @@ class Worker:
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0
 
     def start(self, *options: str, **env: str) -> None:
         """Start the worker, with both queues unless ``options`` name others; ``env`` sets environment
         variables (settings) for this run of it only."""
         log = self.log_path.open("ab")
+        self._log_start = log.tell()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO", "--concurrency=2",
              "--without-gossip", "--without-mingle", "--without-heartbeat", *options],
             cwd=PROJECT_ROOT, env={**process_env(), **env}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Return once this start of the worker consumes its queues."""
+        wait_for(lambda: " ready." in self.log_path.read_text(errors="replace")[self._log_start:], timeout,
+                 message=f"the worker logging to {self.log_path.name} to be ready")
 
     def busiest_pool_process(self, over: float = 0.5) -> int:
         """The pool process (a child of the worker's main process) that used the most CPU during the

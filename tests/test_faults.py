@@ -189,6 +189,7 @@ print(json.dumps({"searches": searches, "failures": failures, "errors": errors[:
 def test_workers_embed_at_once_while_other_processes_search(worker, tmp_path):
     second = Worker(tmp_path / "second-worker.log")
     second.start()
+    second.wait_ready()
     stop = tmp_path / "stop"
     searchers = [subprocess.Popen([sys.executable, "-c", SEARCHER, str(stop)], cwd=PROJECT_ROOT, env=process_env(),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
