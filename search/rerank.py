@@ -5,23 +5,31 @@ a border or a caption shifts it, and two photos of the same kind of subject get 
 Each image's finer feature map (for the default backbone 14 x 14 positions of 112 channels,
 16 pixels apart in the 224-pixel input) is stored with its vector. For the best candidates,
 positions of the query and of the candidate that are each other's nearest neighbour, and
-similar enough, count as matches: the same picture shares many such positions even after
-edits, another photo of the same subject few. The final score is the cosine of the global
-vectors plus a small bonus per match; it was tuned on the copy-detection benchmark
-(docs/benchmarks.md).
+similar enough, count as matches, and a match counts again when it is coherent: a neighbouring
+position of the query is matched too, to a position near its own in the candidate. An edited
+copy keeps the layout of its original, so its matches come in patches; another photo of the
+same kind of subject shares a few scattered positions. The final score is the cosine of the
+global vectors plus a small bonus per match and per coherent match; it was tuned on the
+copy-detection benchmark (docs/benchmarks.md).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 # How many of the best candidates (by global cosine) are compared position by position.
-RERANK_CANDIDATES = 60
+RERANK_CANDIDATES = 100
 # Cosine two positions must exceed to count as a match.
 MATCH_THRESHOLD = 0.6
-# Score added per match: 196 positions at most, so up to about 0.4 for a perfect match.
-MATCH_WEIGHT = 0.002
+# Score added per match, and again per coherent match: 196 positions at most, so up to about
+# 0.8 for a perfect match.
+MATCH_WEIGHT = 0.001
+COHERENT_MATCH_WEIGHT = 0.003
+# How far apart (in positions, either axis) two neighbouring query positions' matches may lie in
+# the candidate for both to be coherent: a crop or a border rescales, a rotation turns.
+COHERENT_REACH = 2
 
 
 class LocalFeaturesMismatch(ValueError):
@@ -43,22 +51,46 @@ def local_descriptors(feature_map: np.ndarray, *, signed: bool) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def mutual_matches(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Per candidate, positions it shares with the query: each other's nearest, above the threshold.
+def mutual_matches(query: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate, the positions it shares with the query (each other's nearest, above the
+    threshold), and how many of those are coherent.
 
     ``query`` is positions x width, ``candidates`` candidates x positions x width, both unit
-    descriptors. One matrix product for all candidates: many small ones are slow.
+    descriptors of square maps of the same size. One matrix product for all candidates: many
+    small ones are slow.
     """
     if candidates.ndim != 3 or query.shape[-1] != candidates.shape[-1]:
         raise LocalFeaturesMismatch(f"feature maps of shapes {query.shape} and {candidates.shape} cannot be compared")
     count, positions = candidates.shape[:2]
     if not len(query) or not positions:
-        return np.zeros(count, dtype=np.int64)
+        return np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+    side = math.isqrt(positions)
+    if side * side != positions or len(query) != positions:
+        raise LocalFeaturesMismatch(f"feature maps of {len(query)} and {positions} positions are not one square grid")
     similarity = (query @ candidates.reshape(count * positions, -1).T).reshape(len(query), count, positions)
     nearest = similarity.argmax(axis=2)  # query position -> candidate position, per candidate
     back = similarity.argmax(axis=0)  # candidate position -> query position, per candidate
     mutual = np.take_along_axis(back, nearest.T, axis=1) == np.arange(len(query))
-    return np.count_nonzero(mutual & (similarity.max(axis=2).T > MATCH_THRESHOLD), axis=1)
+    matched = mutual & (similarity.max(axis=2).T > MATCH_THRESHOLD)
+    coherent = _coherent(matched.reshape(count, side, side), nearest.T.reshape(count, side, side), side)
+    return np.count_nonzero(matched, axis=1), np.count_nonzero(coherent, axis=(1, 2))
+
+
+def _coherent(matched: np.ndarray, target: np.ndarray, side: int) -> np.ndarray:
+    """Matched query positions (candidates x rows x columns) with a matched neighbour whose
+    candidate position (``target``) lies within ``COHERENT_REACH`` of their own."""
+    rows, columns = np.divmod(target, side)
+    coherent = np.zeros_like(matched)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == dx == 0:
+                continue
+            # Compare each position (y, x) with its neighbour (y + dy, x + dx), where both exist.
+            here = (slice(None), slice(max(-dy, 0), side - max(dy, 0)), slice(max(-dx, 0), side - max(dx, 0)))
+            there = (slice(None), slice(max(dy, 0), side - max(-dy, 0)), slice(max(dx, 0), side - max(-dx, 0)))
+            near = np.maximum(abs(rows[here] - rows[there]), abs(columns[here] - columns[there])) <= COHERENT_REACH
+            coherent[here] |= matched[there] & near
+    return coherent & matched
 
 
 def rerank(candidates: Sequence[tuple[int, float]], *, query_views: Sequence[np.ndarray],
@@ -74,6 +106,8 @@ def rerank(candidates: Sequence[tuple[int, float]], *, query_views: Sequence[np.
     bonus: dict[int, float] = {}
     if compared and query_views:
         stacked = np.stack([local_of[image_id] for image_id in compared])
-        matches = np.max([mutual_matches(view, stacked) for view in query_views], axis=0)
-        bonus = {image_id: MATCH_WEIGHT * int(n) for image_id, n in zip(compared, matches, strict=True)}
+        per_view = [mutual_matches(view, stacked) for view in query_views]
+        best = np.max([MATCH_WEIGHT * matches + COHERENT_MATCH_WEIGHT * coherent for matches, coherent in per_view],
+                      axis=0)
+        bonus = dict(zip(compared, best.tolist(), strict=True))
     return sorted(candidates, key=lambda pair: pair[1] + bonus.get(pair[0], 0.0), reverse=True)
