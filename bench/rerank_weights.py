@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Re-ranking weights on the copy-detection queries, scored exactly from cached descriptors.
+
+It describes the gallery as the site stores it (each image decoded, re-encoded as the display
+copy, JPEG quality 88, and embedded from that at reduced scale) and the edited queries of
+../shared/bench/copy_detection.py (the same seeds draw the same images and edits; each query
+with its mirror image, as a search by picture does), once, into ``--cache``. Then for every
+setting of ``--candidates``, ``--match-weight`` and ``--coherent-weight`` it searches exactly
+(the better cosine of query and mirror), re-ranks the best candidates with search.rerank, and
+prints recall@1, recall@10 and category precision@10 per seed. No Django, no database.
+
+    .venv/bin/python bench/rerank_weights.py [--seeds 1 2 3] [--candidates 60 100]
+                                             [--match-weight 0.001] [--coherent-weight 0.003]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from gallery.imaging import decode_image, encode_jpeg  # noqa: E402
+from search import rerank  # noqa: E402
+from search.backbones import get_backbone  # noqa: E402
+
+DISPLAY_QUALITY = 88
+UNLIMITED_PIXELS = 10**9
+
+
+def describe_all(bench: Path, seeds: list[int], queries: int, cache: Path) -> None:
+    from search.embedding import Embedder
+
+    sys.path.insert(0, str(bench))
+    from attacks import attack
+
+    embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."), batch_size=16)
+    files = sorted(p for p in (bench / "images").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    started = time.perf_counter()
+    vectors, maps = [], []
+    for start in range(0, len(files), 32):
+        pictures = []
+        for path in files[start:start + 32]:
+            display = encode_jpeg(decode_image(path.read_bytes(), max_pixels=UNLIMITED_PIXELS).image,
+                                  max_side=1600, quality=DISPLAY_QUALITY)
+            picture = Image.open(io.BytesIO(display), formats=["JPEG"])
+            picture.draft("RGB", (224, 224))
+            pictures.append(picture.convert("RGB"))
+        described = embedder.describe(pictures)
+        vectors.append(described.vectors)
+        maps.append(described.local)
+    arrays = {"names": np.array([p.name for p in files]), "categories": np.array([p.parent.name for p in files]),
+              "vectors": np.concatenate(vectors), "maps": np.concatenate(maps)}
+    for seed in seeds:
+        rng = random.Random(seed)
+        picked = rng.sample(files, min(queries, len(files)))
+        parts: dict[str, list[np.ndarray]] = {"vectors": [], "maps": [], "mirror_vectors": [], "mirror_maps": []}
+        for start in range(0, len(picked), 16):
+            pictures = []
+            for source in picked[start:start + 16]:
+                edited, _ = attack(Image.open(source), rng)
+                buffer = io.BytesIO()
+                edited.save(buffer, "PNG")
+                pictures.append(decode_image(buffer.getvalue(), max_pixels=UNLIMITED_PIXELS).image)
+            described = embedder.describe([*pictures, *(ImageOps.mirror(p) for p in pictures)])
+            count = len(pictures)
+            parts["vectors"].append(described.vectors[:count])
+            parts["maps"].append(described.local[:count])
+            parts["mirror_vectors"].append(described.vectors[count:])
+            parts["mirror_maps"].append(described.local[count:])
+        arrays |= {f"seed{seed}_{key}": np.concatenate(value) for key, value in parts.items()}
+        arrays[f"seed{seed}_truth"] = np.array([p.name for p in picked])
+    np.savez(cache, **arrays)
+    print(f"described {len(files)} gallery images and {len(seeds)} x {queries} queries in "
+          f"{time.perf_counter() - started:.0f} s into {cache}")
+
+
+def score(data: dict[str, np.ndarray], seed: int, candidates: int) -> tuple[float, float, float]:
+    names, categories = data["names"], data["categories"]
+    # Identical files in the gallery (identical descriptors) are the same original.
+    first_of = {}
+    for index, vector in enumerate(data["vectors"]):
+        first_of.setdefault(vector.tobytes(), index)
+    original = np.array([first_of[v.tobytes()] for v in data["vectors"]])
+    index_of = {name: i for i, name in enumerate(names)}
+    gallery_maps = np.stack([rerank.local_descriptors(m, signed=True) for m in data["maps"]])
+    cosines = np.maximum(data[f"seed{seed}_vectors"] @ data["vectors"].T,
+                         data[f"seed{seed}_mirror_vectors"] @ data["vectors"].T)
+    hits1 = hits10 = 0
+    precision = 0.0
+    for row, truth in enumerate(data[f"seed{seed}_truth"]):
+        top = np.argsort(-cosines[row])[:max(candidates, 10)]
+        views = [rerank.local_descriptors(data[f"seed{seed}_{key}"][row], signed=True)
+                 for key in ("maps", "mirror_maps")]
+        head = rerank.rerank([(int(j), float(cosines[row, j])) for j in top[:candidates]], query_views=views,
+                             local_of={int(j): gallery_maps[j] for j in top[:candidates]})
+        ranked = [j for j, _ in head] + [int(j) for j in top[candidates:]]
+        wanted = original[index_of[truth]]
+        found = [original[j] == wanted for j in ranked[:10]]
+        hits1 += found[0]
+        hits10 += any(found)
+        precision += np.mean([categories[j] == categories[index_of[truth]] for j in ranked[:10]])
+    count = len(data[f"seed{seed}_truth"])
+    return hits1 / count, hits10 / count, precision / count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench", default=str(ROOT.parent / "shared" / "bench"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--queries", type=int, default=600)
+    parser.add_argument("--cache", default="/tmp/lookalike-rerank-descriptors.npz",
+                        help="descriptors are read from here when it exists (made with the same --seeds and "
+                             "--queries), else made and written here")
+    parser.add_argument("--candidates", type=int, nargs="+", default=[rerank.RERANK_CANDIDATES])
+    parser.add_argument("--match-weight", type=float, nargs="+", default=[rerank.MATCH_WEIGHT])
+    parser.add_argument("--coherent-weight", type=float, nargs="+", default=[rerank.COHERENT_MATCH_WEIGHT])
+    args = parser.parse_args()
+    cache = Path(args.cache)
+    if not cache.exists():
+        describe_all(Path(args.bench), args.seeds, args.queries, cache)
+    data = dict(np.load(cache))
+    print(f"{'candidates':>10} {'match':>6} {'coherent':>8} " + " ".join(f"{'seed ' + str(s):>20}" for s in args.seeds)
+          + f" {'mean r@1':>9} {'mean r@10':>9} {'mean p@10':>9}")
+    for candidates, match, coherent in itertools.product(args.candidates, args.match_weight, args.coherent_weight):
+        rerank.MATCH_WEIGHT, rerank.COHERENT_MATCH_WEIGHT = match, coherent
+        results = [score(data, seed, candidates) for seed in args.seeds]
+        cells = " ".join(f"{r1:.3f} {r10:.3f} {p10:.3f}" for r1, r10, p10 in results)
+        means = np.mean(results, axis=0)
+        print(f"{candidates:>10} {match:>6g} {coherent:>8g} {cells} {means[0]:>9.3f} {means[1]:>9.3f} "
+              f"{means[2]:>9.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
