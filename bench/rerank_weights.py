@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from gallery.imaging import decode_image, encode_jpeg  # noqa: E402
+from gallery.imaging import DISPLAY_MAX_SIDE, decode_image, encode_jpeg  # noqa: E402
 from search import rerank  # noqa: E402
 from search.backbones import get_backbone  # noqa: E402
 
@@ -49,7 +49,7 @@ def describe_all(bench: Path, seeds: list[int], queries: int, cache: Path) -> No
         pictures = []
         for path in files[start:start + 32]:
             display = encode_jpeg(decode_image(path.read_bytes(), max_pixels=UNLIMITED_PIXELS).image,
-                                  max_side=1600, quality=DISPLAY_QUALITY)
+                                  max_side=DISPLAY_MAX_SIDE, quality=DISPLAY_QUALITY)
             picture = Image.open(io.BytesIO(display), formats=["JPEG"])
             picture.draft("RGB", (224, 224))
             pictures.append(picture.convert("RGB"))
@@ -82,15 +82,19 @@ def describe_all(bench: Path, seeds: list[int], queries: int, cache: Path) -> No
           f"{time.perf_counter() - started:.0f} s into {cache}")
 
 
-def score(data: dict[str, np.ndarray], seed: int, candidates: int) -> tuple[float, float, float]:
-    names, categories = data["names"], data["categories"]
+def with_gallery_lookups(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The cached arrays, plus what every setting's scoring reads of the gallery."""
     # Identical files in the gallery (identical descriptors) are the same original.
-    first_of = {}
+    first_of: dict[bytes, int] = {}
     for index, vector in enumerate(data["vectors"]):
         first_of.setdefault(vector.tobytes(), index)
-    original = np.array([first_of[v.tobytes()] for v in data["vectors"]])
-    index_of = {name: i for i, name in enumerate(names)}
-    gallery_maps = np.stack([rerank.local_descriptors(m, signed=True) for m in data["maps"]])
+    return data | {"original": np.array([first_of[v.tobytes()] for v in data["vectors"]]),
+                   "unit_maps": np.stack([rerank.local_descriptors(m, signed=True) for m in data["maps"]])}
+
+
+def score(data: dict[str, np.ndarray], seed: int, candidates: int) -> tuple[float, float, float]:
+    categories, original, gallery_maps = data["categories"], data["original"], data["unit_maps"]
+    index_of = {name: i for i, name in enumerate(data["names"])}
     cosines = np.maximum(data[f"seed{seed}_vectors"] @ data["vectors"].T,
                          data[f"seed{seed}_mirror_vectors"] @ data["vectors"].T)
     hits1 = hits10 = 0
@@ -126,7 +130,7 @@ def main() -> None:
     cache = Path(args.cache)
     if not cache.exists():
         describe_all(Path(args.bench), args.seeds, args.queries, cache)
-    data = dict(np.load(cache))
+    data = with_gallery_lookups(dict(np.load(cache)))
     print(f"{'candidates':>10} {'match':>6} {'coherent':>8} " + " ".join(f"{'seed ' + str(s):>20}" for s in args.seeds)
           + f" {'mean r@1':>9} {'mean r@10':>9} {'mean p@10':>9}")
     for candidates, match, coherent in itertools.product(args.candidates, args.match_weight, args.coherent_weight):

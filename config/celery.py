@@ -16,7 +16,7 @@ app.autodiscover_tasks()
 def _prepare_embedded_broker(sender: Celery, **kwargs: object) -> None:
     from django.conf import settings
 
-    if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+    if settings.EMBEDDED_BROKER:
         for folder in ("queue", "control"):
             (settings.BROKER_DIR / folder).mkdir(parents=True, exist_ok=True)
 

@@ -2,7 +2,7 @@
 
 A forward pass allocates and frees tens of megabytes of activations per layer. By default glibc
 hands each such block back to the operating system and maps fresh pages for the next, so every
-batch page-faults its whole working set anew: the CPU forward pass ran 1.7 to 2 times slower
+batch page-faults its whole working set anew: the CPU forward pass ran 1.5 to 2 times slower
 that way (docs/benchmarks.md). The cost is that the process keeps its peak working set resident.
 """
 from __future__ import annotations
