@@ -2,7 +2,9 @@
 import multiprocessing
 import queue
 
+import pytest
 from kombu import Connection
+from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 
 from config import broker
@@ -53,3 +55,12 @@ def test_a_worker_takes_only_whole_messages_while_others_write(tmp_path):
     assert len(taken) == producers * each
     assert sorted(taken) == sorted(list(range(each)) * producers)
     assert not list(tmp_path.glob(".*.partial")), "no half-written file is left behind"
+
+
+def test_a_message_that_cannot_be_written_is_refused_clearly_and_leaves_nothing_behind(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    options = {"data_folder_in": str(missing), "data_folder_out": str(missing)}
+    with Connection("filesystem://", transport=TRANSPORT, transport_options=options) as connection:
+        with pytest.raises(ChannelError, match="Cannot add file"):
+            connection.default_channel._put("busy", {"n": 1})
+    assert not missing.exists()
