@@ -82,7 +82,7 @@ def images(request: HttpRequest) -> JsonResponse:
         raise too_many_files_error()
     if not files:
         raise ApiError(400, "missing_image", 'Send one or more files in the multipart form field "image".')
-    results = [gallery_services.image_upload(source=f, original_name=f.name, owner=request.user) for f in files]
+    results = gallery_services.images_upload(uploads=[(f.name, f) for f in files], owner=request.user)
     stored = any(result.status != "refused" for result in results)
     status = 202 if stored else REFUSAL_STATUS.get(results[0].code, 400)
     return JsonResponse({"results": [_upload_result(result, request.user) for result in results]}, status=status)

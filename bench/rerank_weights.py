@@ -27,11 +27,10 @@ from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from gallery.imaging import DISPLAY_MAX_SIDE, decode_image, encode_jpeg  # noqa: E402
+from gallery.imaging import DISPLAY_MAX_SIDE, DISPLAY_QUALITY, decode_image, encode_jpeg  # noqa: E402
 from search import rerank  # noqa: E402
 from search.backbones import get_backbone  # noqa: E402
 
-DISPLAY_QUALITY = 88
 UNLIMITED_PIXELS = 10**9
 
 

@@ -19,6 +19,8 @@ ACCEPTED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "GIF": "GIF", 
 ACCEPTED_LABEL = ", ".join(ACCEPTED_FORMATS.values())
 DISPLAY_MAX_SIDE = 1600
 THUMBNAIL_MAX_SIDE = 400
+DISPLAY_QUALITY = 88
+THUMBNAIL_QUALITY = 82
 # Only the first frame is ever decoded, but the original is kept and other software may decode
 # every frame of it; no real animation comes near this many frames.
 MAX_FRAMES = 1000

@@ -1,5 +1,5 @@
 """Writes of the gallery: storing uploads and deleting images. The web upload, the API and
-``import_images`` all go through ``image_upload``, so they validate and de-duplicate alike."""
+``import_images`` all go through ``images_upload``, so they validate and de-duplicate alike."""
 from __future__ import annotations
 
 import hashlib
@@ -7,9 +7,9 @@ import logging
 import os
 import unicodedata
 import uuid
-from collections.abc import Collection
-from dataclasses import dataclass
-from typing import BinaryIO
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -19,7 +19,16 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Sum
 from django.template.defaultfilters import filesizeformat
 
-from gallery.imaging import DISPLAY_MAX_SIDE, THUMBNAIL_MAX_SIDE, ImageRejected, decode_image, encode_jpeg
+from gallery.imaging import (
+    DISPLAY_MAX_SIDE,
+    DISPLAY_QUALITY,
+    THUMBNAIL_MAX_SIDE,
+    THUMBNAIL_QUALITY,
+    DecodedImage,
+    ImageRejected,
+    decode_image,
+    encode_jpeg,
+)
 from gallery.models import Image, Tag
 from search import changelog
 from search.models import IndexChange
@@ -58,7 +67,15 @@ def clean_original_name(name: str) -> str:
     return printable or "unnamed"
 
 
-def read_limited(source: BinaryIO, limit: int) -> bytes:
+class Readable(Protocol):
+    """An uploaded file, or anything else whose contents can be read, and read again from the start."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def seek(self, offset: int, /) -> int: ...
+
+
+def read_limited(source: Readable, limit: int) -> bytes:
     """Read a whole upload, refusing it as soon as it is over ``limit`` bytes."""
     data = source.read(limit + 1)
     if len(data) > limit:
@@ -66,66 +83,170 @@ def read_limited(source: BinaryIO, limit: int) -> bytes:
     return data
 
 
-def _check_quota(owner: AbstractBaseUser | None, size: int) -> None:
-    """Refuse a file that would take its owner past the upload quota (0 means no limit)."""
-    max_images, max_bytes = settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES, settings.LOOKALIKE_UPLOAD_QUOTA_BYTES
-    if owner is None or not owner.is_authenticated or not (max_images or max_bytes):
-        return
-    used = Image.objects.filter(owner=owner).aggregate(images=Count("id"), bytes=Sum("byte_size"))
-    if max_images and used["images"] >= max_images:
-        raise ImageRejected("quota_exceeded", f"You have reached your quota of {max_images} images; "
-                                              "delete some to upload more.")
-    used_bytes = used["bytes"] or 0
-    if max_bytes and used_bytes + size > max_bytes:
-        raise ImageRejected("quota_exceeded",
-                            f"This file ({filesizeformat(size)}) would take you past your quota of "
-                            f"{filesizeformat(max_bytes)}; you have used {filesizeformat(used_bytes)}.")
+class _Quota:
+    """What an owner may still upload: counted once for a batch of files, then spent file by file."""
+
+    def __init__(self, owner: AbstractBaseUser | None) -> None:
+        self.max_images = settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES
+        self.max_bytes = settings.LOOKALIKE_UPLOAD_QUOTA_BYTES
+        self.applies = owner is not None and owner.is_authenticated and bool(self.max_images or self.max_bytes)
+        self.images = self.bytes = 0
+        if self.applies:
+            used = Image.objects.filter(owner=owner).aggregate(images=Count("id"), bytes=Sum("byte_size"))
+            self.images, self.bytes = used["images"], used["bytes"] or 0
+
+    def check(self, size: int) -> None:
+        """Refuse a file that would take its owner past the quota (0 means no limit)."""
+        if not self.applies:
+            return
+        if self.max_images and self.images >= self.max_images:
+            raise ImageRejected("quota_exceeded", f"You have reached your quota of {self.max_images} images; "
+                                                  "delete some to upload more.")
+        if self.max_bytes and self.bytes + size > self.max_bytes:
+            raise ImageRejected("quota_exceeded",
+                                f"This file ({filesizeformat(size)}) would take you past your quota of "
+                                f"{filesizeformat(self.max_bytes)}; you have used {filesizeformat(self.bytes)}.")
+
+    def spend(self, size: int) -> None:
+        self.images += 1
+        self.bytes += size
 
 
-def image_upload(*, source: BinaryIO, original_name: str, owner: AbstractBaseUser | None) -> UploadResult:
+@dataclass
+class _Accepted:
+    """A file that passed every check, on its way into the gallery: what its row will say."""
+    position: int  # in the batch of uploads
+    name: str
+    digest: str
+    format: str
+    width: int
+    height: int
+    byte_size: int
+    written: list[str] = field(default_factory=list)  # its files in storage, so far
+
+
+def image_upload(*, source: Readable, original_name: str, owner: AbstractBaseUser | None) -> UploadResult:
     """Validate, store and queue one uploaded file. Nothing is stored for a refused file."""
-    name = clean_original_name(original_name)
-    try:
-        data = read_limited(source, settings.LOOKALIKE_MAX_UPLOAD_BYTES)
-        digest = hashlib.sha256(data).hexdigest()
-        existing = Image.objects.filter(sha256=digest).first()
-        if existing:
-            return UploadResult.duplicate(name, existing)
-        _check_quota(owner, len(data))
-        decoded = decode_image(data, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS)
-    except ImageRejected as rejection:
-        return UploadResult.refused(name, rejection)
+    return images_upload(uploads=[(original_name, source)], owner=owner)[0]
 
+
+def images_upload(*, uploads: Sequence[tuple[str, Readable]], owner: AbstractBaseUser | None) -> list[UploadResult]:
+    """Validate, store and queue uploaded files, given as (name, contents): one result each, in order.
+
+    Nothing is stored for a refused file, and a file met twice is stored once. One query finds
+    the files already stored, and the accepted ones are stored in one transaction, so that a
+    large import costs a few round trips per batch rather than per file. Each file is read
+    twice (to find the duplicates, then to store it) so that only one is held in memory at a time.
+    """
+    results: dict[int, UploadResult] = {}
+    digests: dict[int, str] = {}
+    for position, (original_name, source) in enumerate(uploads):
+        try:
+            digests[position] = hashlib.sha256(_read(source)).hexdigest()
+        except ImageRejected as rejection:
+            results[position] = UploadResult.refused(clean_original_name(original_name), rejection)
+    stored = Image.objects.in_bulk(list(set(digests.values())), field_name="sha256")
+    quota = _Quota(owner)
+    first_of: dict[str, int] = {}
+    accepted: list[_Accepted] = []
+    try:
+        for position, digest in digests.items():
+            original_name, source = uploads[position]
+            name = clean_original_name(original_name)
+            if digest in stored:
+                results[position] = UploadResult.duplicate(name, stored[digest])
+            elif digest not in first_of:
+                first_of[digest] = position
+                try:
+                    data = _read(source, again=True)
+                    if hashlib.sha256(data).hexdigest() != digest:
+                        raise ImageRejected("unreadable", "The file changed while it was being read.")
+                    quota.check(len(data))
+                    decoded = decode_image(data, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS)
+                except ImageRejected as rejection:
+                    results[position] = UploadResult.refused(name, rejection)
+                    continue
+                quota.spend(len(data))
+                item = _Accepted(position, name, digest, decoded.format, decoded.width, decoded.height, len(data))
+                accepted.append(item)
+                _write_files(item, data, decoded)
+        results |= _store(accepted, owner)
+    except BaseException:
+        for item in accepted:
+            _delete_files(item.written)
+        raise
+    for position, digest in digests.items():
+        if position not in results:
+            first = results[first_of[digest]]
+            if first.image is None:  # the first copy was refused: so is this one
+                results[position] = replace(first, original_name=clean_original_name(uploads[position][0]))
+            else:
+                results[position] = UploadResult.duplicate(clean_original_name(uploads[position][0]), first.image)
+    return [results[position] for position in range(len(uploads))]
+
+
+def _read(source: Readable, *, again: bool = False) -> bytes:
+    try:
+        if again:
+            source.seek(0)
+        return read_limited(source, settings.LOOKALIKE_MAX_UPLOAD_BYTES)
+    except OSError as exc:
+        raise ImageRejected("unreadable", f"The file cannot be read: {exc.strerror or exc}.") from None
+
+
+def _write_files(item: _Accepted, data: bytes, decoded: DecodedImage) -> None:
+    """The original as sent, and the display copy and thumbnail re-encoded from its pixels."""
     stem = uuid.uuid4().hex
     folder = f"{stem[:2]}/{stem[2:4]}"
-    written: list[str] = []
-    try:
-        for kind, payload, ext in (
-            ("originals", data, _EXTENSIONS[decoded.format]),
-            ("display", encode_jpeg(decoded.image, max_side=DISPLAY_MAX_SIDE, quality=88), ".jpg"),
-            ("thumbs", encode_jpeg(decoded.image, max_side=THUMBNAIL_MAX_SIDE, quality=82), ".jpg"),
-        ):
-            written.append(default_storage.save(f"{kind}/{folder}/{stem}{ext}", ContentFile(payload)))
-        with transaction.atomic():
-            image = Image.objects.create(
-                owner=owner if owner is not None and owner.is_authenticated else None,
-                original_name=name, sha256=digest, format=decoded.format, width=decoded.width,
-                height=decoded.height, byte_size=len(data), original=written[0], display=written[1],
-                thumbnail=written[2],
-                # With moderation on, it waits hidden until a staff member approves it.
-                hidden=settings.LOOKALIKE_MODERATION, awaiting_approval=settings.LOOKALIKE_MODERATION,
-            )
-            queue_embedding(image.pk)
-    except IntegrityError:
-        _delete_files(written)
-        winner = Image.objects.filter(sha256=digest).first()
-        if winner is None:
-            raise
-        return UploadResult.duplicate(name, winner)
-    except BaseException:
-        _delete_files(written)
-        raise
-    return UploadResult(name, "accepted", image=image)
+    for kind, payload, ext in (
+        ("originals", data, _EXTENSIONS[decoded.format]),
+        ("display", encode_jpeg(decoded.image, max_side=DISPLAY_MAX_SIDE, quality=DISPLAY_QUALITY), ".jpg"),
+        ("thumbs", encode_jpeg(decoded.image, max_side=THUMBNAIL_MAX_SIDE, quality=THUMBNAIL_QUALITY), ".jpg"),
+    ):
+        item.written.append(default_storage.save(f"{kind}/{folder}/{stem}{ext}", ContentFile(payload)))
+
+
+def _store(items: list[_Accepted], owner: AbstractBaseUser | None) -> dict[int, UploadResult]:
+    """Insert the rows of accepted uploads whose files are written, and queue them; each one's result.
+
+    A file that another upload stored meanwhile becomes a duplicate of it, and its own copies
+    are deleted.
+    """
+    results: dict[int, UploadResult] = {}
+    while items:
+        try:
+            with transaction.atomic():
+                images = Image.objects.bulk_create([_new_image(item, owner) for item in items])
+                # A worker fills its batch from the queued images, so one message per batch is
+                # enough; one per image would mostly find its image already taken.
+                for image in images[::settings.LOOKALIKE_EMBED_BATCH_SIZE]:
+                    queue_embedding(image.pk)
+        except IntegrityError:
+            winners = Image.objects.in_bulk([item.digest for item in items], field_name="sha256")
+            if not winners:
+                raise
+            for item in items:
+                if item.digest in winners:
+                    _delete_files(item.written)
+                    item.written.clear()
+                    results[item.position] = UploadResult.duplicate(item.name, winners[item.digest])
+            items = [item for item in items if item.digest not in winners]
+            continue
+        for item, image in zip(items, images, strict=True):
+            results[item.position] = UploadResult(item.name, "accepted", image=image)
+        break
+    return results
+
+
+def _new_image(item: _Accepted, owner: AbstractBaseUser | None) -> Image:
+    original, display, thumbnail = item.written
+    return Image(
+        owner=owner if owner is not None and owner.is_authenticated else None, original_name=item.name,
+        sha256=item.digest, format=item.format, width=item.width, height=item.height, byte_size=item.byte_size,
+        original=original, display=display, thumbnail=thumbnail,
+        # With moderation on, it waits hidden until a staff member approves it.
+        hidden=settings.LOOKALIKE_MODERATION, awaiting_approval=settings.LOOKALIKE_MODERATION,
+    )
 
 
 def _delete_files(names: list[str]) -> None:

@@ -94,7 +94,7 @@ def _upload(request: HttpRequest, files: list[UploadedFile]) -> HttpResponse:
         return _upload_error(request, "too_many_files", f"Send at most {limit} files at a time.", 400)
     if not files:
         return _upload_error(request, "no_files", "Choose one or more images to upload.", 400)
-    results = [services.image_upload(source=f, original_name=f.name, owner=request.user) for f in files]
+    results = services.images_upload(uploads=[(f.name, f) for f in files], owner=request.user)
     if _wants_json(request):
         return JsonResponse({"results": [
             {"name": r.original_name, "status": r.status, "code": r.code, "message": r.message,

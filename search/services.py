@@ -89,10 +89,13 @@ def _claim_batch(*, image_id: int, token: str) -> list[Image]:
     claimable = (Q(state=Image.State.QUEUED) | Q(state=Image.State.EMBEDDING, claim_token=token)
                  | Q(state=Image.State.EMBEDDING, claimed_at__lt=expired))
     Image.objects.filter(claimable, id=image_id).update(**claim)
-    room = settings.LOOKALIKE_EMBED_BATCH_SIZE - Image.objects.filter(claim_token=token).count()
-    if room > 0:
+    # Until the batch is full or nothing is left: an import asks once per batch, so a run that
+    # lost its picks to another one at the same moment must look again.
+    while (room := settings.LOOKALIKE_EMBED_BATCH_SIZE - Image.objects.filter(claim_token=token).count()) > 0:
         others = list(Image.objects.filter(state=Image.State.QUEUED, attempts=0).order_by("id")
                       .values_list("id", flat=True)[:room])
+        if not others:
+            break
         Image.objects.filter(id__in=others, state=Image.State.QUEUED).update(**claim)
     return list(Image.objects.filter(claim_token=token, state=Image.State.EMBEDDING).order_by("id"))
 

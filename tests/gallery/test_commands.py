@@ -73,7 +73,7 @@ class TestImportImages:
     def test_a_missing_path_is_refused(self, db, tmp_path):
         status, _, err = run("import_images", str(tmp_path / "nowhere.jpg"))
         assert status == 1
-        assert "nowhere.jpg: cannot be read: No such file or directory" in err
+        assert "nowhere.jpg: The file cannot be read: No such file or directory." in err
 
     def test_an_empty_folder_is_an_error(self, db, tmp_path):
         with pytest.raises(CommandError, match="No files"):

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from gallery.models import Image
-from gallery.services import clean_original_name, image_delete, image_upload
+from gallery.services import clean_original_name, image_delete, image_upload, images_upload
 from search.models import Embedding, IndexChange
 from tests import images
 from tests.conftest import media_files, store, store_indexed
@@ -81,6 +81,93 @@ class TestUpload:
         image = upload(images.jpeg(5), given).image
         assert image.original_name == shown
         assert shown not in image.original.name
+
+
+class _ChangesOnSecondRead(io.BytesIO):
+    """A file whose contents another program replaces between the service's two reads."""
+
+    def __init__(self, first: bytes, second: bytes) -> None:
+        super().__init__(first)
+        self.second = second
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.__init__(self.second, self.second)  # type: ignore[misc]
+        return 0
+
+
+class _FailsOnSecondRead(io.BytesIO):
+    def seek(self, offset: int, whence: int = 0) -> int:
+        raise MemoryError
+
+
+class _StoredMeanwhile(io.BytesIO):
+    """A file that another upload stores between this upload's duplicate check and its insert."""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        store(self.getvalue(), "theirs.jpg")
+        return super().seek(offset, whence)
+
+
+class TestBatchUpload:
+    def upload_all(self, files, owner=None):
+        return images_upload(uploads=[(name, io.BytesIO(data)) for name, data in files], owner=owner)
+
+    def test_it_answers_each_file_in_order_and_stores_a_repeated_file_once(self, db):
+        before = media_files()
+        results = self.upload_all([("a.jpg", images.jpeg(1)), ("bad.jpg", b"hello"), ("b.png", images.png(2)),
+                                   ("a-again.jpg", images.jpeg(1))])
+        assert [(r.original_name, r.status) for r in results] == [
+            ("a.jpg", "accepted"), ("bad.jpg", "refused"), ("b.png", "accepted"), ("a-again.jpg", "duplicate")]
+        assert results[3].image == results[0].image
+        assert f"#{results[0].image.pk}" in results[3].message
+        assert Image.objects.count() == 2
+        assert len(media_files() - before) == 6
+
+    def test_a_repeat_of_a_refused_file_is_refused_alike(self, db):
+        results = self.upload_all([("one.gif", b"GIF89a" + b"\x00" * 5), ("two.gif", b"GIF89a" + b"\x00" * 5)])
+        assert [(r.original_name, r.status, r.code) for r in results] == [
+            ("one.gif", "refused", "damaged"), ("two.gif", "refused", "damaged")]
+        assert results[0].message == results[1].message
+
+    def test_the_workers_are_asked_once_per_batch(self, db, settings, django_capture_on_commit_callbacks):
+        settings.LOOKALIKE_EMBED_BATCH_SIZE = 4
+        with django_capture_on_commit_callbacks() as queued:
+            results = self.upload_all([(f"{i}.jpg", images.jpeg(i)) for i in range(9)])
+        assert all(r.status == "accepted" for r in results)
+        assert len(queued) == 3
+
+    def test_a_failure_midway_leaves_nothing_of_the_batch(self, db):
+        before = media_files()
+        with pytest.raises(MemoryError):
+            images_upload(uploads=[("a.jpg", io.BytesIO(images.jpeg(1))),
+                                   ("b.jpg", _FailsOnSecondRead(images.jpeg(2)))], owner=None)
+        assert not Image.objects.exists()
+        assert media_files() == before
+
+    def test_a_file_that_changes_while_it_is_read_is_refused(self, db):
+        before = media_files()
+        result = image_upload(source=_ChangesOnSecondRead(images.jpeg(1), images.jpeg(2)), original_name="live.jpg",
+                              owner=None)
+        assert (result.status, result.code) == ("refused", "unreadable")
+        assert result.message == "The file changed while it was being read."
+        assert not Image.objects.exists()
+        assert media_files() == before
+
+    def test_a_file_another_upload_stored_meanwhile_becomes_its_duplicate(self, db):
+        before = media_files()
+        results = images_upload(uploads=[("mine.jpg", _StoredMeanwhile(images.jpeg(1))),
+                                         ("other.jpg", io.BytesIO(images.jpeg(2)))], owner=None)
+        theirs = Image.objects.get(original_name="theirs.jpg")
+        assert [(r.status, r.image) for r in results] == [("duplicate", theirs), ("accepted", results[1].image)]
+        assert Image.objects.count() == 2
+        assert len(media_files() - before) == 6
+
+    def test_the_quota_counts_the_files_of_the_same_batch(self, db, user, settings):
+        settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES = 2
+        results = self.upload_all([(f"{i}.jpg", images.jpeg(i)) for i in range(3)], owner=user)
+        assert [(r.status, r.code) for r in results] == [("accepted", ""), ("accepted", ""),
+                                                         ("refused", "quota_exceeded")]
+        assert Image.objects.filter(owner=user).count() == 2
 
 
 class TestDelete:

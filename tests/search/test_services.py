@@ -54,6 +54,15 @@ class TestImageEmbed:
         assert stored[4].pk in outcome.indexed
         assert Image.objects.filter(state=Image.State.QUEUED).count() == 3
 
+    def test_a_run_whose_image_another_run_took_fills_its_batch_from_the_queue(self, db, settings):
+        # An import asks once per batch, so each run must take a whole batch while any is queued.
+        settings.LOOKALIKE_EMBED_BATCH_SIZE = 2
+        stored = [store(images.jpeg(i), f"{i}.jpg") for i in range(5)]
+        Image.objects.filter(pk=stored[0].pk).update(state=Image.State.EMBEDDING, claim_token="other",
+                                                     claimed_at=timezone.now())
+        outcome = services.image_embed(image_id=stored[0].pk, claim_token="run-5")
+        assert sorted(outcome.indexed) == [stored[1].pk, stored[2].pk]
+
     def test_an_unreadable_copy_fails_that_image_only(self, db, settings):
         settings.LOOKALIKE_EMBED_MAX_ATTEMPTS = 1
         broken, fine = store(images.jpeg(1), "broken.jpg"), store(images.jpeg(2), "fine.jpg")

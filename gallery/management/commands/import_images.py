@@ -14,9 +14,11 @@ from django.db import connections
 from tqdm import tqdm
 
 from gallery.models import Image
-from gallery.services import UploadResult, image_upload
+from gallery.services import UploadResult, images_upload
 
 _STATE_QUERY_CHUNK = 2000
+# Files stored in one transaction: few round trips per file, and little lost to a failure midway.
+_FILES_PER_BATCH = 32
 _STALL_HINT_SECONDS = 30
 
 
@@ -30,24 +32,40 @@ def _files(paths: list[str], recursive: bool) -> Iterator[Path]:
             yield path
 
 
-def _store_file(job: tuple[Path, object]) -> UploadResult:
-    path, owner = job
-    try:
-        with path.open("rb") as source:
-            return image_upload(source=source, original_name=path.name, owner=owner)
-    except OSError as exc:
-        return UploadResult(path.name, "refused", code="unreadable", message=f"cannot be read: {exc.strerror}")
+class _FileOnDisk:
+    """A file opened each time the upload reads it, from the start: one that cannot be opened is
+    refused like one that cannot be read, and a batch holds no file open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self, size: int, /) -> bytes:
+        with self.path.open("rb") as source:
+            return source.read(size)
+
+    def seek(self, offset: int, /) -> int:
+        if offset:
+            raise ValueError("A file on disk is only ever read from the start.")
+        return 0
+
+
+def _store_batch(job: tuple[list[Path], object]) -> list[UploadResult]:
+    paths, owner = job
+    return images_upload(uploads=[(path.name, _FileOnDisk(path)) for path in paths], owner=owner)
 
 
 def _store_files(files: list[Path], owner: object, jobs: int) -> Iterator[UploadResult]:
     """Each file's result, in order; with several jobs, stored by that many processes at once."""
+    batches = [(files[start:start + _FILES_PER_BATCH], owner) for start in range(0, len(files), _FILES_PER_BATCH)]
     if jobs == 1:
-        yield from (_store_file((path, owner)) for path in files)
+        for batch in batches:
+            yield from _store_batch(batch)
         return
     # Forked processes must not share this one's database connections; each opens its own.
     connections.close_all()
     with multiprocessing.get_context("fork").Pool(jobs) as pool:
-        yield from pool.imap(_store_file, [(path, owner) for path in files], chunksize=4)
+        for results in pool.imap(_store_batch, batches):
+            yield from results
 
 
 class Command(BaseCommand):
