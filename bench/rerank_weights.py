@@ -2,7 +2,7 @@
 """Re-ranking weights on the copy-detection queries, scored exactly from cached descriptors.
 
 It describes the gallery as the site stores it (each image decoded, re-encoded as the display
-copy, JPEG quality 88, and embedded from that at reduced scale) and the edited queries of
+copy, and embedded from that at reduced scale) and the edited queries of
 ../shared/bench/copy_detection.py (the same seeds draw the same images and edits; each query
 with its mirror image, as a search by picture does), once, into ``--cache``. Then for every
 setting of ``--candidates``, ``--match-weight`` and ``--coherent-weight`` it searches exactly
@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from gallery.imaging import DISPLAY_MAX_SIDE, DISPLAY_QUALITY, decode_image, encode_jpeg  # noqa: E402
+from gallery.imaging import decode_image, served_copies  # noqa: E402
 from search import rerank  # noqa: E402
 from search.backbones import get_backbone  # noqa: E402
 
@@ -47,8 +47,7 @@ def describe_all(bench: Path, seeds: list[int], queries: int, cache: Path) -> No
     for start in range(0, len(files), 32):
         pictures = []
         for path in files[start:start + 32]:
-            display = encode_jpeg(decode_image(path.read_bytes(), max_pixels=UNLIMITED_PIXELS).image,
-                                  max_side=DISPLAY_MAX_SIDE, quality=DISPLAY_QUALITY)
+            display, _ = served_copies(decode_image(path.read_bytes(), max_pixels=UNLIMITED_PIXELS).image)
             picture = Image.open(io.BytesIO(display), formats=["JPEG"])
             picture.draft("RGB", (224, 224))
             pictures.append(picture.convert("RGB"))

@@ -19,16 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Sum
 from django.template.defaultfilters import filesizeformat
 
-from gallery.imaging import (
-    DISPLAY_MAX_SIDE,
-    DISPLAY_QUALITY,
-    THUMBNAIL_MAX_SIDE,
-    THUMBNAIL_QUALITY,
-    DecodedImage,
-    ImageRejected,
-    decode_image,
-    encode_jpeg,
-)
+from gallery.imaging import DecodedImage, ImageRejected, decode_image, served_copies
 from gallery.models import Image, Tag
 from search import changelog
 from search.models import IndexChange
@@ -198,11 +189,9 @@ def _write_files(item: _Accepted, data: bytes, decoded: DecodedImage) -> None:
     """The original as sent, and the display copy and thumbnail re-encoded from its pixels."""
     stem = uuid.uuid4().hex
     folder = f"{stem[:2]}/{stem[2:4]}"
-    for kind, payload, ext in (
-        ("originals", data, _EXTENSIONS[decoded.format]),
-        ("display", encode_jpeg(decoded.image, max_side=DISPLAY_MAX_SIDE, quality=DISPLAY_QUALITY), ".jpg"),
-        ("thumbs", encode_jpeg(decoded.image, max_side=THUMBNAIL_MAX_SIDE, quality=THUMBNAIL_QUALITY), ".jpg"),
-    ):
+    display, thumbnail = served_copies(decoded.image)
+    for kind, payload, ext in (("originals", data, _EXTENSIONS[decoded.format]), ("display", display, ".jpg"),
+                               ("thumbs", thumbnail, ".jpg")):
         item.written.append(default_storage.save(f"{kind}/{folder}/{stem}{ext}", ContentFile(payload)))
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gallery.imaging import ImageRejected, decode_image, encode_jpeg, open_for_embedding
+from gallery.imaging import ImageRejected, decode_image, encode_jpeg, open_for_embedding, served_copies
 from tests import images
 
 LIMIT = 60_000_000
@@ -106,16 +106,30 @@ def test_the_served_copy_has_no_metadata_and_no_trailing_payload():
     exif = Image.Exif()
     exif[0x8825] = {2: (48.0, 51.0, 24.0)}  # a GPS latitude
     data = images.encode(images.picture(1), "JPEG", exif=exif.tobytes()) + b"<script>alert(1)</script>"
-    copy = encode_jpeg(decode_image(data, max_pixels=LIMIT).image, max_side=1600)
-    reopened = Image.open(io.BytesIO(copy))
-    assert not reopened.getexif()
-    assert b"<script>" not in copy
-    assert copy.endswith(b"\xff\xd9")
+    for copy in served_copies(decode_image(data, max_pixels=LIMIT).image):
+        reopened = Image.open(io.BytesIO(copy))
+        assert not reopened.getexif()
+        assert b"<script>" not in copy
+        assert copy.endswith(b"\xff\xd9")
 
 
-def test_the_served_copy_is_no_larger_than_asked():
+def test_a_re_encoded_copy_is_no_larger_than_asked():
     copy = encode_jpeg(images.picture(1, size=(3000, 1000)), max_side=400)
     assert Image.open(io.BytesIO(copy)).size == (400, 133)
+
+
+def test_the_served_copies_of_a_large_photo_keep_its_shape_and_look_as_lanczos_would():
+    picture = images.picture(1, size=(3000, 2000))
+    display, thumbnail = (Image.open(io.BytesIO(copy)) for copy in served_copies(picture))
+    assert (display.size, thumbnail.size) == ((1600, 1067), (400, 267))
+    lanczos = Image.open(io.BytesIO(encode_jpeg(picture, max_side=1600, quality=88)))
+    error = np.mean((np.asarray(display, dtype=float) - np.asarray(lanczos, dtype=float)) ** 2)
+    assert 10 * np.log10(255**2 / error) > 40
+
+
+def test_a_small_picture_is_served_at_its_own_size():
+    display, thumbnail = served_copies(images.picture(1, size=(320, 240)))
+    assert Image.open(io.BytesIO(display)).size == Image.open(io.BytesIO(thumbnail)).size == (320, 240)
 
 
 def test_a_large_jpeg_is_opened_for_embedding_at_a_reduced_scale(tmp_path):
@@ -137,5 +151,5 @@ def test_a_multi_picture_jpeg_from_a_camera_is_a_jpeg():
 
 def test_the_served_copy_leaves_out_the_jpeg_comment():
     data = images.encode(images.picture(1), "JPEG", comment=b"written by the camera owner")
-    copy = encode_jpeg(decode_image(data, max_pixels=LIMIT).image, max_side=1600)
-    assert b"camera owner" not in copy
+    for copy in served_copies(decode_image(data, max_pixels=LIMIT).image):
+        assert b"camera owner" not in copy
