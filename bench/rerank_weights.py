@@ -2,8 +2,8 @@
 """Re-ranking weights on the copy-detection queries, scored exactly from cached descriptors.
 
 It describes the gallery as the site stores it (each image decoded, re-encoded as the display
-copy, and embedded from that at reduced scale) and the edited queries of
-../shared/bench/copy_detection.py (the same seeds draw the same images and edits; each query
+copy, and embedded from that at reduced scale, as a gallery image: see search.backbones.Recipe)
+and the edited queries of ../shared/bench/copy_detection.py (the same seeds draw the same images and edits; each query
 with its mirror image, as a search by picture does), once, into ``--cache``. Then for every
 setting of ``--candidates``, ``--match-weight`` and ``--coherent-weight`` it searches exactly
 (the better cosine of query and mirror), re-ranks the best candidates with search.rerank, and
@@ -18,6 +18,7 @@ import argparse
 import io
 import itertools
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from gallery.imaging import decode_image, served_copies  # noqa: E402
 from search import rerank  # noqa: E402
-from search.backbones import get_backbone  # noqa: E402
+from search.backbones import descriptor_identity, get_backbone  # noqa: E402
 
 UNLIMITED_PIXELS = 10**9
 
@@ -51,7 +52,7 @@ def describe_all(bench: Path, seeds: list[int], queries: int, cache: Path) -> No
             picture = Image.open(io.BytesIO(display), formats=["JPEG"])
             picture.draft("RGB", (224, 224))
             pictures.append(picture.convert("RGB"))
-        described = embedder.describe(pictures)
+        described = embedder.describe(pictures, gallery=True)
         vectors.append(described.vectors)
         maps.append(described.local)
     arrays = {"names": np.array([p.name for p in files]), "categories": np.array([p.parent.name for p in files]),
@@ -118,7 +119,8 @@ def main() -> None:
     parser.add_argument("--bench", default=str(ROOT.parent / "shared" / "bench"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--queries", type=int, default=600)
-    parser.add_argument("--cache", default="/tmp/lookalike-rerank-descriptors.npz",
+    version = descriptor_identity(get_backbone("efficientnet_lite0")).backbone_version
+    parser.add_argument("--cache", default=f"/tmp/lookalike-rerank-{re.sub(r'[^A-Za-z0-9.-]', '_', version)}.npz",
                         help="descriptors are read from here when it exists (made with the same --seeds and "
                              "--queries), else made and written here")
     parser.add_argument("--candidates", type=int, nargs="+", default=[rerank.RERANK_CANDIDATES])

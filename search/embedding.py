@@ -158,17 +158,19 @@ class Embedder:
         # would throw away the borders that an edited copy may still share with the original.
         return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0))
 
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.describe(images).vectors
+    def embed(self, images: Sequence[Image.Image], *, gallery: bool = False) -> np.ndarray:
+        return self.describe(images, gallery=gallery).vectors
 
-    def describe(self, images: Sequence[Image.Image]) -> Descriptors:
-        return self.describe_prepared([self.prepare(image) for image in images])
+    def describe(self, images: Sequence[Image.Image], *, gallery: bool = False) -> Descriptors:
+        """Descriptors of queries, or with ``gallery`` of images to index (see ``Recipe``)."""
+        return self.describe_prepared([self.prepare(image) for image in images], gallery=gallery)
 
-    def describe_prepared(self, arrays: Sequence[np.ndarray]) -> Descriptors:
-        return self._joined([self.describe_pixels(torch.from_numpy(np.stack(arrays[i:i + self.batch_size])))
+    def describe_prepared(self, arrays: Sequence[np.ndarray], *, gallery: bool = False) -> Descriptors:
+        return self._joined([self.describe_pixels(torch.from_numpy(np.stack(arrays[i:i + self.batch_size])),
+                                                  gallery=gallery)
                              for i in range(0, len(arrays), self.batch_size)])
 
-    def describe_jpegs(self, blobs: Sequence[bytes]) -> Descriptors:
+    def describe_jpegs(self, blobs: Sequence[bytes], *, gallery: bool = False) -> Descriptors:
         """Descriptors of JPEG files, decoded and resized by torchvision on the embedder's device.
 
         Raises ``RuntimeError`` when a file cannot be decoded; ``prepare`` with Pillow then
@@ -185,7 +187,7 @@ class Embedder:
             resized = [F.interpolate(image[None].float(), size=(size, size), mode="bicubic", antialias=True)
                        for image in decoded]
             pixels = torch.cat(resized).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-            parts.append(self.describe_pixels(pixels))
+            parts.append(self.describe_pixels(pixels, gallery=gallery))
         return self._joined(parts)
 
     def _joined(self, parts: list[Descriptors]) -> Descriptors:
@@ -196,18 +198,33 @@ class Embedder:
         return Descriptors(np.concatenate([d.vectors for d in parts]), np.concatenate([d.local for d in parts]))
 
     @torch.inference_mode()
-    def describe_pixels(self, pixels: torch.Tensor) -> Descriptors:
-        """Descriptors of a batch of prepared uint8 pixels, batch x height x width x 3, on any device."""
+    def describe_pixels(self, pixels: torch.Tensor, *, gallery: bool = False) -> Descriptors:
+        """Descriptors of a batch of prepared uint8 pixels, batch x height x width x 3, on any device.
+
+        With ``gallery``, each vector is blended with its small view's (see ``Recipe``).
+        """
         x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        x = ((x - self._mean) / self._std).to(self.dtype).contiguous(memory_format=torch.channels_last)
-        local_map = self._to_local_map(x)
-        features = self._after_local_map(local_map).float()
+        local_map = self._to_local_map(self._normalised(x))
+        vectors = self._pooled(self._after_local_map(local_map))
+        if gallery:
+            side = self.recipe.small_view_size
+            # Shrunk from the prepared pixels, on the device, and rounded as stored pixels would be.
+            small = F.interpolate(x, size=(side, side), mode="bicubic", antialias=True).clamp(0, 255).round()
+            vectors = F.normalize(vectors + self.recipe.small_view_weight * self._pooled(self.trunk(
+                self._normalised(small))), dim=1)
+        local = local_map.flatten(2).transpose(1, 2).to(torch.float16)
+        return Descriptors(vectors.cpu().numpy().astype(np.float32, copy=False), local.cpu().numpy())
+
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self._mean) / self._std).to(self.dtype).contiguous(memory_format=torch.channels_last)
+
+    def _pooled(self, features: torch.Tensor) -> torch.Tensor:
+        """The unit vector GeM-pooled from a feature map (both signs apart, for a signed backbone)."""
+        features = features.float()
         pooled = gem(features, self.recipe.gem_p)
         if self.backbone.signed:
             pooled = torch.cat([pooled, gem(-features, self.recipe.gem_p)], dim=1)
-        local = local_map.flatten(2).transpose(1, 2).to(torch.float16)
-        return Descriptors(F.normalize(pooled, dim=1).cpu().numpy().astype(np.float32, copy=False),
-                           local.cpu().numpy())
+        return F.normalize(pooled, dim=1)
 
 
 _HASH_PREFIX = re.compile(r"-([a-f0-9]+)\.")

@@ -84,7 +84,7 @@ class SearchParams:
 @dataclass(frozen=True)
 class Result:
     image: Image
-    score: float  # cosine similarity: 1.0 for the same picture
+    score: float  # cosine similarity; 1.0 for the same file
     verdict: str  # "same_file", "edited_copy" or "similar"
 
     @property
@@ -276,9 +276,13 @@ def search_run(*, query: Query, user: AbstractBaseUser | AnonymousUser, params: 
         raise QueryError("search_unavailable", str(exc), 503) from None
     threshold = verdicts.edited_copy_threshold(reader.identity)
     same_file = query.sha256 if params.box is None else ""
-    passing = [Result(s.image, s.score, verdicts.verdict(score=s.score, same_file=s.image.sha256 == same_file,
-                                                          threshold=threshold))
-               for s in similar if s.score >= params.min_score]
+    # The same file is the same picture: similarity 1 and first, whatever its vector scored
+    # (a gallery vector also carries its small view, so even the picture itself scores below 1).
+    ranked = sorted(((s.image, 1.0 if s.image.sha256 == same_file else s.score) for s in similar),
+                    key=lambda pair: pair[0].sha256 != same_file)
+    passing = [Result(image, score, verdicts.verdict(score=score, same_file=image.sha256 == same_file,
+                                                     threshold=threshold))
+               for image, score in ranked if score >= params.min_score]
     page = passing[params.offset:params.offset + params.k]
     return SearchOutcome(page, len(passing) > params.offset + params.k, timings.embed * 1000, timings.index * 1000)
 

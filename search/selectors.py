@@ -31,7 +31,7 @@ class SearchUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class SimilarImage:
     image: Image
-    score: float  # cosine similarity, 1.0 for the same picture
+    score: float  # cosine similarity of the query's vector and the image's
 
 
 @dataclass(frozen=True)

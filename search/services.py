@@ -155,7 +155,8 @@ def images_embed_with(*, embedder: Embedder, images: list[Image]) -> tuple[Descr
     if embedder.decodes_jpeg_itself:
         try:
             # The display copies are the site's own JPEGs.
-            described = embedder.describe_jpegs([Path(image.display.path).read_bytes() for image in images])
+            described = embedder.describe_jpegs([Path(image.display.path).read_bytes() for image in images],
+                                                gallery=True)
             return _by_image([image.id for image in images], described), {}
         except (RuntimeError, OSError):
             log.warning("Decoding a batch on %s failed; reading it with Pillow to find the bad file", embedder.device)
@@ -169,7 +170,7 @@ def images_embed_with(*, embedder: Embedder, images: list[Image]) -> tuple[Descr
             failed[image.id] = f"The stored copy of the image could not be read: {exc}"
     if not prepared:
         return {}, failed
-    return _by_image(list(prepared), embedder.describe_prepared(list(prepared.values()))), failed
+    return _by_image(list(prepared), embedder.describe_prepared(list(prepared.values()), gallery=True)), failed
 
 
 def _by_image(image_ids: list[int], described: Descriptors) -> Described:

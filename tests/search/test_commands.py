@@ -37,7 +37,9 @@ class TestSearchImage:
         first = lines[0]["results"][0]
         assert set(first) == {"id", "original_name", "score"}
         assert first["original_name"] == "picture-2.jpg"
-        assert first["score"] > 0.99
+        # The gallery holds the picture's vector blended with its small view's, so the picture
+        # itself comes close to 1 without reaching it.
+        assert 0.97 < first["score"] < 1.0
         assert len(lines[0]["results"]) == 3
 
     def test_a_file_it_cannot_use_gets_an_error_line_and_the_rest_go_on(self, gallery, tmp_path):

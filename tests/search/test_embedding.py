@@ -63,7 +63,30 @@ def test_the_identity_names_backbone_weights_and_recipe(embedder):
     assert identity == embedder.identity
     assert identity.backbone == "efficientnet_lite0"
     assert "57934424" in identity.backbone_version and "gem3" in identity.backbone_version
+    assert "small96x0.5" in identity.backbone_version
     assert identity.dim == 640
+
+
+def test_a_gallery_vector_blends_in_its_small_view_and_a_query_vector_does_not(embedder):
+    pictures = [images.picture(1), Image.open(images.bench_image("cat", 1)).convert("RGB")]
+    gallery = embedder.embed(pictures, gallery=True)
+    query = embedder.embed(pictures)
+    assert np.allclose(np.linalg.norm(gallery, axis=1), 1.0, atol=1e-5)
+    prepared = torch.from_numpy(np.stack([embedder.prepare(p) for p in pictures]))
+    assert np.array_equal(query, embedder.describe_pixels(prepared).vectors)
+    small = torch.nn.functional.interpolate(prepared.permute(0, 3, 1, 2).float(), size=(96, 96), mode="bicubic",
+                                            antialias=True).clamp(0, 255).round().to(torch.uint8)
+    small_vectors = embedder.describe_pixels(small.permute(0, 2, 3, 1)).vectors
+    blended = query + 0.5 * small_vectors
+    assert np.allclose(gallery, blended / np.linalg.norm(blended, axis=1, keepdims=True), atol=1e-5)
+    assert np.all(np.sum(gallery * query, axis=1) < 0.999)
+
+
+def test_a_blurred_copy_is_closer_to_its_original_as_the_gallery_holds_it(embedder):
+    original = Image.open(images.bench_image("cat", 1)).convert("RGB")
+    blurred = original.filter(ImageFilter.GaussianBlur(2.5))
+    query = embedder.embed([blurred])[0]
+    assert query @ embedder.embed([original], gallery=True)[0] > query @ embedder.embed([original])[0]
 
 
 def test_an_unknown_backbone_is_named_with_the_choices():

@@ -58,8 +58,7 @@ class TestSearchByPicture:
         assert response.status_code == 200
         first = results(response)[0]
         assert first.image == gallery[3] and first.verdict == "same_file"
-        # The gallery vector comes from the re-encoded display copy, hence not exactly 1.
-        assert first.score > 0.99
+        assert first.score == 1.0
         body = response.content.decode()
         assert "Same file" in body and "100%" in body
         assert 'src="data:image/jpeg;base64,' in body, "the query is shown back without being stored"
@@ -85,7 +84,8 @@ class TestSearchByPicture:
         mirrored = images.encode(ImageOps.mirror(images.picture(4)), "JPEG", quality=90)
         response = search(client, mirrored)
         assert result_ids(response)[0] == gallery[4].pk
-        assert results(response)[0].score > 0.99
+        # Well below 1: the gallery vector also carries the picture's small view.
+        assert results(response)[0].score > 0.95
 
     def test_it_says_how_long_embedding_and_the_index_took(self, client, gallery):
         timing = server_timing(search(client, images.jpeg(3)))
