@@ -2,8 +2,9 @@
 """How fast the default backbone embeds images, on the CPU or a CUDA GPU. No Django.
 
 It measures, on the same machine in one run:
-  model     the embedder alone on already-resized 224 x 224 pixels (copy to the device,
-            normalisation, forward pass, pooling);
+  model     the embedder alone on already-resized 224 x 224 pixels, as for a gallery image
+            (copy to the device, normalisation, the forward passes of the image and of its small
+            view, pooling);
   pipeline  JPEG bytes in memory -> Pillow decode (reduced-scale draft) -> resize -> embedder,
             decoding in a thread pool (Pillow releases the GIL) while the device computes;
   gpu-jpeg  (CUDA only) JPEG bytes -> torchvision.io.decode_jpeg on the GPU -> resize on the
@@ -70,7 +71,7 @@ def main() -> None:
 
     prepared = [decode_and_prepare(embedder, blob) for blob in blobs[:batch * 4]]
     prepared = (prepared * (len(blobs) // len(prepared) + 1))[: len(blobs)]
-    model_rate = timed("model", len(prepared), lambda: embedder.describe_prepared(prepared))
+    model_rate = timed("model", len(prepared), lambda: embedder.describe_prepared(prepared, gallery=True))
 
     workers = max(1, (os.cpu_count() or 1) - (0 if device == "cpu" else 1))
 
@@ -78,7 +79,7 @@ def main() -> None:
         with ThreadPoolExecutor(workers) as pool:
             for start in range(0, len(blobs), batch):
                 chunk = list(pool.map(lambda b: decode_and_prepare(embedder, b), blobs[start:start + batch]))
-                embedder.describe_prepared(chunk)
+                embedder.describe_prepared(chunk, gallery=True)
 
     pipeline_rate = timed("pipeline", len(blobs), pillow_pipeline)
     print(f"pipeline / model = {pipeline_rate / model_rate:.2f}")
@@ -86,8 +87,8 @@ def main() -> None:
     if device.startswith("cuda"):
         reference = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."), device="cpu")
         sample = prepared[:64]
-        agreement = np.sum(embedder.describe_prepared(sample).vectors * reference.describe_prepared(sample).vectors,
-                           axis=1)
+        agreement = np.sum(embedder.describe_prepared(sample, gallery=True).vectors
+                           * reference.describe_prepared(sample, gallery=True).vectors, axis=1)
         print(f"{embedder.dtype} on the GPU vs float32 on the CPU: cosine min {agreement.min():.4f}, "
               f"mean {agreement.mean():.4f}")
 
@@ -95,7 +96,7 @@ def main() -> None:
                                 batch_size=batch, jpeg_decoder="torchvision")
 
         def gpu_pipeline() -> None:
-            gpu_embedder.describe_jpegs(blobs)
+            gpu_embedder.describe_jpegs(blobs, gallery=True)
 
         gpu_rate = timed("gpu-jpeg", len(blobs), gpu_pipeline)
         print(f"gpu-jpeg / model = {gpu_rate / model_rate:.2f}")

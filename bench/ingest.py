@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """End-to-end import throughput against the bare model, measured side by side in one run.
 
-  model       the embedder's forward pass alone (``describe_prepared``) on already-resized
-              224 x 224 pixels, batch of ``LOOKALIKE_EMBED_BATCH_SIZE``, arranged as the
-              worker is: on the CPU one process per core with one torch thread each, rates
-              summed; on a GPU (``--device cuda``) one process, bfloat16;
+  model       the embedder's forward passes alone (``describe_prepared``) on already-resized
+              224 x 224 pixels, as for a gallery image (with its small view: search.backbones.Recipe),
+              batch of ``LOOKALIKE_EMBED_BATCH_SIZE``, arranged as the worker is: on the CPU one
+              process per core with one torch thread each, rates summed; on a GPU
+              (``--device cuda``) one process, bfloat16;
   store       ``manage.py import_images FOLDER --recursive`` with no worker running: the import
               command's own work (reading, validating, the display copy and thumbnail, the
               database), which shares the machine with the workers during an import;
@@ -58,9 +59,9 @@ def _model_rate_in_one_process(files: list[Path], batch: int, device: str = "cpu
     embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."), batch_size=batch, device=device)
     prepared = [embedder.prepare(Image.open(p)) for p in files]
     # Warm-up: on a GPU every batch shape (the last, shorter one too) costs a first-call set-up.
-    embedder.describe_prepared(prepared if device != "cpu" else prepared[:batch])
+    embedder.describe_prepared(prepared if device != "cpu" else prepared[:batch], gallery=True)
     started = time.perf_counter()
-    embedder.describe_prepared(prepared)
+    embedder.describe_prepared(prepared, gallery=True)
     return len(prepared) / (time.perf_counter() - started)
 
 
