@@ -4,7 +4,9 @@ benchmarked on its own.
 A descriptor is a feature map of the backbone pooled with generalized mean (GeM) pooling and
 L2-normalised: one float32 vector per image whose dot product with another is their cosine
 similarity. ``descriptor_identity`` names the backbone, its weights and the recipe, so that
-vectors made in different ways are never compared with each other.
+vectors made in different ways are never compared with each other. A gallery image's vector,
+the one the index holds, also carries a small view of the image; a query's does not
+(``search.backbones.Recipe``).
 
 For EfficientNet-Lite0 the descriptor is taken before the classification head, from the
 last inverted-residual block: those 320 channels have no activation, so both their positive

@@ -107,7 +107,8 @@ class TestImageEmbed:
         outcome = services.image_embed(image_id=stored[0].pk, claim_token="run-6")
         assert sorted(outcome.indexed) == [image.pk for image in stored]
         pillow = Embedder(runtime.embedder().backbone, weights_dir=runtime.weights_dir())
-        with_pillow = pillow.embed([open_for_embedding(image.display.path, min_side=224) for image in stored])
+        with_pillow = pillow.embed([open_for_embedding(image.display.path, min_side=224) for image in stored],
+                                   gallery=True)
         agreement = [Embedding.objects.get(image=image).as_array() @ expected
                      for image, expected in zip(stored, with_pillow, strict=True)]
         assert min(agreement) > 0.95, agreement
