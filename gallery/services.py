@@ -23,7 +23,7 @@ from gallery.imaging import DecodedImage, ImageRejected, decode_image, served_co
 from gallery.models import Image, Tag
 from search import changelog
 from search.models import IndexChange
-from search.services import queue_embedding, queue_index_sync
+from search.services import queue_embeddings, queue_index_sync
 
 log = logging.getLogger(__name__)
 
@@ -206,10 +206,7 @@ def _store(items: list[_Accepted], owner: AbstractBaseUser | None) -> dict[int, 
         try:
             with transaction.atomic():
                 images = Image.objects.bulk_create([_new_image(item, owner) for item in items])
-                # A worker fills its batch from the queued images, so one message per batch is
-                # enough; one per image would mostly find its image already taken.
-                for image in images[::settings.LOOKALIKE_EMBED_BATCH_SIZE]:
-                    queue_embedding(image.pk)
+                queue_embeddings([image.pk for image in images])
         except IntegrityError:
             winners = Image.objects.in_bulk([item.digest for item in items], field_name="sha256")
             if not winners:
@@ -315,6 +312,6 @@ def images_reembed(*, image_ids: Collection[int]) -> int:
                    .values_list("id", flat=True))
         Image.objects.filter(id__in=ids).exclude(state=Image.State.EMBEDDING).update(
             state=Image.State.QUEUED, error="", attempts=0, retry_after=None)
-        for image_id in ids:
-            queue_embedding(image_id)
+        queue_embeddings(ids)
     return len(ids)
+

@@ -60,6 +60,17 @@ def queue_embedding(image_id: int, *, countdown: float = 0.0) -> None:
     transaction.on_commit(lambda: embed_image.apply_async((image_id,), countdown=countdown or None), robust=True)
 
 
+def queue_embeddings(image_ids: list[int]) -> None:
+    """Ask the workers to embed images just queued, never tried, once the transaction commits.
+
+    A worker's run fills its batch from the queued images, so one message per
+    ``LOOKALIKE_EMBED_BATCH_SIZE`` images is enough; one per image would mostly find its image
+    already taken.
+    """
+    for image_id in image_ids[::settings.LOOKALIKE_EMBED_BATCH_SIZE]:
+        queue_embedding(image_id)
+
+
 @dataclass(frozen=True)
 class EmbedOutcome:
     indexed: list[int] = field(default_factory=list)

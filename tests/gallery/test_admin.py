@@ -121,11 +121,13 @@ class TestBulkActions:
         assert "Name at least one tag" in response.content.decode()
         assert not Tag.objects.exists()
 
-    def test_embed_again_queues_the_images(self, admin_client, gallery, django_capture_on_commit_callbacks):
+    def test_embed_again_queues_the_images_with_a_task_per_batch(self, admin_client, gallery, settings,
+                                                                 django_capture_on_commit_callbacks):
+        settings.LOOKALIKE_EMBED_BATCH_SIZE = 2
         with django_capture_on_commit_callbacks() as sent:
-            act(admin_client, "reembed", gallery[:2])
+            act(admin_client, "reembed", gallery[:3])
         assert len(sent) == 2
-        assert set(Image.objects.filter(pk__in=[g.pk for g in gallery[:2]]).values_list("state", flat=True)) == {
+        assert set(Image.objects.filter(pk__in=[g.pk for g in gallery[:3]]).values_list("state", flat=True)) == {
             Image.State.QUEUED}
 
     def test_retry_queues_failed_images_only(self, admin_client, gallery):
