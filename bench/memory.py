@@ -6,8 +6,8 @@ throw-away data directory), loads what that role loads, does its work once, and 
 resident set (VmRSS) and peak (VmHWM) from /proc:
 
   web      the embedder and an index of ``--vectors`` vectors, then one search by picture;
-  worker   the embedder only, then one batch of images embedded: an embedding worker never
-           loads the index (only the index writer task does);
+  worker   the embedder only, then one batch of images embedded as gallery images (small view
+           included): an embedding worker never loads the index (only the index writer task does);
   writer   the index only, as the index writer task holds it: no model.
 
 The index's vectors are made as in bench/index_scale.py (real gallery descriptors and vectors
@@ -47,7 +47,7 @@ if role in ("web", "worker"):
     from search.backbones import get_backbone
     from search.embedding import Embedder
     embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."))
-    described = embedder.describe(pictures)
+    described = embedder.describe(pictures, gallery=role == "worker")
 if role in ("web", "writer"):
     import hnswlib
     graph = hnswlib.Index(space="ip", dim=640)
