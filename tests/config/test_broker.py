@@ -12,8 +12,13 @@ from config import broker
 TRANSPORT = "config.broker:Transport"
 
 
+def _options(folder: str, **extra: object) -> dict[str, object]:
+    # The control folder too: kombu's default is a "control" folder in the working directory.
+    return {"data_folder_in": folder, "data_folder_out": folder, "control_folder": f"{folder}/control", **extra}
+
+
 def _put(folder: str, count: int) -> None:
-    options = {"data_folder_in": folder, "data_folder_out": folder}
+    options = _options(folder)
     with Connection("filesystem://", transport=TRANSPORT, transport_options=options) as connection:
         sending = connection.SimpleQueue("busy")
         for n in range(count):
@@ -38,7 +43,7 @@ def test_a_worker_takes_only_whole_messages_while_others_write(tmp_path):
     for writer in writers:
         writer.start()
     taken = []
-    options = {"data_folder_in": folder, "data_folder_out": folder, "polling_interval": 0}
+    options = _options(folder, polling_interval=0)
     try:
         with Connection("filesystem://", transport=TRANSPORT, transport_options=options) as connection:
             receiving = connection.SimpleQueue("busy")
@@ -59,7 +64,7 @@ def test_a_worker_takes_only_whole_messages_while_others_write(tmp_path):
 
 def test_a_message_that_cannot_be_written_is_refused_clearly_and_leaves_nothing_behind(tmp_path):
     missing = tmp_path / "no-such-folder"
-    options = {"data_folder_in": str(missing), "data_folder_out": str(missing)}
+    options = _options(str(missing))
     with Connection("filesystem://", transport=TRANSPORT, transport_options=options) as connection:
         with pytest.raises(ChannelError, match="Cannot add file"):
             connection.default_channel._put("busy", {"n": 1})
