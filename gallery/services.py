@@ -129,21 +129,21 @@ def images_upload(*, uploads: Sequence[tuple[str, Readable]], owner: AbstractBas
     large import costs a few round trips per batch rather than per file. Each file is read
     twice (to find the duplicates, then to store it) so that only one is held in memory at a time.
     """
+    names = [clean_original_name(original_name) for original_name, _ in uploads]
     results: dict[int, UploadResult] = {}
     digests: dict[int, str] = {}
-    for position, (original_name, source) in enumerate(uploads):
+    for position, (_, source) in enumerate(uploads):
         try:
             digests[position] = hashlib.sha256(_read(source)).hexdigest()
         except ImageRejected as rejection:
-            results[position] = UploadResult.refused(clean_original_name(original_name), rejection)
+            results[position] = UploadResult.refused(names[position], rejection)
     stored = Image.objects.in_bulk(list(set(digests.values())), field_name="sha256")
     quota = _Quota(owner)
     first_of: dict[str, int] = {}
     accepted: list[_Accepted] = []
     try:
         for position, digest in digests.items():
-            original_name, source = uploads[position]
-            name = clean_original_name(original_name)
+            name, source = names[position], uploads[position][1]
             if digest in stored:
                 results[position] = UploadResult.duplicate(name, stored[digest])
             elif digest not in first_of:
@@ -170,9 +170,9 @@ def images_upload(*, uploads: Sequence[tuple[str, Readable]], owner: AbstractBas
         if position not in results:
             first = results[first_of[digest]]
             if first.image is None:  # the first copy was refused: so is this one
-                results[position] = replace(first, original_name=clean_original_name(uploads[position][0]))
+                results[position] = replace(first, original_name=names[position])
             else:
-                results[position] = UploadResult.duplicate(clean_original_name(uploads[position][0]), first.image)
+                results[position] = UploadResult.duplicate(names[position], first.image)
     return [results[position] for position in range(len(uploads))]
 
 
@@ -220,7 +220,7 @@ def _store(items: list[_Accepted], owner: AbstractBaseUser | None) -> dict[int, 
             continue
         for item, image in zip(items, images, strict=True):
             results[item.position] = UploadResult(item.name, "accepted", image=image)
-        break
+        return results
     return results
 
 
