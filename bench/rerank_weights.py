@@ -4,9 +4,9 @@
 It describes the gallery as the site stores it (each image decoded, re-encoded as the display
 copy, and embedded from that at reduced scale, as a gallery image: see search.backbones.Recipe)
 and the edited queries of ../shared/bench/copy_detection.py (the same seeds draw the same images and edits; each query
-with its mirror image, as a search by picture does), once, into ``--cache``. Then for every
+as the views a search by picture makes: search.query_views), once, into ``--cache``. Then for every
 setting of ``--candidates``, ``--match-weight`` and ``--coherent-weight`` it searches exactly
-(the better cosine of query and mirror), re-ranks the best candidates with search.rerank, and
+(the best cosine of a query's views), re-ranks the best candidates with search.rerank, and
 prints recall@1, recall@10 and category precision@10 per seed. No Django, no database.
 
     .venv/bin/python bench/rerank_weights.py [--seeds 1 2 3] [--candidates 60 100]
@@ -24,13 +24,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from gallery.imaging import decode_image, served_copies  # noqa: E402
 from search import rerank  # noqa: E402
 from search.backbones import descriptor_identity, get_backbone  # noqa: E402
+from search.query_views import search_views  # noqa: E402
 
 UNLIMITED_PIXELS = 10**9
 
@@ -60,20 +61,19 @@ def describe_all(bench: Path, seeds: list[int], queries: int, cache: Path) -> No
     for seed in seeds:
         rng = random.Random(seed)
         picked = rng.sample(files, min(queries, len(files)))
-        parts: dict[str, list[np.ndarray]] = {"vectors": [], "maps": [], "mirror_vectors": [], "mirror_maps": []}
+        parts: dict[str, list[np.ndarray]] = {"vectors": [], "maps": [], "query": []}
         for start in range(0, len(picked), 16):
-            pictures = []
-            for source in picked[start:start + 16]:
+            views = []
+            for row, source in enumerate(picked[start:start + 16], start=start):
                 edited, _ = attack(Image.open(source), rng)
                 buffer = io.BytesIO()
                 edited.save(buffer, "PNG")
-                pictures.append(decode_image(buffer.getvalue(), max_pixels=UNLIMITED_PIXELS).image)
-            described = embedder.describe([*pictures, *(ImageOps.mirror(p) for p in pictures)])
-            count = len(pictures)
-            parts["vectors"].append(described.vectors[:count])
-            parts["maps"].append(described.local[:count])
-            parts["mirror_vectors"].append(described.vectors[count:])
-            parts["mirror_maps"].append(described.local[count:])
+                picture_views = search_views(decode_image(buffer.getvalue(), max_pixels=UNLIMITED_PIXELS).image)
+                views += picture_views
+                parts["query"].append(np.full(len(picture_views), row))
+            described = embedder.describe(views)
+            parts["vectors"].append(described.vectors)
+            parts["maps"].append(described.local)
         arrays |= {f"seed{seed}_{key}": np.concatenate(value) for key, value in parts.items()}
         arrays[f"seed{seed}_truth"] = np.array([p.name for p in picked])
     np.savez(cache, **arrays)
@@ -94,15 +94,16 @@ def with_gallery_lookups(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def score(data: dict[str, np.ndarray], seed: int, candidates: int) -> tuple[float, float, float]:
     categories, original, gallery_maps = data["categories"], data["original"], data["unit_maps"]
     index_of = {name: i for i, name in enumerate(data["names"])}
-    cosines = np.maximum(data[f"seed{seed}_vectors"] @ data["vectors"].T,
-                         data[f"seed{seed}_mirror_vectors"] @ data["vectors"].T)
+    view_query = data[f"seed{seed}_query"]
+    view_cosines = data[f"seed{seed}_vectors"] @ data["vectors"].T
     hits1 = hits10 = 0
     precision = 0.0
     for row, truth in enumerate(data[f"seed{seed}_truth"]):
-        top = np.argsort(-cosines[row])[:max(candidates, 10)]
-        views = [rerank.local_descriptors(data[f"seed{seed}_{key}"][row], signed=True)
-                 for key in ("maps", "mirror_maps")]
-        head = rerank.rerank([(int(j), float(cosines[row, j])) for j in top[:candidates]], query_views=views,
+        of_row = np.flatnonzero(view_query == row)
+        cosines = view_cosines[of_row].max(axis=0)
+        top = np.argsort(-cosines)[:max(candidates, 10)]
+        views = [rerank.local_descriptors(data[f"seed{seed}_maps"][view], signed=True) for view in of_row]
+        head = rerank.rerank([(int(j), float(cosines[j])) for j in top[:candidates]], query_views=views,
                              local_of={int(j): gallery_maps[j] for j in top[:candidates]})
         ranked = [j for j, _ in head] + [int(j) for j in top[candidates:]]
         wanted = original[index_of[truth]]
@@ -120,7 +121,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--queries", type=int, default=600)
     version = descriptor_identity(get_backbone("efficientnet_lite0")).backbone_version
-    parser.add_argument("--cache", default=f"/tmp/lookalike-rerank-{re.sub(r'[^A-Za-z0-9.-]', '_', version)}.npz",
+    parser.add_argument("--cache", default=f"/tmp/lookalike-rerank-views-{re.sub(r'[^A-Za-z0-9.-]', '_', version)}.npz",
                         help="descriptors are read from here when it exists (made with the same --seeds and "
                              "--queries), else made and written here")
     parser.add_argument("--candidates", type=int, nargs="+", default=[rerank.RERANK_CANDIDATES])

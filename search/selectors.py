@@ -1,6 +1,7 @@
 """Reads of the search app: the images most similar to a picture, a vector or a gallery image."""
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -8,7 +9,6 @@ from datetime import date
 
 import numpy as np
 from django.db.models import QuerySet
-from PIL import ImageOps
 from PIL.Image import Image as PILImage
 
 from gallery.models import Image
@@ -17,6 +17,7 @@ from search.backbones import Backbone
 from search.identity import IndexIdentity
 from search.index import exact_search
 from search.models import Embedding, local_features_array
+from search.query_views import search_views
 from search.reader import Hit, IndexReader
 
 # A filter that leaves at most this many images is answered by exact search over their stored
@@ -146,9 +147,9 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
                         ) -> list[list[SimilarImage]]:
     """Search with decoded pictures (see ``gallery.imaging.decode_image``), one result list each.
 
-    Each picture is searched together with its mirror image (a mirrored copy is a common edit),
-    keeping an image's better cosine; the best candidates are then re-ranked by matching
-    feature-map positions (``search.rerank``).
+    Each picture is searched as several views (``search.query_views``: its mirror image, the
+    inside of a plain frame), keeping an image's best cosine; the best candidates are then
+    re-ranked by matching feature-map positions (``search.rerank``).
     """
     if not pictures:
         return []
@@ -156,23 +157,27 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
     timings = timings or SearchTimings()
     started = time.perf_counter()
     embedder = runtime.embedder_for(reader.identity.backbone)
-    described = embedder.describe([*pictures, *(ImageOps.mirror(p.convert("RGB")) for p in pictures)])
+    views = [search_views(picture) for picture in pictures]
+    described = embedder.describe([view for picture_views in views for view in picture_views])
     timings.embed = time.perf_counter() - started
     started = time.perf_counter()
-    count = len(pictures)
     rows = _hits(described.vectors, k=max(k, rerank.RERANK_CANDIDATES), exclude=None, filters=filters, reader=reader)
+    # Each picture's views are rows first to end of the described batch.
+    spans = list(itertools.pairwise(itertools.accumulate((len(picture_views) for picture_views in views), initial=0)))
     merged = []
-    for row, mirrored in zip(rows[:count], rows[count:], strict=True):
+    for first, end in spans:
         best: dict[int, float] = {}
-        for image_id, score in (*row, *mirrored):
-            best[image_id] = max(score, best.get(image_id, -1.0))
+        for row in rows[first:end]:
+            for image_id, score in row:
+                best[image_id] = max(score, best.get(image_id, -1.0))
         merged.append(sorted(best.items(), key=lambda pair: pair[1], reverse=True))
     heads = {image_id for row in merged for image_id, _ in row[:rerank.RERANK_CANDIDATES]}
     local_of = _stored_local_descriptors(heads, reader.identity, embedder.backbone, described.local[0])
     ranked = []
-    for i, row in enumerate(merged):
-        views = [rerank.local_descriptors(described.local[j], signed=embedder.backbone.signed) for j in (i, count + i)]
-        head = rerank.rerank(row[:rerank.RERANK_CANDIDATES], query_views=views, local_of=local_of)
+    for row, (first, end) in zip(merged, spans, strict=True):
+        local_views = [rerank.local_descriptors(local, signed=embedder.backbone.signed)
+                       for local in described.local[first:end]]
+        head = rerank.rerank(row[:rerank.RERANK_CANDIDATES], query_views=local_views, local_of=local_of)
         ranked.append((head + row[rerank.RERANK_CANDIDATES:])[:k])
     results = _results(ranked)
     timings.index = time.perf_counter() - started

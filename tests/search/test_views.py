@@ -3,6 +3,7 @@ import datetime
 import pytest
 from django.urls import reverse
 from django.utils import timezone
+from PIL import Image as PILImage
 from PIL import ImageOps
 
 from gallery.models import Image, Tag
@@ -86,6 +87,15 @@ class TestSearchByPicture:
         assert result_ids(response)[0] == gallery[4].pk
         # Well below 1: the gallery vector also carries the picture's small view.
         assert results(response)[0].score > 0.95
+
+    def test_a_copy_in_a_wide_plain_frame_is_searched_inside_it(self, client, db, clean_index):
+        cats = [store_indexed(images.bench_image("cat", n).read_bytes(), f"cat-{n}.jpg") for n in range(1, 7)]
+        original = PILImage.open(images.bench_image("cat", 3)).convert("RGB")
+        framed = ImageOps.expand(original, border=int(0.3 * max(original.size)), fill=(230, 40, 40))
+        response = search(client, images.encode(framed, "JPEG", quality=85))
+        first = results(response)[0]
+        # The whole framed picture scores about 0.88 against its original; its inside about 0.97.
+        assert first.image == cats[2] and first.score > 0.95
 
     def test_it_says_how_long_embedding_and_the_index_took(self, client, gallery):
         timing = server_timing(search(client, images.jpeg(3)))

@@ -1,0 +1,87 @@
+"""The views a query is searched as: itself, its mirror image and the inside of a plain frame."""
+import io
+
+from PIL import Image, ImageDraw, ImageOps
+
+from search.query_views import plain_frame_box, search_views
+from tests import images
+
+
+def photo() -> Image.Image:
+    return Image.open(images.bench_image("cat", 1)).convert("RGB")
+
+
+def framed(picture: Image.Image, border: int, colour=(40, 90, 200)) -> Image.Image:
+    return ImageOps.expand(picture, border=border, fill=colour)
+
+
+def test_it_finds_the_inside_of_a_plain_border():
+    inner = photo()
+    assert plain_frame_box(framed(inner, 40)) == (40, 40, 40 + inner.width, 40 + inner.height)
+
+
+def test_it_finds_a_frame_through_jpeg_noise():
+    inner = photo()
+    noisy = Image.open(io.BytesIO(images.encode(framed(inner, 50), "JPEG", quality=30))).convert("RGB")
+    left, top, right, bottom = plain_frame_box(noisy)
+    # JPEG smears the edge of the picture into the frame, up to the end of an 8-pixel block.
+    assert 34 <= left <= 50 and 34 <= top <= 50
+    assert 50 + inner.width <= right <= 66 + inner.width and 50 + inner.height <= bottom <= 66 + inner.height
+
+
+def test_a_caption_in_the_frame_keeps_the_rows_it_crosses_only():
+    inner = photo()
+    picture = framed(inner, 50, colour=(250, 250, 250))
+    draw = ImageDraw.Draw(picture)
+    draw.text((5, 10), "SAMPLE", fill=(0, 0, 0))
+    left, top, right, bottom = plain_frame_box(picture)
+    # The caption's rows are not plain, but in each column it crosses it is a few pixels only.
+    assert top <= draw.textbbox((5, 10), "SAMPLE")[1]
+    assert (left, right, bottom) == (50, 50 + inner.width, 50 + inner.height)
+
+
+def test_on_a_large_picture_it_measures_a_reduced_copy_and_never_cuts_into_the_picture():
+    inner = photo().resize((2400, 1800))
+    left, top, right, bottom = plain_frame_box(framed(inner, 300))
+    # The reduced copy has blocks of 11 pixels; the cut stops one block short of the picture.
+    assert 300 - 2 * 11 <= left <= 300 and 300 - 2 * 11 <= top <= 300
+    assert 300 + 2400 <= right <= 300 + 2400 + 2 * 11 and 300 + 1800 <= bottom <= 300 + 1800 + 2 * 11
+
+
+def test_it_finds_a_frame_on_some_sides_only():
+    inner = photo()
+    picture = framed(inner, 60).crop((0, 60, 60 + inner.width, 60 + inner.height))  # left only
+    assert plain_frame_box(picture) == (60, 0, picture.width, picture.height)
+
+
+def test_a_thin_edge_is_no_frame():
+    assert plain_frame_box(framed(photo(), 2)) is None
+
+
+def test_a_photo_without_plain_edges_has_no_frame():
+    assert plain_frame_box(photo()) is None
+
+
+def test_a_frame_leaves_at_least_a_few_pixels():
+    assert plain_frame_box(Image.new("RGB", (12, 12), (7, 7, 7))) is None
+
+
+def test_a_framed_picture_is_searched_as_four_views():
+    inner = photo()
+    views = search_views(framed(inner, 40))
+    assert [view.size for view in views] == [(inner.width + 80, inner.height + 80)] * 2 + [inner.size] * 2
+    assert views[3].tobytes() == ImageOps.mirror(inner).tobytes()
+
+
+def test_a_picture_without_a_frame_is_searched_as_itself_and_its_mirror_image():
+    picture = photo()
+    views = search_views(picture)
+    assert len(views) == 2 and views[0] is picture
+    assert views[1].tobytes() == ImageOps.mirror(picture).tobytes()
+
+
+def test_views_are_rgb_whatever_the_picture_mode():
+    # A colour of the web palette, which a conversion to "P" keeps without dithering.
+    for mode in ("L", "RGBA", "P", "CMYK"):
+        views = search_views(framed(photo(), 40, colour=(0, 102, 204)).convert(mode))
+        assert len(views) == 4 and {view.mode for view in views} == {"RGB"}
