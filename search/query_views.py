@@ -25,6 +25,7 @@ MAX_FRAME_SHARE = 0.45
 MIN_FRAME_SHARE = 0.03
 # Nothing narrower than this is left of a picture.
 MIN_INNER_SIDE = 8
+_BLOCK_ROWS = 16
 
 
 def search_views(picture: Image.Image) -> list[Image.Image]:
@@ -62,10 +63,15 @@ def plain_frame_box(picture: Image.Image) -> tuple[int, int, int, int] | None:
 
 
 def _plain_lines(pixels: np.ndarray, limit: int) -> int:
-    """How many rows from the top of ``pixels`` (rows x columns x 3), at most ``limit``, have the
-    colour of the first row."""
+    """How many rows from the top of ``pixels`` (rows x columns x 3, int16), at most ``limit``,
+    have the colour of the first row."""
     if limit <= 0:
         return 0
-    colour = np.median(pixels[0], axis=0)
-    close = (np.abs(pixels[:limit] - colour).max(axis=2) <= PLAIN_TOLERANCE).mean(axis=1) >= PLAIN_SHARE
-    return limit if close.all() else int(np.argmin(close))
+    colour = np.median(pixels[0], axis=0).round().astype(np.int16)
+    # In blocks of rows, so that a photo without a frame costs one block.
+    for start in range(0, limit, _BLOCK_ROWS):
+        block = pixels[start:min(start + _BLOCK_ROWS, limit)]
+        plain = (np.abs(block - colour).max(axis=2) <= PLAIN_TOLERANCE).mean(axis=1) >= PLAIN_SHARE
+        if not plain.all():
+            return start + int(np.argmin(plain))
+    return limit

@@ -71,7 +71,10 @@ def mutual_matches(query: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarra
     nearest = similarity.argmax(axis=2)  # query position -> candidate position, per candidate
     back = similarity.argmax(axis=0)  # candidate position -> query position, per candidate
     mutual = np.take_along_axis(back, nearest.T, axis=1) == np.arange(len(query))
-    matched = mutual & (similarity.max(axis=2).T > MATCH_THRESHOLD)
+    # The nearest's similarity, read rather than found again: a second pass over the whole
+    # matrix costs as much as finding the nearest did.
+    closest = np.take_along_axis(similarity, nearest[:, :, None], axis=2)[:, :, 0]
+    matched = mutual & (closest.T > MATCH_THRESHOLD)
     coherent = _coherent(matched.reshape(count, side, side), nearest.T.reshape(count, side, side), side)
     return np.count_nonzero(matched, axis=1), np.count_nonzero(coherent, axis=(1, 2))
 
