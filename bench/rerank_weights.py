@@ -4,9 +4,9 @@
 It describes the gallery as the site stores it (each image decoded, re-encoded as the display
 copy, and embedded from that at reduced scale, as a gallery image: see search.backbones.Recipe)
 and the edited queries of ../shared/bench/copy_detection.py (the same seeds draw the same images and edits; each query
-as the views a search by picture makes: search.query_views), once, into ``--cache``. Then for every
-setting of ``--candidates``, ``--match-weight`` and ``--coherent-weight`` it searches exactly
-(the best cosine of a query's views), re-ranks the best candidates with search.rerank, and
+in the framings a search by picture makes: search.query_views), once, into ``--cache``. Then for
+every setting of ``--candidates``, ``--match-weight`` and ``--coherent-weight`` it searches
+exactly (the best cosine of a query's views), re-ranks the best candidates with search.rerank, and
 prints recall@1, recall@10 and category precision@10 per seed. No Django, no database.
 
     .venv/bin/python bench/rerank_weights.py [--seeds 1 2 3] [--candidates 60 100]
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from gallery.imaging import decode_image, served_copies  # noqa: E402
 from search import rerank  # noqa: E402
 from search.backbones import descriptor_identity, get_backbone  # noqa: E402
-from search.query_views import search_views  # noqa: E402
+from search.query_views import query_framings  # noqa: E402
 
 UNLIMITED_PIXELS = 10**9
 
@@ -68,9 +68,9 @@ def describe_all(bench: Path, seeds: list[int], queries: int, cache: Path) -> No
                 edited, _ = attack(Image.open(source), rng)
                 buffer = io.BytesIO()
                 edited.save(buffer, "PNG")
-                picture_views = search_views(decode_image(buffer.getvalue(), max_pixels=UNLIMITED_PIXELS).image)
-                views += picture_views
-                parts["query"].append(np.full(len(picture_views), row))
+                framings = query_framings(decode_image(buffer.getvalue(), max_pixels=UNLIMITED_PIXELS).image)
+                views += [view for pair in framings for view in pair]
+                parts["query"].append(np.full(2 * len(framings), row))
             described = embedder.describe(views)
             parts["vectors"].append(described.vectors)
             parts["maps"].append(described.local)
@@ -102,7 +102,10 @@ def score(data: dict[str, np.ndarray], seed: int, candidates: int) -> tuple[floa
         of_row = np.flatnonzero(view_query == row)
         cosines = view_cosines[of_row].max(axis=0)
         top = np.argsort(-cosines)[:max(candidates, 10)]
-        views = [rerank.local_descriptors(data[f"seed{seed}_maps"][view], signed=True) for view in of_row]
+        # As the site does: re-ranked with the framing (a view and its mirror) that found the closest image.
+        pairs = of_row.reshape(-1, 2)
+        closest = pairs[np.argmax(view_cosines[pairs].max(axis=(1, 2)))]
+        views = [rerank.local_descriptors(data[f"seed{seed}_maps"][view], signed=True) for view in closest]
         head = rerank.rerank([(int(j), float(cosines[j])) for j in top[:candidates]], query_views=views,
                              local_of={int(j): gallery_maps[j] for j in top[:candidates]})
         ranked = [j for j, _ in head] + [int(j) for j in top[candidates:]]

@@ -28,15 +28,16 @@ MIN_INNER_SIDE = 8
 _BLOCK_ROWS = 16
 
 
-def search_views(picture: Image.Image) -> list[Image.Image]:
-    """The query, its mirror image and, when it is framed, its inside and that one's mirror image."""
+def query_framings(picture: Image.Image) -> list[tuple[Image.Image, Image.Image]]:
+    """The framings of a query, each as a picture and its mirror image: the whole query and,
+    when it is framed, the inside of its frame."""
     picture = picture if picture.mode == "RGB" else picture.convert("RGB")
-    views = [picture, ImageOps.mirror(picture)]
+    framings = [(picture, ImageOps.mirror(picture))]
     inner = plain_frame_box(picture)
     if inner is not None:
         cropped = picture.crop(inner)
-        views += [cropped, ImageOps.mirror(cropped)]
-    return views
+        framings.append((cropped, ImageOps.mirror(cropped)))
+    return framings
 
 
 def plain_frame_box(picture: Image.Image) -> tuple[int, int, int, int] | None:

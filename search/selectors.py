@@ -17,7 +17,7 @@ from search.backbones import Backbone
 from search.identity import IndexIdentity
 from search.index import exact_search
 from search.models import Embedding, local_features_array
-from search.query_views import search_views
+from search.query_views import query_framings
 from search.reader import Hit, IndexReader
 
 # A filter that leaves at most this many images is answered by exact search over their stored
@@ -147,9 +147,10 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
                         ) -> list[list[SimilarImage]]:
     """Search with decoded pictures (see ``gallery.imaging.decode_image``), one result list each.
 
-    Each picture is searched as several views (``search.query_views``: its mirror image, the
-    inside of a plain frame), keeping an image's best cosine; the best candidates are then
-    re-ranked by matching feature-map positions (``search.rerank``).
+    Each picture is searched in its framings (``search.query_views``: the whole picture and the
+    inside of a plain frame), each with its mirror image, keeping an image's best cosine; the best
+    candidates are then re-ranked by matching feature-map positions (``search.rerank``) with the
+    framing that found the closest image.
     """
     if not pictures:
         return []
@@ -157,31 +158,42 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
     timings = timings or SearchTimings()
     started = time.perf_counter()
     embedder = runtime.embedder_for(reader.identity.backbone)
-    views = [search_views(picture) for picture in pictures]
-    described = embedder.describe([view for picture_views in views for view in picture_views])
+    framings = [query_framings(picture) for picture in pictures]
+    described = embedder.describe([view for picture_framings in framings for pair in picture_framings for view in pair])
     timings.embed = time.perf_counter() - started
     started = time.perf_counter()
     rows = _hits(described.vectors, k=max(k, rerank.RERANK_CANDIDATES), exclude=None, filters=filters, reader=reader)
-    # Each picture's views are rows first to end of the described batch.
-    spans = list(itertools.pairwise(itertools.accumulate((len(picture_views) for picture_views in views), initial=0)))
-    merged = []
-    for first, end in spans:
-        best: dict[int, float] = {}
-        for row in rows[first:end]:
-            for image_id, score in row:
-                best[image_id] = max(score, best.get(image_id, -1.0))
-        merged.append(sorted(best.items(), key=lambda pair: pair[1], reverse=True))
+    # The rows of each picture's views, a framing's two views side by side.
+    ends = list(itertools.accumulate(2 * len(picture_framings) for picture_framings in framings))
+    spans = list(zip([0, *ends[:-1]], ends, strict=True))
+    merged = [_best_of_views(rows[first:end]) for first, end in spans]
     heads = {image_id for row in merged for image_id, _ in row[:rerank.RERANK_CANDIDATES]}
     local_of = _stored_local_descriptors(heads, reader.identity, embedder.backbone, described.local[0])
     ranked = []
     for row, (first, end) in zip(merged, spans, strict=True):
+        # Re-ranking with every framing would cost as much again per framing, and ranked no
+        # better on the copy-detection benchmark (docs/benchmarks.md).
+        closest = max(range(first, end, 2), key=lambda view: _top_score(rows[view:view + 2]))
         local_views = [rerank.local_descriptors(local, signed=embedder.backbone.signed)
-                       for local in described.local[first:end]]
+                       for local in described.local[closest:closest + 2]]
         head = rerank.rerank(row[:rerank.RERANK_CANDIDATES], query_views=local_views, local_of=local_of)
         ranked.append((head + row[rerank.RERANK_CANDIDATES:])[:k])
     results = _results(ranked)
     timings.index = time.perf_counter() - started
     return results
+
+
+def _top_score(rows: list[list[tuple[int, float]]]) -> float:
+    return max((row[0][1] for row in rows if row), default=-1.0)
+
+
+def _best_of_views(rows: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """One picture's hits from the hits of its views, each image with its best cosine, best first."""
+    best: dict[int, float] = {}
+    for row in rows:
+        for image_id, score in row:
+            best[image_id] = max(score, best.get(image_id, -1.0))
+    return sorted(best.items(), key=lambda pair: pair[1], reverse=True)
 
 
 def similar_to_image(image: Image, *, k: int, filters: SearchFilters = SearchFilters(),

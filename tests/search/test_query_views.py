@@ -1,9 +1,10 @@
-"""The views a query is searched as: itself, its mirror image and the inside of a plain frame."""
+"""The framings a query is searched in: the whole picture and the inside of a plain frame, each with its
+mirror image."""
 import io
 
 from PIL import Image, ImageDraw, ImageOps
 
-from search.query_views import plain_frame_box, search_views
+from search.query_views import plain_frame_box, query_framings
 from tests import images
 
 
@@ -66,22 +67,22 @@ def test_a_frame_leaves_at_least_a_few_pixels():
     assert plain_frame_box(Image.new("RGB", (12, 12), (7, 7, 7))) is None
 
 
-def test_a_framed_picture_is_searched_as_four_views():
+def test_a_framed_picture_is_searched_whole_and_inside_its_frame():
     inner = photo()
-    views = search_views(framed(inner, 40))
-    assert [view.size for view in views] == [(inner.width + 80, inner.height + 80)] * 2 + [inner.size] * 2
-    assert views[3].tobytes() == ImageOps.mirror(inner).tobytes()
+    framings = query_framings(framed(inner, 40))
+    assert [[view.size for view in pair] for pair in framings] == [[(inner.width + 80, inner.height + 80)] * 2,
+                                                                  [inner.size] * 2]
+    assert framings[1][1].tobytes() == ImageOps.mirror(inner).tobytes()
 
 
 def test_a_picture_without_a_frame_is_searched_as_itself_and_its_mirror_image():
     picture = photo()
-    views = search_views(picture)
-    assert len(views) == 2 and views[0] is picture
-    assert views[1].tobytes() == ImageOps.mirror(picture).tobytes()
+    [(whole, mirrored)] = query_framings(picture)
+    assert whole is picture and mirrored.tobytes() == ImageOps.mirror(picture).tobytes()
 
 
 def test_views_are_rgb_whatever_the_picture_mode():
     # A colour of the web palette, which a conversion to "P" keeps without dithering.
     for mode in ("L", "RGBA", "P", "CMYK"):
-        views = search_views(framed(photo(), 40, colour=(0, 102, 204)).convert(mode))
-        assert len(views) == 4 and {view.mode for view in views} == {"RGB"}
+        framings = query_framings(framed(photo(), 40, colour=(0, 102, 204)).convert(mode))
+        assert len(framings) == 2 and {view.mode for pair in framings for view in pair} == {"RGB"}

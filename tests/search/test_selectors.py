@@ -1,8 +1,11 @@
 """Search by picture: candidates from the index, re-ranked by their stored feature maps."""
 import io
 
+import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageOps
 
+from search import rerank, runtime
 from search.models import Embedding
 from search.selectors import similar_to_pictures
 from tests import images
@@ -26,3 +29,25 @@ def test_a_candidate_whose_stored_map_has_another_shape_keeps_its_cosine(db, cle
     # Read as if it fitted, the odd map would have matched the query everywhere and put the
     # farther image second.
     assert [r.image.pk for r in results] == [query.pk, closer.pk, farther.pk]
+
+
+def test_a_framed_query_is_re_ranked_with_the_framing_that_found_the_closest_image(db, clean_index, monkeypatch):
+    cats = [store_indexed(images.bench_image("cat", n).read_bytes(), f"cat-{n}.jpg") for n in range(1, 5)]
+    inner = PILImage.open(images.bench_image("cat", 2)).convert("RGB")
+    framed = ImageOps.expand(inner, border=int(0.3 * max(inner.size)), fill=(230, 40, 40))
+    seen, real_rerank = [], rerank.rerank
+
+    def recording(candidates, *, query_views, local_of):
+        seen.append(query_views)
+        return real_rerank(candidates, query_views=query_views, local_of=local_of)
+
+    monkeypatch.setattr(rerank, "rerank", recording)
+    [results] = similar_to_pictures([framed], k=3)
+
+    assert results[0].image == cats[1]
+    embedder = runtime.embedder_for("efficientnet_lite0")
+    expected = embedder.describe([inner, ImageOps.mirror(inner)]).local
+    [views] = seen
+    assert len(views) == 2
+    for view, local in zip(views, expected, strict=True):
+        assert np.allclose(view, rerank.local_descriptors(local, signed=True), atol=0.01)
