@@ -19,8 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# How many of the best candidates (by global cosine) are compared position by position.
-RERANK_CANDIDATES = 100
+# How many of the best candidates (by global cosine) are compared position by position: 150
+# found the original among the best 10 more often than 100 on the copy-detection benchmark, for
+# half as much re-ranking again (docs/benchmarks.md).
+RERANK_CANDIDATES = 150
 # Cosine two positions must exceed to count as a match.
 MATCH_THRESHOLD = 0.6
 # Score added per match, and again per coherent match: 196 positions at most, so up to about
