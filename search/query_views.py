@@ -47,12 +47,15 @@ def plain_frame_box(picture: Image.Image) -> tuple[int, int, int, int] | None:
     measured = picture.reduce(factor) if factor > 1 else picture
     pixels = np.asarray(measured, dtype=np.int16)
     height, width = pixels.shape[:2]
-    top = _plain_lines(pixels, int(height * MAX_FRAME_SHARE))
-    bottom = _plain_lines(pixels[::-1], int(height * MAX_FRAME_SHARE))
-    left = _plain_lines(pixels.transpose(1, 0, 2), int(width * MAX_FRAME_SHARE))
-    right = _plain_lines(pixels.transpose(1, 0, 2)[::-1], int(width * MAX_FRAME_SHARE))
+    most_rows, most_columns = int(height * MAX_FRAME_SHARE), int(width * MAX_FRAME_SHARE)
+    top = _plain_lines(pixels, most_rows)
+    bottom = _plain_lines(pixels[::-1], most_rows)
+    left = _plain_lines(pixels.transpose(1, 0, 2), most_columns)
+    right = _plain_lines(pixels.transpose(1, 0, 2)[::-1], most_columns)
     if max(top, bottom) < MIN_FRAME_SHARE * height and max(left, right) < MIN_FRAME_SHARE * width:
         return None
+    if (top == bottom == most_rows) or (left == right == most_columns):
+        return None  # a picture of one colour, or nearly: nothing is framed
     # A reduced pixel averages a block of the picture: the block at the frame's inner edge may hold
     # some of the picture, so the cut stops one block short of it.
     short = 1 if factor > 1 else 0

@@ -63,8 +63,17 @@ def test_a_photo_without_plain_edges_has_no_frame():
     assert plain_frame_box(photo()) is None
 
 
+def test_a_picture_of_one_colour_has_no_frame():
+    assert plain_frame_box(Image.new("RGB", (300, 200), (7, 7, 7))) is None
+    stripe = Image.new("RGB", (300, 200), (7, 7, 7))
+    stripe.paste((200, 30, 30), (0, 95, 300, 105))
+    assert plain_frame_box(stripe) is None
+
+
 def test_a_frame_leaves_at_least_a_few_pixels():
-    assert plain_frame_box(Image.new("RGB", (12, 12), (7, 7, 7))) is None
+    picture = Image.new("RGB", (40, 40), (7, 7, 7))
+    picture.paste((200, 30, 30), (16, 14, 22, 26))
+    assert plain_frame_box(picture) is None
 
 
 def test_a_framed_picture_is_searched_whole_and_inside_its_frame():
