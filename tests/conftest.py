@@ -73,15 +73,20 @@ def media_files() -> set[str]:
     return {str(p.relative_to(settings.MEDIA_ROOT)) for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()}
 
 
-@pytest.fixture
-def clean_index() -> Iterator[Path]:
-    """An empty index folder: each test starts with no snapshot, as after a fresh install."""
+def empty_index_folder() -> None:
+    """No snapshot, as after a fresh install."""
     from search import runtime
 
     shutil.rmtree(settings.INDEX_DIR, ignore_errors=True)
     # A rolled-back test database hands out the same ids and sequence numbers again, which a
     # reader kept from an earlier test would take for rows it has already read.
     runtime.drop_index_reader()
+
+
+@pytest.fixture
+def clean_index() -> Iterator[Path]:
+    """An empty index folder: each test starts with no snapshot."""
+    empty_index_folder()
     yield settings.INDEX_DIR
     shutil.rmtree(settings.INDEX_DIR, ignore_errors=True)
 

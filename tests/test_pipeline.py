@@ -137,9 +137,12 @@ def loads_torch(pid: int) -> bool:
 def test_an_embedding_worker_never_runs_the_index_writer_and_the_index_writer_publishes(worker, tmp_path):
     from django.conf import settings
 
-    from tests.conftest import Worker, store
+    from tests.conftest import Worker, empty_index_folder, store
 
     worker.stop()
+    # The session's worker, which also wrote the index, may have run an index sync left by an
+    # earlier test after this test's folder was emptied: start again from no snapshot.
+    empty_index_folder()
     earlier_log = len(worker.log()) if worker.log_path.exists() else 0
     worker.start(f"--queues={settings.CELERY_TASK_DEFAULT_QUEUE}", "--hostname=embed@%h")
     writer = Worker(tmp_path / "writer.log")
