@@ -314,4 +314,3 @@ def images_reembed(*, image_ids: Collection[int]) -> int:
             state=Image.State.QUEUED, error="", attempts=0, retry_after=None)
         queue_embeddings(ids)
     return len(ids)
-

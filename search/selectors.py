@@ -164,8 +164,8 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
     started = time.perf_counter()
     rows = _hits(described.vectors, k=max(k, rerank.RERANK_CANDIDATES), exclude=None, filters=filters, reader=reader)
     # The rows of each picture's views, a framing's two views side by side.
-    ends = list(itertools.accumulate(2 * len(picture_framings) for picture_framings in framings))
-    spans = list(zip([0, *ends[:-1]], ends, strict=True))
+    spans = list(itertools.pairwise(itertools.accumulate((2 * len(picture_framings) for picture_framings in framings),
+                                                         initial=0)))
     merged = [_best_of_views(rows[first:end]) for first, end in spans]
     heads = {image_id for row in merged for image_id, _ in row[:rerank.RERANK_CANDIDATES]}
     local_of = _stored_local_descriptors(heads, reader.identity, embedder.backbone, described.local[0])
