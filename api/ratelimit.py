@@ -20,6 +20,8 @@ from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOper
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import render
+from django.utils import timezone
+from django.utils.timesince import timeuntil
 
 from config.env import parse_rate
 
@@ -115,6 +117,18 @@ def files_in(field: str) -> Callable[[HttpRequest], int]:
         return files if files <= settings.LOOKALIKE_MAX_UPLOAD_FILES else 0
 
     return count
+
+
+def signin_locked_out_page(request: HttpRequest, original_response: HttpResponse | None,
+                           credentials: dict | None) -> HttpResponse:
+    """What django-axes answers a sign-in (the site's or the admin's) refused for too many failures."""
+    lockout = settings.AXES_COOLOFF_TIME
+    now = timezone.now()
+    message = (f"Too many failed sign-ins for this account or from your address. Signing in is locked for "
+               f"{timeuntil(now + lockout, now)} after the last failed try; wait, then try again.")
+    response = render(request, "api/rate_limited.html", {"message": message}, status=429)
+    response["Retry-After"] = str(math.ceil(lockout.total_seconds()))
+    return response
 
 
 def too_many_requests_page(request: HttpRequest, exc: RateLimited) -> HttpResponse:

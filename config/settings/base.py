@@ -2,6 +2,7 @@
 the environment (see README.md, "Configuration")."""
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -42,6 +43,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "axes",
     "gallery",
     "search",
     "api",
@@ -58,6 +60,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "config.security.ContentSecurityPolicyMiddleware",
+    # Last, as django-axes asks: it turns a sign-in refused for lockout into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # Security headers on every response, in every environment.
@@ -115,6 +119,20 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes refuses sign-ins (the site's and the admin's) once an account, or a client address,
+# has LOOKALIKE_SIGNIN_FAILURE_LIMIT failures within LOOKALIKE_SIGNIN_LOCKOUT_SECONDS of each other;
+# the lockout ends that long after the last failure. API tokens are not passwords and are not counted.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("LOOKALIKE_SIGNIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("LOOKALIKE_SIGNIN_LOCKOUT_SECONDS", 900, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# The address the rate limits use, so that clients behind the site's proxy are told apart.
+AXES_CLIENT_IP_CALLABLE = "api.ratelimit.client_address"
+AXES_LOCKOUT_CALLABLE = "api.ratelimit.signin_locked_out_page"
+# Tries during a lockout do not lengthen it: the account's owner knows when they may sign in again.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Record failed sign-ins only, not every successful one.
+AXES_DISABLE_ACCESS_LOG = True
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "gallery:index"
 LOGOUT_REDIRECT_URL = "gallery:index"
