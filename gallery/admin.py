@@ -147,6 +147,8 @@ class ImageAdmin(admin.ModelAdmin):
             action = request.POST.get("action", "")
             if action not in _PAST:
                 raise ValueError(f"unknown action {action!r}")
+            if action == "delete" and not self.has_delete_permission(request):
+                raise PermissionDenied
             if "all" in request.POST:
                 _, groups = duplicates.duplicate_groups_latest()
                 groups = list(groups)
