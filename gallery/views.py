@@ -145,8 +145,11 @@ def original(request: HttpRequest, image_id: int) -> FileResponse:
     image = get_object_or_404(Image, pk=image_id)
     if not selectors.image_can_manage(image=image, user=request.user):
         raise Http404
-    # The type comes from the stored name, which the decoded format chose, never from the uploaded name.
-    response = FileResponse(image.original.open("rb"), as_attachment=True, filename=image.original_name,
+    # The type and the extension come from the stored name, which the decoded format chose, never from
+    # the uploaded name: a JPEG uploaded as "x.html" downloads as "x.jpg".
+    stored_extension = PurePosixPath(image.original.name).suffix
+    filename = f"{PurePosixPath(image.original_name).stem}{stored_extension}"
+    response = FileResponse(image.original.open("rb"), as_attachment=True, filename=filename,
                             content_type=mimetypes.guess_type(image.original.name)[0] or "application/octet-stream")
     response["X-Content-Type-Options"] = "nosniff"
     return response

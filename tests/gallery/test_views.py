@@ -184,6 +184,21 @@ class TestFiles:
         assert response["Content-Disposition"].startswith("attachment")
         assert response["X-Content-Type-Options"] == "nosniff"
 
+    @pytest.mark.parametrize(("uploaded_as", "data", "downloaded_as", "content_type"), [
+        ("x.html", images.jpeg(1), "x.jpg", "image/jpeg"),
+        ("holiday.JPEG", images.jpeg(2), "holiday.jpg", "image/jpeg"),
+        ("drawing.svg", images.png(3), "drawing.png", "image/png"),
+        ("no-extension", images.png(4), "no-extension.png", "image/png"),
+        ("archive.tar.gz", images.jpeg(5), "archive.tar.jpg", "image/jpeg"),
+    ], ids=["html", "upper-case", "svg", "none", "double"])
+    def test_the_original_downloads_with_the_extension_of_its_stored_format(
+            self, alice_client, user, uploaded_as, data, downloaded_as, content_type):
+        image = indexed(data, uploaded_as, owner=user)
+        response = alice_client.get(reverse("gallery:original", args=[image.pk]))
+        assert response["Content-Disposition"] == f'attachment; filename="{downloaded_as}"'
+        assert response["Content-Type"] == content_type
+        assert b"".join(response.streaming_content) == data
+
     def test_nobody_else_gets_the_original(self, client, user, other_user):
         image = indexed(images.png(1), owner=user)
         client.force_login(other_user)
