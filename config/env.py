@@ -8,6 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+)
 from django.core.exceptions import ImproperlyConfigured
 
 T = TypeVar("T", int, float)
@@ -28,6 +33,24 @@ def env_str(name: str, default: str | None = None) -> str:
     if default is None:
         raise ImproperlyConfigured(f"Set the environment variable {name}.")
     return default
+
+
+def env_secret_key(name: str) -> str:
+    """A required secret key that Django's deployment check would not call weak (security.W009)."""
+    key = env_str(name)
+    problems = []
+    if len(key) < SECRET_KEY_MIN_LENGTH:
+        problems.append(f"has {len(key)} characters, not the {SECRET_KEY_MIN_LENGTH} or more it needs")
+    if len(set(key)) < SECRET_KEY_MIN_UNIQUE_CHARACTERS:
+        problems.append(f"has {len(set(key))} different characters, not the {SECRET_KEY_MIN_UNIQUE_CHARACTERS} "
+                        "or more it needs")
+    if key.startswith(SECRET_KEY_INSECURE_PREFIX):
+        problems.append(f"starts with {SECRET_KEY_INSECURE_PREFIX!r}, as the keys Django makes for development do")
+    if problems:
+        raise ImproperlyConfigured(
+            f"{name} is weak: it {' and '.join(problems)}. Set it to a long random string, such as the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe(50))'.")
+    return key
 
 
 def env_optional(name: str) -> str | None:

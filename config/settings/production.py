@@ -1,9 +1,10 @@
 """Settings for a deployment behind a TLS-terminating proxy. Every secret comes from the environment."""
-from config.env import env_bool, env_int, env_list, env_str
+from config.env import env_bool, env_int, env_list, env_secret_key
 from config.settings.base import *  # noqa: F403
 
 DEBUG = False
-SECRET_KEY = env_str("SECRET_KEY")
+# Start-up refuses a key that `check --deploy` would only warn about.
+SECRET_KEY = env_secret_key("SECRET_KEY")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -5,7 +5,7 @@ import pytest
 from django.urls import reverse
 
 from tests import images
-from tests.config.test_settings import bare_env, manage
+from tests.config.test_settings import PRODUCTION_KEY, bare_env, manage
 from tests.conftest import store_indexed, upload_file
 
 INLINE = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>|\sstyle=|\son[a-z]+=", re.IGNORECASE)
@@ -56,7 +56,7 @@ def test_served_copies_are_inline_images_that_are_never_sniffed(pages):
 
 @pytest.mark.parametrize("module", ["config.settings.local", "config.settings.production"])
 def test_debug_is_off_unless_asked_for(tmp_path, module):
-    environ = bare_env(DJANGO_SETTINGS_MODULE=module, DATA_DIR=str(tmp_path), SECRET_KEY="k" * 60,
+    environ = bare_env(DJANGO_SETTINGS_MODULE=module, DATA_DIR=str(tmp_path), SECRET_KEY=PRODUCTION_KEY,
                        ALLOWED_HOSTS="lookalike.example.org")
     environ.pop("DEBUG", None)
     proc = manage(environ, "shell", "-c", "from django.conf import settings; print(settings.DEBUG)")
@@ -65,6 +65,6 @@ def test_debug_is_off_unless_asked_for(tmp_path, module):
 
 def test_production_keeps_debug_off_even_when_asked(tmp_path):
     environ = bare_env(DJANGO_SETTINGS_MODULE="config.settings.production", DATA_DIR=str(tmp_path),
-                       SECRET_KEY="k" * 60, ALLOWED_HOSTS="lookalike.example.org", DEBUG="true")
+                       SECRET_KEY=PRODUCTION_KEY, ALLOWED_HOSTS="lookalike.example.org", DEBUG="true")
     proc = manage(environ, "shell", "-c", "from django.conf import settings; print(settings.DEBUG)")
     assert proc.stdout.strip().splitlines()[-1] == "False", proc.stderr

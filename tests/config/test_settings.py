@@ -10,6 +10,9 @@ from config import env
 from tests import images
 from tests.conftest import PROJECT_ROOT
 
+# Long and varied enough for Django's deployment check (security.W009).
+PRODUCTION_KEY = "x" * 20 + "-a-long-and-random-production-secret-key-" + "y" * 20
+
 
 class TestEnvironmentHelpers:
     def test_a_malformed_boolean_names_the_variable(self, monkeypatch):
@@ -44,6 +47,20 @@ class TestEnvironmentHelpers:
         monkeypatch.setenv("SOME_RATE", raw)
         with pytest.raises(ImproperlyConfigured, match=r"SOME_RATE=.* is not a rate; write it as COUNT/PERIOD"):
             env.env_rate("SOME_RATE", "1/minute")
+
+    @pytest.mark.parametrize(("key", "reason"), [
+        ("k" * 60, "has 1 different characters, not the 5 or more it needs"),
+        ("a-random-but-short-key", "has 22 characters, not the 50 or more it needs"),
+        ("django-insecure-" + PRODUCTION_KEY, "starts with 'django-insecure-'"),
+    ], ids=["repetitive", "short", "made-for-development"])
+    def test_a_weak_secret_key_is_refused_with_the_reason(self, monkeypatch, key, reason):
+        monkeypatch.setenv("SOME_KEY", key)
+        with pytest.raises(ImproperlyConfigured, match=f"SOME_KEY is weak: it {reason}"):
+            env.env_secret_key("SOME_KEY")
+
+    def test_a_strong_secret_key_is_kept(self, monkeypatch):
+        monkeypatch.setenv("SOME_KEY", PRODUCTION_KEY)
+        assert env.env_secret_key("SOME_KEY") == PRODUCTION_KEY
 
     def test_lists_are_comma_separated(self, monkeypatch):
         monkeypatch.setenv("SOME_HOSTS", "a.example, b.example,")
@@ -81,7 +98,7 @@ def test_two_data_directories_never_see_each_other(tmp_path):
 class TestProductionSettings:
     def test_they_pass_the_deployment_check(self, tmp_path):
         environ = bare_env(DJANGO_SETTINGS_MODULE="config.settings.production", DATA_DIR=str(tmp_path),
-                           SECRET_KEY="x" * 20 + "-a-long-and-random-production-secret-key-" + "y" * 20,
+                           SECRET_KEY=PRODUCTION_KEY,
                            ALLOWED_HOSTS="lookalike.example.org")
         proc = manage(environ, "check", "--deploy", "--fail-level", "WARNING")
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -92,6 +109,13 @@ class TestProductionSettings:
         proc = manage(environ, "check")
         assert proc.returncode != 0
         assert "Set the environment variable SECRET_KEY" in proc.stderr
+
+    def test_they_refuse_to_start_with_a_key_the_deployment_check_calls_weak(self, tmp_path):
+        environ = bare_env(DJANGO_SETTINGS_MODULE="config.settings.production", DATA_DIR=str(tmp_path),
+                           SECRET_KEY="k" * 60, ALLOWED_HOSTS="lookalike.example.org")
+        proc = manage(environ, "check")
+        assert proc.returncode != 0
+        assert "ImproperlyConfigured: SECRET_KEY is weak: it has 1 different characters" in proc.stderr
 
 
 def test_docker_compose_runs_commands_that_exist():
