@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -141,6 +142,47 @@ def test_docker_compose_runs_commands_that_exist():
                                         env=bare_env(DATA_DIR=os.environ["DATA_DIR"]), capture_output=True)
                 assert listed.returncode == 0, f"{name}: manage.py {subcommand} does not exist"
     assert (PROJECT_ROOT / services["web"]["build"] / "Dockerfile").exists()
+
+
+def compose_environment(service: str, **shell: str) -> dict[str, str]:
+    """The environment docker compose gives ``service`` when started from a shell that sets ``shell``:
+    ``${NAME:-default}`` and ``${NAME:?message}`` filled in as compose does."""
+    def fill(match: re.Match[str]) -> str:
+        name, kind, fallback = match.groups()
+        if shell.get(name):
+            return shell[name]
+        assert kind == ":-", f"docker compose would stop: {fallback}"
+        return fallback
+
+    compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    return {name: re.sub(r"\$\{(\w+)(:-|:\?)([^}]*)\}", fill, str(value))
+            for name, value in compose["services"][service]["environment"].items()}
+
+
+class TestDockerComposeAsShipped:
+    SHOW = ("from django.conf import settings as s; print(s.SECURE_SSL_REDIRECT, s.SESSION_COOKIE_SECURE, "
+            "s.CSRF_COOKIE_SECURE, s.LOOKALIKE_TRUSTED_PROXY_COUNT)")
+
+    def web_settings(self, tmp_path, **shell: str) -> str:
+        environ = bare_env(**{**compose_environment("web", SECRET_KEY=PRODUCTION_KEY, **shell),
+                              "DATA_DIR": str(tmp_path)})
+        proc = manage(environ, "shell", "-c", self.SHOW)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip().splitlines()[-1]
+
+    def test_it_is_https_only_and_counts_clients_behind_one_proxy(self, tmp_path):
+        assert self.web_settings(tmp_path) == "True True True 1"
+
+    def test_the_web_port_is_reachable_only_through_a_proxy_on_this_host(self):
+        compose = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+        assert compose["services"]["web"]["ports"] == ["127.0.0.1:8000:8000"]
+        for name, service in compose["services"].items():
+            assert name == "web" or "ports" not in service, name
+
+    def test_one_switch_makes_a_plain_http_trial(self, tmp_path):
+        assert self.web_settings(tmp_path, HTTPS_ONLY="false") == "False False False 1"
+        assert "HTTPS_ONLY=false" in (PROJECT_ROOT / "docker-compose.yml").read_text()
+        assert "HTTPS_ONLY=false" in (PROJECT_ROOT / "README.md").read_text()
 
 
 class TestCache:
