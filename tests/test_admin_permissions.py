@@ -77,9 +77,9 @@ def has_tag(world: World, name: str) -> bool:
     return world.image.tags.filter(name=name).exists()
 
 
-def resolve(action_name: str, **extra: str) -> Request:
+def resolve(action_name: str) -> Request:
     return lambda client, world: client.post(DUPLICATES, {"group": world.group.pk, "keep": world.image.pk,
-                                                          "action": action_name, **extra})
+                                                          "action": action_name})
 
 
 def other_gone(world: World, response: HttpResponse) -> bool:
