@@ -34,8 +34,9 @@ class Image(models.Model):
     # Stored under generated names. The original is kept for its owner; the display copy and the
     # thumbnail are re-encoded without metadata and are what the site serves.
     original = models.FileField(max_length=255)
-    display = models.FileField(max_length=255)
-    thumbnail = models.FileField(max_length=255)
+    # Indexed: a request for a served copy finds its image by the copy's name.
+    display = models.FileField(max_length=255, db_index=True)
+    thumbnail = models.FileField(max_length=255, db_index=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
     # Hidden images stay indexed but never appear in search or the public gallery.
     hidden = models.BooleanField(default=False)

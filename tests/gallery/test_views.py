@@ -196,6 +196,35 @@ class TestFiles:
         assert response["Content-Type"] == "image/jpeg"
         assert response["X-Content-Type-Options"] == "nosniff"
 
+    def test_a_copy_everyone_may_see_stays_in_shared_caches_for_minutes_only(self, client, db):
+        image = indexed(images.jpeg(1))
+        for url in (image.thumbnail.url, image.display.url):
+            response = client.get(url)
+            assert response.status_code == 200
+            # Hiding the image takes it out of shared caches within five minutes.
+            assert response["Cache-Control"] == "public, max-age=86400, s-maxage=300"
+
+    def test_a_copy_of_a_hidden_image_is_never_kept_by_a_shared_cache(self, alice_client, user):
+        image = indexed(images.jpeg(1), owner=user)
+        Image.objects.filter(pk=image.pk).update(hidden=True)
+        for url in (image.thumbnail.url, image.display.url):
+            response = alice_client.get(url)
+            assert response.status_code == 200
+            assert response["Cache-Control"] == "private, max-age=3600"
+
+    def test_nothing_of_a_private_gallery_is_kept_by_a_shared_cache(self, alice_client, settings):
+        settings.LOOKALIKE_PUBLIC_GALLERY = False
+        image = indexed(images.jpeg(1))
+        response = alice_client.get(image.thumbnail.url)
+        assert response.status_code == 200
+        assert response["Cache-Control"] == "private, max-age=3600"
+
+    def test_a_file_that_belongs_to_no_image_is_not_served(self, client, db, settings):
+        image = indexed(images.jpeg(1))
+        stray = image.thumbnail.name.replace(".jpg", "-stray.jpg")
+        (settings.MEDIA_ROOT / stray).write_bytes(image.thumbnail.read())
+        assert client.get(settings.MEDIA_URL + stray).status_code == 404
+
     @pytest.mark.parametrize("path", ["originals/{name}", "display/../originals/{name}", "", "secret_key"])
     def test_originals_and_other_files_are_never_served(self, client, db, path):
         image = indexed(images.jpeg(1))
