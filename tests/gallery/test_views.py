@@ -107,6 +107,21 @@ class TestUpload:
         assert "not an image" in results[3]["message"]
         assert Image.objects.filter(owner=user).count() == 2
 
+    def test_a_file_identical_to_another_users_hidden_image_is_stored_as_yours(self, alice_client, user,
+                                                                                 other_user):
+        theirs = indexed(images.jpeg(5), "bobs-private.jpg", owner=other_user)
+        Image.objects.filter(pk=theirs.pk).update(hidden=True)
+        files = [upload_file("mine.jpg", images.jpeg(5))]
+        response = alice_client.post(reverse("gallery:upload"), {"files": files}, HTTP_ACCEPT="application/json")
+        [result] = response.json()["results"]
+        assert result["status"] == "accepted"
+        mine = Image.objects.get(pk=result["image"]["id"])
+        assert mine.owner == user and mine != theirs
+        page = alice_client.post(reverse("gallery:upload"), {"files": [upload_file("mine.jpg", images.jpeg(5))]})
+        for body in (response.content.decode(), page.content.decode()):
+            assert "bobs-private" not in body and theirs.thumbnail.url not in body
+            assert theirs.display.url not in body and f"/images/{theirs.pk}/" not in body
+
     def test_it_reports_each_file_on_the_page_without_javascript(self, alice_client):
         files = [upload_file("good.jpg", images.jpeg(1)), upload_file("bad.jpg", b"")]
         body = alice_client.post(reverse("gallery:upload"), {"files": files}).content.decode()

@@ -115,6 +115,15 @@ class TestSearchByPicture:
         expected = f'Already in the gallery as <a href="/images/{added.pk}/">image #{added.pk}</a>'
         assert expected in again.content.decode()
 
+    def test_a_picture_identical_to_an_image_you_cannot_see_is_added_as_yours(self, alice_client, user,
+                                                                                 other_user, gallery):
+        theirs = store(images.jpeg(99), "bobs-private.jpg", owner=other_user)
+        Image.objects.filter(pk=theirs.pk).update(state=Image.State.INDEXED, hidden=True)
+        body = search(alice_client, images.jpeg(99), add_to_gallery="1").content.decode()
+        mine = Image.objects.get(owner=user)
+        assert f'Added to the gallery as <a href="/images/{mine.pk}/">image #{mine.pk}</a>' in body
+        assert f"#{theirs.pk}" not in body and "bobs-private" not in body
+
     def test_an_anonymous_visitor_cannot_add_to_the_gallery(self, client, gallery):
         search(client, images.jpeg(99), add_to_gallery="1")
         assert Image.objects.count() == len(gallery)
