@@ -81,7 +81,9 @@ def read_limited(source: Readable, limit: int) -> bytes:
 
 
 class _Quota:
-    """What an owner may still upload: counted once for a batch of files, then spent file by file."""
+    """What an owner may still upload: counted once for a batch of files, then spent file by file.
+    Counted first to refuse early, then again under the uploader's lock (``_store``), which is
+    what makes it hold when uploads run at once."""
 
     def __init__(self, owner: AbstractBaseUser | None) -> None:
         self.max_images = settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES
@@ -230,21 +232,34 @@ def _lock_uploads_of(owner: AbstractBaseUser | None) -> None:
 def _store(items: list[_Accepted], owner: AbstractBaseUser | None) -> dict[int, UploadResult]:
     """Insert the rows of accepted uploads whose files are written, and queue them; each one's result.
 
-    A file that another upload stored meanwhile, where the uploader may see it, becomes a
-    duplicate of it, and its own copies are deleted.
+    Duplicates and the quota are judged again under the uploader's lock, since the first look
+    was taken outside it: a file that another upload stored meanwhile, where the uploader may see
+    it, becomes its duplicate, and a file that other uploads have left no room for is refused.
+    The copies of a file not stored are deleted.
     """
     results: dict[int, UploadResult] = {}
+    new: list[_Accepted] = []
     with transaction.atomic():
         _lock_uploads_of(owner)
         stored = _copies_seen_by(owner, (item.digest for item in items))
-        new = [item for item in items if item.digest not in stored]
+        quota = _Quota(owner)
+        for item in items:
+            if item.digest in stored:
+                results[item.position] = UploadResult.duplicate(item.name, stored[item.digest])
+                continue
+            try:
+                quota.check(item.byte_size)
+            except ImageRejected as rejection:
+                results[item.position] = UploadResult.refused(item.name, rejection)
+                continue
+            quota.spend(item.byte_size)
+            new.append(item)
         images = Image.objects.bulk_create([_new_image(item, owner) for item in new])
         queue_embeddings([image.pk for image in images])
     for item in items:
-        if item.digest in stored:
+        if item.position in results:
             _delete_files(item.written)
             item.written.clear()
-            results[item.position] = UploadResult.duplicate(item.name, stored[item.digest])
     for item, image in zip(new, images, strict=True):
         results[item.position] = UploadResult(item.name, "accepted", image=image)
     return results

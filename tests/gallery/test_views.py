@@ -1,10 +1,16 @@
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+from django.db import connections
+from django.test import Client
 from django.urls import reverse
 from PIL import Image as PILImage
 
 from gallery.models import Image
 from tests import images
-from tests.conftest import store, upload_file
+from tests.conftest import media_files, store, upload_file
 
 
 def indexed(data: bytes, name: str = "p.jpg", owner=None) -> Image:
@@ -149,6 +155,33 @@ class TestUpload:
         response = alice_client.post(reverse("gallery:upload"), {})
         assert response.status_code == 400
         assert "Choose one or more images" in response.content.decode()
+
+
+class TestConcurrentUploads:
+    @pytest.mark.django_db(transaction=True)
+    def test_uploads_at_once_never_store_more_than_the_quota(self, user, settings):
+        settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES = 5
+        clients = [Client() for _ in range(4)]
+        for client in clients:
+            client.force_login(user)
+        start = threading.Barrier(len(clients))
+        before = media_files()
+
+        def upload_five(client: Client, first: int) -> list[dict]:
+            files = [upload_file(f"{n}.jpg", images.jpeg(n, size=(96, 96))) for n in range(first, first + 5)]
+            try:
+                start.wait()
+                response = client.post(reverse("gallery:upload"), {"files": files}, HTTP_ACCEPT="application/json")
+                return response.json()["results"]
+            finally:
+                connections.close_all()  # this thread's own connection
+
+        with ThreadPoolExecutor(len(clients)) as pool:
+            answers = [r for results in pool.map(upload_five, clients, range(0, 20, 5)) for r in results]
+        assert Counter((r["status"], r["code"]) for r in answers) == {
+            ("accepted", ""): 5, ("refused", "quota_exceeded"): 15}
+        assert Image.objects.filter(owner=user).count() == 5
+        assert len(media_files() - before) == 5 * 3, "the files of a refused upload are deleted"
 
 
 class TestStates:
