@@ -81,8 +81,9 @@ _SCHEMAS: dict[str, Any] = {
             "code": {"type": "string", "description": "`accepted`, `duplicate`, or why the file was refused: "
                      "`empty`, `not_an_image`, `unsupported_format`, `damaged`, `too_many_pixels`, `too_large`."},
             "message": {"type": "string"},
-            "id": {"type": ["integer", "null"], "description": "The new image, or the one this file duplicates when "
-                   "you may see it."},
+            "id": {"type": ["integer", "null"], "description": "The new image, or the one this file duplicates: "
+                   "always one you may see, since a file identical only to images you may not see is stored as "
+                   "yours."},
             "status_url": {**_NULLABLE_STRING, "description": "Where to follow the image's state "
                            "(`GET /api/v1/images/{id}`)."},
         },

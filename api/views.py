@@ -6,7 +6,6 @@ import time
 from collections.abc import Mapping
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -58,17 +57,14 @@ def image_resource(image: Image) -> dict[str, object]:
     }
 
 
-def _upload_result(result: UploadResult, user: AbstractBaseUser | AnonymousUser) -> dict[str, object]:
-    image, message = result.image, result.message
-    if result.status == "duplicate" and image is not None and not gallery_selectors.image_list_visible(
-            user=user).filter(pk=image.pk).exists():
-        # Someone else's private or unfinished image: saying which it is would reveal it.
-        image, message = None, "An identical file is already stored."
+def _upload_result(result: UploadResult) -> dict[str, object]:
+    # A duplicate names only an image that the uploader may see (gallery.services.images_upload).
+    image = result.image
     return {
         "original_name": result.original_name,
         "status": result.status,
         "code": result.code or result.status,
-        "message": message or "Stored; it is queued to be indexed.",
+        "message": result.message or "Stored; it is queued to be indexed.",
         "id": image.pk if image else None,
         "status_url": reverse("api:image", args=[image.pk]) if image else None,
     }
@@ -85,7 +81,7 @@ def images(request: HttpRequest) -> JsonResponse:
     results = gallery_services.images_upload(uploads=[(f.name, f) for f in files], owner=request.user)
     stored = any(result.status != "refused" for result in results)
     status = 202 if stored else REFUSAL_STATUS.get(results[0].code, 400)
-    return JsonResponse({"results": [_upload_result(result, request.user) for result in results]}, status=status)
+    return JsonResponse({"results": [_upload_result(result) for result in results]}, status=status)
 
 
 @api_endpoint(methods=("GET", "DELETE"), anonymous=Anonymous.VIEWER)

@@ -26,7 +26,8 @@ class Image(models.Model):
                               related_name="images")
     # The file name as uploaded: data to show (escaped), never a path on disk.
     original_name = models.CharField(max_length=255)
-    sha256 = models.CharField(max_length=64, unique=True)
+    # One copy of a file per owner: a second uploader who may not see the first copy gets their own.
+    sha256 = models.CharField(max_length=64, db_index=True)
     format = models.CharField(max_length=8)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
@@ -34,8 +35,9 @@ class Image(models.Model):
     # Stored under generated names. The original is kept for its owner; the display copy and the
     # thumbnail are re-encoded without metadata and are what the site serves.
     original = models.FileField(max_length=255)
-    display = models.FileField(max_length=255)
-    thumbnail = models.FileField(max_length=255)
+    # Indexed: a request for a served copy finds its image by the copy's name.
+    display = models.FileField(max_length=255, db_index=True)
+    thumbnail = models.FileField(max_length=255, db_index=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
     # Hidden images stay indexed but never appear in search or the public gallery.
     hidden = models.BooleanField(default=False)
@@ -58,6 +60,9 @@ class Image(models.Model):
             models.Index(fields=["state", "id"]),
             models.Index(fields=["-created_at", "-id"]),
             models.Index(fields=["awaiting_approval", "-created_at"]),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "sha256"], name="gallery_image_one_copy_per_owner"),
         ]
 
     def __str__(self) -> str:

@@ -1,6 +1,7 @@
 """Reads of the gallery: which images a visitor may see."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Q, QuerySet
 
@@ -20,3 +21,9 @@ def image_list_visible(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Im
 
 def image_can_manage(*, image: Image, user: AbstractBaseUser | AnonymousUser) -> bool:
     return user.is_authenticated and (user.is_staff or image.owner_id == user.pk)
+
+
+def image_visible_to_everyone(*, image: Image) -> bool:
+    """Whether anyone at all may see the image, signed in or not: what a shared cache may keep."""
+    return (settings.LOOKALIKE_PUBLIC_GALLERY
+            and image_list_visible(user=AnonymousUser()).filter(pk=image.pk).exists())

@@ -1,5 +1,6 @@
-"""Writes of the gallery: storing uploads and deleting images. The web upload, the API and
-``import_images`` all go through ``images_upload``, so they validate and de-duplicate alike."""
+"""Writes of the gallery: storing uploads and deleting images. The web upload, the search page's
+"add to the gallery", the API and ``import_images`` all go through ``images_upload``, so they
+validate and de-duplicate alike."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +8,8 @@ import logging
 import os
 import unicodedata
 import uuid
-from collections.abc import Collection, Sequence
+import zlib
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -15,12 +17,13 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.template.defaultfilters import filesizeformat
 
 from gallery.imaging import DecodedImage, ImageRejected, decode_image, served_copies
 from gallery.models import Image, Tag
+from gallery.selectors import image_list_visible
 from search import changelog
 from search.models import IndexChange
 from search.services import queue_embeddings, queue_index_sync
@@ -28,6 +31,9 @@ from search.services import queue_embeddings, queue_index_sync
 log = logging.getLogger(__name__)
 
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "AVIF": ".avif"}
+# Any constant works; with the uploader's id it names the PostgreSQL advisory lock that orders
+# one uploader's stores.
+_UPLOAD_LOCK_KEY = zlib.crc32(b"lookalike.uploads") & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,9 @@ def read_limited(source: Readable, limit: int) -> bytes:
 
 
 class _Quota:
-    """What an owner may still upload: counted once for a batch of files, then spent file by file."""
+    """What an owner may still upload: counted once for a batch of files, then spent file by file.
+    Counted first to refuse early, then again under the uploader's lock (``_store``), which is
+    what makes it hold when uploads run at once."""
 
     def __init__(self, owner: AbstractBaseUser | None) -> None:
         self.max_images = settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES
@@ -124,10 +132,16 @@ def image_upload(*, source: Readable, original_name: str, owner: AbstractBaseUse
 def images_upload(*, uploads: Sequence[tuple[str, Readable]], owner: AbstractBaseUser | None) -> list[UploadResult]:
     """Validate, store and queue uploaded files, given as (name, contents): one result each, in order.
 
-    Nothing is stored for a refused file, and a file met twice is stored once. One query finds
-    the files already stored, and the accepted ones are stored in one transaction, so that a
-    large import costs a few round trips per batch rather than per file. Each file is read
-    twice (to find the duplicates, then to store it) so that only one is held in memory at a time.
+    Nothing is stored for a refused file. A file identical to an image that the uploader may see
+    is not stored again but named as its duplicate. A file whose only stored copies the uploader
+    may not see (another user's hidden, awaiting or unfinished upload) is stored as theirs, as a
+    new file would be, so that the answer tells them nothing about those images. ``owner`` None
+    is an import by the operator, who may see every image.
+
+    One query finds the files already stored, and the accepted ones are stored in one
+    transaction, so that a large import costs a few round trips per batch rather than per file.
+    Each file is read twice (to find the duplicates, then to store it) so that only one is held
+    in memory at a time.
     """
     names = [clean_original_name(original_name) for original_name, _ in uploads]
     results: dict[int, UploadResult] = {}
@@ -137,7 +151,7 @@ def images_upload(*, uploads: Sequence[tuple[str, Readable]], owner: AbstractBas
             digests[position] = hashlib.sha256(_read(source)).hexdigest()
         except ImageRejected as rejection:
             results[position] = UploadResult.refused(names[position], rejection)
-    stored = Image.objects.in_bulk(list(set(digests.values())), field_name="sha256")
+    stored = _copies_seen_by(owner, digests.values())
     quota = _Quota(owner)
     first_of: dict[str, int] = {}
     accepted: list[_Accepted] = []
@@ -195,32 +209,59 @@ def _write_files(item: _Accepted, data: bytes, decoded: DecodedImage) -> None:
         item.written.append(default_storage.save(f"{kind}/{folder}/{stem}{ext}", ContentFile(payload)))
 
 
+def _copies_seen_by(owner: AbstractBaseUser | None, digests: Iterable[str]) -> dict[str, Image]:
+    """The stored image that each of these files duplicates, among the images that ``owner`` may
+    see (every image when there is no owner); the earliest, where there are several."""
+    images = Image.objects.all() if owner is None else image_list_visible(user=owner)
+    copies: dict[str, Image] = {}
+    for image in images.filter(sha256__in=list(set(digests))).order_by("pk"):
+        copies.setdefault(image.sha256, image)
+    return copies
+
+
+def _lock_uploads_of(owner: AbstractBaseUser | None) -> None:
+    """Until the transaction ends, no other store of this uploader's (or, with no owner, of
+    another import) can run: each sees what the one before it stored. SQLite already runs one
+    writing transaction at a time (the settings start each one IMMEDIATE)."""
+    if connection.vendor == "postgresql":
+        owner_id = owner.pk if owner is not None and owner.is_authenticated else 0
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_UPLOAD_LOCK_KEY, owner_id % 2**31])
+
+
 def _store(items: list[_Accepted], owner: AbstractBaseUser | None) -> dict[int, UploadResult]:
     """Insert the rows of accepted uploads whose files are written, and queue them; each one's result.
 
-    A file that another upload stored meanwhile becomes a duplicate of it, and its own copies
-    are deleted.
+    Duplicates and the quota are judged again under the uploader's lock, since the first look
+    was taken outside it: a file that another upload stored meanwhile, where the uploader may see
+    it, becomes its duplicate, and a file that other uploads have left no room for is refused.
+    The copies of a file not stored are deleted.
     """
     results: dict[int, UploadResult] = {}
-    while items:
-        try:
-            with transaction.atomic():
-                images = Image.objects.bulk_create([_new_image(item, owner) for item in items])
-                queue_embeddings([image.pk for image in images])
-        except IntegrityError:
-            winners = Image.objects.in_bulk([item.digest for item in items], field_name="sha256")
-            if not winners:
-                raise
-            for item in items:
-                if item.digest in winners:
-                    _delete_files(item.written)
-                    item.written.clear()
-                    results[item.position] = UploadResult.duplicate(item.name, winners[item.digest])
-            items = [item for item in items if item.digest not in winners]
-            continue
-        for item, image in zip(items, images, strict=True):
-            results[item.position] = UploadResult(item.name, "accepted", image=image)
-        return results
+    new: list[_Accepted] = []
+    with transaction.atomic():
+        _lock_uploads_of(owner)
+        stored = _copies_seen_by(owner, (item.digest for item in items))
+        quota = _Quota(owner)
+        for item in items:
+            if item.digest in stored:
+                results[item.position] = UploadResult.duplicate(item.name, stored[item.digest])
+                continue
+            try:
+                quota.check(item.byte_size)
+            except ImageRejected as rejection:
+                results[item.position] = UploadResult.refused(item.name, rejection)
+                continue
+            quota.spend(item.byte_size)
+            new.append(item)
+        images = Image.objects.bulk_create([_new_image(item, owner) for item in new])
+        queue_embeddings([image.pk for image in images])
+    for item in items:
+        if item.position in results:
+            _delete_files(item.written)
+            item.written.clear()
+    for item, image in zip(new, images, strict=True):
+        results[item.position] = UploadResult(item.name, "accepted", image=image)
     return results
 
 

@@ -24,7 +24,13 @@ from gallery.models import Image
 from gallery.uploads import FileSizeLimit
 
 GALLERY_PAGE_SIZE = 48
-_SERVED_MEDIA = {"display", "thumbs"}
+# The folders of the copies that are served, and the field of the image that names each copy.
+_SERVED_MEDIA = {"display": "display", "thumbs": "thumbnail"}
+# Names are random and never reused, so a copy never changes; what may change is who may see it.
+# Shared caches keep a copy for minutes, so that hiding an image takes it back from them soon;
+# the browser of someone who has already seen it may keep it longer.
+_PUBLIC_CACHE = "public, max-age=86400, s-maxage=300"
+_PRIVATE_CACHE = "private, max-age=3600"
 
 
 def image_json(image: Image) -> dict[str, object]:
@@ -158,9 +164,13 @@ def original(request: HttpRequest, image_id: int) -> FileResponse:
 @require_GET
 @viewer_required
 def media(request: HttpRequest, path: str) -> FileResponse:
-    """Serve the re-encoded copies (never the originals) with headers that stop content sniffing."""
+    """Serve the re-encoded copies (never the originals) with headers that stop content sniffing,
+    and only to whoever may see their image: to anyone else they do not exist."""
     parts = PurePosixPath(path).parts
     if not parts or parts[0] not in _SERVED_MEDIA or ".." in parts:
+        raise Http404
+    image = selectors.image_list_visible(user=request.user).filter(**{_SERVED_MEDIA[parts[0]]: path}).first()
+    if image is None:
         raise Http404
     full = settings.MEDIA_ROOT.joinpath(*parts)
     if not full.is_file():
@@ -169,6 +179,5 @@ def media(request: HttpRequest, path: str) -> FileResponse:
     response = FileResponse(full.open("rb"), content_type=content_type)
     response["X-Content-Type-Options"] = "nosniff"
     response["Content-Disposition"] = "inline"
-    # Names are random and never reused, so a copy never changes.
-    response["Cache-Control"] = "public, max-age=31536000, immutable"
+    response["Cache-Control"] = _PUBLIC_CACHE if selectors.image_visible_to_everyone(image=image) else _PRIVATE_CACHE
     return response

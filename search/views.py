@@ -6,6 +6,7 @@ import base64
 import logging
 
 from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods
@@ -13,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from api.ratelimit import RateLimited, rate_limit_hit
 from gallery.access import viewer_required
 from gallery.imaging import encode_jpeg
-from gallery.services import image_upload
+from gallery.services import UploadResult, clean_original_name, image_upload
 from search import queries
 from search.queries import QueryError
 
@@ -91,8 +92,7 @@ def _query_from(request: HttpRequest, data: QueryDict, context: dict[str, object
         context.update(query_kind="upload", query_name=upload.name, query_preview=_preview(query))
         if data.get("add_to_gallery") and request.user.is_authenticated:
             # Only when asked: a query picture is otherwise never stored.
-            upload.seek(0)
-            context["added"] = image_upload(source=upload, original_name=upload.name, owner=request.user)
+            context["added"] = _add_to_gallery(request, upload)
     elif data.get("url", "").strip():
         rate_limit_hit(request, scope="url_fetch")
         query = queries.query_from_url(url=data["url"])
@@ -108,6 +108,18 @@ def _query_from(request: HttpRequest, data: QueryDict, context: dict[str, object
         raise QueryError("no_query", "Choose a picture, paste one, or give its URL to search with.")
     context.update(query_width=query.width, query_height=query.height)
     return query
+
+
+def _add_to_gallery(request: HttpRequest, upload: UploadedFile) -> UploadResult:
+    """Store the query picture as an upload like any other: it counts against the upload limit
+    here and against the quota in the service. Past the limit the search is still answered."""
+    try:
+        rate_limit_hit(request, scope="upload")
+    except RateLimited as limited:
+        return UploadResult(clean_original_name(upload.name or ""), "refused", code="rate_limited",
+                            message=limited.message)
+    upload.seek(0)
+    return image_upload(source=upload, original_name=upload.name or "", owner=request.user)
 
 
 def _preview(query: queries.Query) -> str:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,14 @@ def other_user(db):
 @pytest.fixture
 def staff_user(db):
     return get_user_model().objects.create_user("carol", password="carol-password", is_staff=True)
+
+
+@pytest.fixture
+def fresh_cache(settings) -> str:
+    """A cache namespace of this test's own, so that no counter of another test is seen."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": prefix}}
+    return prefix
 
 
 @pytest.fixture

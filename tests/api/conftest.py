@@ -1,20 +1,10 @@
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from api.services import api_token_create
 from gallery.models import Image
 from tests.conftest import store
-
-
-@pytest.fixture
-def fresh_cache(settings) -> str:
-    """A cache namespace of this test's own, so that no counter of another test is seen."""
-    prefix = f"test-{uuid.uuid4().hex[:12]}"
-    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": prefix}}
-    return prefix
 
 
 @pytest.fixture

@@ -87,13 +87,16 @@ class TestUpload:
         state = client.get(results[0]["status_url"], headers=bearer(secret)).json()
         assert state["state"] == "queued" and state["id"] == new.pk
 
-    def test_a_duplicate_of_an_image_you_cannot_see_is_not_named(self, client, other_user, secret):
+    def test_a_file_identical_to_an_image_you_cannot_see_is_stored_as_yours(self, client, user, other_user,
+                                                                               secret):
         hidden = store(images.jpeg(5), "bobs-private.jpg", owner=other_user)
         response = client.post(IMAGES_URL, {"image": upload_file("mine.jpg", images.jpeg(5))},
                                headers=bearer(secret))
+        assert response.status_code == 202
         [result] = response.json()["results"]
-        assert result["status"] == "duplicate" and result["id"] is None and result["status_url"] is None
-        assert "bobs-private" not in response.content.decode() and str(hidden.pk) not in result["message"]
+        assert (result["status"], result["message"]) == ("accepted", "Stored; it is queued to be indexed.")
+        assert Image.objects.get(pk=result["id"]).owner == user and result["id"] != hidden.pk
+        assert "bobs-private" not in response.content.decode()
 
     @pytest.mark.parametrize(("data", "content_type", "status", "code"), [
         (b"", "image/jpeg", 400, "empty"),

@@ -55,6 +55,8 @@ ADMIN = {"anonymous": 302, "owner": 302, "other": 302, "staff": 200}
     ("original", lambda p: reverse("gallery:original", args=[p["public"].pk]), ORIGINAL),
     ("thumbnail", lambda p: p["public"].thumbnail.url, EVERYONE),
     ("display copy", lambda p: p["public"].display.url, EVERYONE),
+    ("hidden thumbnail", lambda p: p["hidden"].thumbnail.url, OWNER_OR_STAFF_404),
+    ("hidden display copy", lambda p: p["hidden"].display.url, OWNER_OR_STAFF_404),
     ("search page", lambda p: reverse("search:search"), EVERYONE),
     ("similar", lambda p: reverse("search:similar", args=[p["public"].pk]), EVERYONE),
     ("hidden similar", lambda p: reverse("search:similar", args=[p["hidden"].pk]), OWNER_OR_STAFF_404),
@@ -66,6 +68,14 @@ def test_each_role_gets_what_it_may_see(as_role, pictures, name, url, expected):
         assert response.status_code == expected[role], f"{name} as {role}"
         if expected[role] == 302:
             assert to_login(response), f"{name} as {role}"
+
+
+def test_the_copies_of_an_upload_awaiting_approval_are_served_to_its_owner_and_staff_only(as_role, user):
+    waiting = store_indexed(images.jpeg(3), "waiting.jpg", owner=user)
+    Image.objects.filter(pk=waiting.pk).update(hidden=True, awaiting_approval=True)
+    for url in (waiting.thumbnail.url, waiting.display.url):
+        seen = {role: as_role(role).get(url).status_code for role in ROLES}
+        assert seen == OWNER_OR_STAFF_404, url
 
 
 def test_the_state_feed_tells_nobody_else_about_a_hidden_image(as_role, pictures):

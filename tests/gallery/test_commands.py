@@ -6,6 +6,7 @@ from django.core.management import CommandError, call_command
 
 from gallery.models import Image
 from tests import images
+from tests.conftest import store
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -64,6 +65,16 @@ class TestImportImages:
         names = sorted(Image.objects.values_list("original_name", flat=True))
         assert names in (["a.jpg", "b.png", "c.jpg"], ["b.png", "c.jpg", "copy-of-a.jpg"])
         assert set(Image.objects.values_list("state", flat=True)) == {Image.State.QUEUED}
+
+    def test_a_file_identical_to_an_image_the_owner_may_not_see_is_stored_as_theirs(self, db, folder, user,
+                                                                                       other_user):
+        theirs = store(images.png(2), "bobs-private.png", owner=other_user)
+        Image.objects.filter(pk=theirs.pk).update(state=Image.State.INDEXED, hidden=True)
+        status, out, err = run("import_images", str(folder), "--owner", "alice")
+        assert status == 0
+        assert out.strip() == "3 files: 2 stored, 1 duplicates, 0 refused."
+        assert Image.objects.get(owner=user, original_name="b.png").sha256 == theirs.sha256
+        assert "bobs-private" not in err
 
     def test_fewer_than_one_job_is_an_error(self, db, folder):
         with pytest.raises(CommandError, match="--jobs must be at least 1, not 0"):

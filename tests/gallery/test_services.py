@@ -170,6 +170,43 @@ class TestBatchUpload:
         assert Image.objects.filter(owner=user).count() == 2
 
 
+class TestDuplicatesOfImagesTheUploaderMayNotSee:
+    """An identical file is named as a duplicate only when the uploader may see the image it
+    matches. Otherwise it is stored as the uploader's own, as any new file would be, so that the
+    answer tells them nothing about an image they may not see."""
+
+    @pytest.fixture
+    def bobs(self, other_user):
+        image = store(images.jpeg(7), "bobs-private.jpg", owner=other_user)
+        Image.objects.filter(pk=image.pk).update(state=Image.State.INDEXED)
+        return image
+
+    @pytest.mark.parametrize("hidden_by", [{"hidden": True}, {"hidden": True, "awaiting_approval": True},
+                                           {"state": Image.State.QUEUED}])
+    def test_it_is_stored_as_the_uploaders_own_like_a_new_file(self, user, bobs, hidden_by):
+        Image.objects.filter(pk=bobs.pk).update(**hidden_by)
+        result = upload(images.jpeg(7), "mine.jpg", owner=user)
+        fresh = upload(images.jpeg(8), "new.jpg", owner=user)
+        assert (result.status, result.code, result.message) == (fresh.status, fresh.code, fresh.message)
+        assert result.image != bobs and result.image.owner == user and result.image.original_name == "mine.jpg"
+        assert result.image.sha256 == bobs.sha256
+        assert upload(images.jpeg(7), "mine-again.jpg", owner=user).image == result.image, "their own is named"
+
+    def test_an_image_the_uploader_may_see_is_named_as_today(self, user, bobs):
+        result = upload(images.jpeg(7), "mine.jpg", owner=user)
+        assert (result.status, result.image) == ("duplicate", bobs)
+        assert Image.objects.count() == 1
+
+    def test_staff_see_every_image_so_theirs_is_named(self, staff_user, bobs):
+        Image.objects.filter(pk=bobs.pk).update(hidden=True)
+        assert upload(images.jpeg(7), owner=staff_user).image == bobs
+
+    def test_an_import_with_no_owner_is_the_operators_who_sees_every_image(self, db, bobs):
+        Image.objects.filter(pk=bobs.pk).update(hidden=True)
+        assert upload(images.jpeg(7)).image == bobs
+        assert Image.objects.count() == 1
+
+
 class TestDelete:
     def test_it_removes_the_row_vectors_and_files_and_logs_the_removal(
             self, db, django_capture_on_commit_callbacks):

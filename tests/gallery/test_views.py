@@ -1,10 +1,16 @@
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+from django.db import connections
+from django.test import Client
 from django.urls import reverse
 from PIL import Image as PILImage
 
 from gallery.models import Image
 from tests import images
-from tests.conftest import store, upload_file
+from tests.conftest import media_files, store, upload_file
 
 
 def indexed(data: bytes, name: str = "p.jpg", owner=None) -> Image:
@@ -107,6 +113,21 @@ class TestUpload:
         assert "not an image" in results[3]["message"]
         assert Image.objects.filter(owner=user).count() == 2
 
+    def test_a_file_identical_to_another_users_hidden_image_is_stored_as_yours(self, alice_client, user,
+                                                                                 other_user):
+        theirs = indexed(images.jpeg(5), "bobs-private.jpg", owner=other_user)
+        Image.objects.filter(pk=theirs.pk).update(hidden=True)
+        files = [upload_file("mine.jpg", images.jpeg(5))]
+        response = alice_client.post(reverse("gallery:upload"), {"files": files}, HTTP_ACCEPT="application/json")
+        [result] = response.json()["results"]
+        assert result["status"] == "accepted"
+        mine = Image.objects.get(pk=result["image"]["id"])
+        assert mine.owner == user and mine != theirs
+        page = alice_client.post(reverse("gallery:upload"), {"files": [upload_file("mine.jpg", images.jpeg(5))]})
+        for body in (response.content.decode(), page.content.decode()):
+            assert "bobs-private" not in body and theirs.thumbnail.url not in body
+            assert theirs.display.url not in body and f"/images/{theirs.pk}/" not in body
+
     def test_it_reports_each_file_on_the_page_without_javascript(self, alice_client):
         files = [upload_file("good.jpg", images.jpeg(1)), upload_file("bad.jpg", b"")]
         body = alice_client.post(reverse("gallery:upload"), {"files": files}).content.decode()
@@ -134,6 +155,33 @@ class TestUpload:
         response = alice_client.post(reverse("gallery:upload"), {})
         assert response.status_code == 400
         assert "Choose one or more images" in response.content.decode()
+
+
+class TestConcurrentUploads:
+    @pytest.mark.django_db(transaction=True)
+    def test_uploads_at_once_never_store_more_than_the_quota(self, user, settings):
+        settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES = 5
+        clients = [Client() for _ in range(4)]
+        for client in clients:
+            client.force_login(user)
+        start = threading.Barrier(len(clients))
+        before = media_files()
+
+        def upload_five(client: Client, first: int) -> list[dict]:
+            files = [upload_file(f"{n}.jpg", images.jpeg(n, size=(96, 96))) for n in range(first, first + 5)]
+            try:
+                start.wait()
+                response = client.post(reverse("gallery:upload"), {"files": files}, HTTP_ACCEPT="application/json")
+                return response.json()["results"]
+            finally:
+                connections.close_all()  # this thread's own connection
+
+        with ThreadPoolExecutor(len(clients)) as pool:
+            answers = [r for results in pool.map(upload_five, clients, range(0, 20, 5)) for r in results]
+        assert Counter((r["status"], r["code"]) for r in answers) == {
+            ("accepted", ""): 5, ("refused", "quota_exceeded"): 15}
+        assert Image.objects.filter(owner=user).count() == 5
+        assert len(media_files() - before) == 5 * 3, "the files of a refused upload are deleted"
 
 
 class TestStates:
@@ -210,6 +258,35 @@ class TestFiles:
         assert response.status_code == 200
         assert response["Content-Type"] == "image/jpeg"
         assert response["X-Content-Type-Options"] == "nosniff"
+
+    def test_a_copy_everyone_may_see_stays_in_shared_caches_for_minutes_only(self, client, db):
+        image = indexed(images.jpeg(1))
+        for url in (image.thumbnail.url, image.display.url):
+            response = client.get(url)
+            assert response.status_code == 200
+            # Hiding the image takes it out of shared caches within five minutes.
+            assert response["Cache-Control"] == "public, max-age=86400, s-maxage=300"
+
+    def test_a_copy_of_a_hidden_image_is_never_kept_by_a_shared_cache(self, alice_client, user):
+        image = indexed(images.jpeg(1), owner=user)
+        Image.objects.filter(pk=image.pk).update(hidden=True)
+        for url in (image.thumbnail.url, image.display.url):
+            response = alice_client.get(url)
+            assert response.status_code == 200
+            assert response["Cache-Control"] == "private, max-age=3600"
+
+    def test_nothing_of_a_private_gallery_is_kept_by_a_shared_cache(self, alice_client, settings):
+        settings.LOOKALIKE_PUBLIC_GALLERY = False
+        image = indexed(images.jpeg(1))
+        response = alice_client.get(image.thumbnail.url)
+        assert response.status_code == 200
+        assert response["Cache-Control"] == "private, max-age=3600"
+
+    def test_a_file_that_belongs_to_no_image_is_not_served(self, client, db, settings):
+        image = indexed(images.jpeg(1))
+        stray = image.thumbnail.name.replace(".jpg", "-stray.jpg")
+        (settings.MEDIA_ROOT / stray).write_bytes(image.thumbnail.read())
+        assert client.get(settings.MEDIA_URL + stray).status_code == 404
 
     @pytest.mark.parametrize("path", ["originals/{name}", "display/../originals/{name}", "", "secret_key"])
     def test_originals_and_other_files_are_never_served(self, client, db, path):

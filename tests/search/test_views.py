@@ -115,6 +115,15 @@ class TestSearchByPicture:
         expected = f'Already in the gallery as <a href="/images/{added.pk}/">image #{added.pk}</a>'
         assert expected in again.content.decode()
 
+    def test_a_picture_identical_to_an_image_you_cannot_see_is_added_as_yours(self, alice_client, user,
+                                                                                 other_user, gallery):
+        theirs = store(images.jpeg(99), "bobs-private.jpg", owner=other_user)
+        Image.objects.filter(pk=theirs.pk).update(state=Image.State.INDEXED, hidden=True)
+        body = search(alice_client, images.jpeg(99), add_to_gallery="1").content.decode()
+        mine = Image.objects.get(owner=user)
+        assert f'Added to the gallery as <a href="/images/{mine.pk}/">image #{mine.pk}</a>' in body
+        assert f"#{theirs.pk}" not in body and "bobs-private" not in body
+
     def test_an_anonymous_visitor_cannot_add_to_the_gallery(self, client, gallery):
         search(client, images.jpeg(99), add_to_gallery="1")
         assert Image.objects.count() == len(gallery)
@@ -414,6 +423,27 @@ class TestRateLimits:
         assert search(client, images.jpeg(1)).status_code == 429
         client.force_login(other_user)
         assert search(client, images.jpeg(1)).status_code == 200
+
+    def test_adding_to_the_gallery_counts_against_the_upload_limit(self, alice_client, user, gallery, settings,
+                                                                   fresh_cache):
+        settings.LOOKALIKE_RATE_LIMIT_UPLOAD = "1/hour"
+        added = search(alice_client, images.jpeg(90), add_to_gallery="1").content.decode()
+        assert "Added to the gallery as" in added
+        upload = alice_client.post(reverse("gallery:upload"), {"files": [upload_file("a.jpg", images.jpeg(91))]})
+        assert upload.status_code == 429, "the search page used the budget"
+        for seed in range(92, 95):
+            response = search(alice_client, images.jpeg(seed), add_to_gallery="1")
+            assert response.status_code == 200, "the search itself is still answered"
+            assert ("Not added to the gallery: Too many uploaded files: the limit is 1 per hour."
+                    in response.content.decode())
+        assert Image.objects.filter(owner=user).count() == 1
+
+    def test_adding_to_the_gallery_counts_against_the_quota(self, alice_client, user, gallery, settings):
+        settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES = 1
+        assert "Added to the gallery as" in search(alice_client, images.jpeg(90), add_to_gallery="1").content.decode()
+        refused = search(alice_client, images.jpeg(91), add_to_gallery="1").content.decode()
+        assert "Not added to the gallery: You have reached your quota of 1 images" in refused
+        assert Image.objects.filter(owner=user).count() == 1
 
     def test_url_fetches_have_a_limit_of_their_own(self, client, gallery, picture_server, settings):
         settings.LOOKALIKE_RATE_LIMIT_URL_FETCH = "1/minute"
