@@ -4,7 +4,7 @@ import time
 import pytest
 
 from search.fetch import FetchLimits, FetchRefused, fetch_url
-from tests.conftest import PictureServer
+from tests.conftest import PictureServer, TricklingServer
 
 LOOPBACK_ALLOWED = FetchLimits(max_bytes=1024 * 1024, timeout=1.0,
                                allowed_networks=[ipaddress.ip_network("127.0.0.1/32")])
@@ -40,6 +40,28 @@ def test_private_loopback_link_local_and_multicast_addresses_are_refused(url):
     assert refusal(url, DEFAULT).code == "url_forbidden"
 
 
+@pytest.mark.parametrize("url", [
+    "http://[64:ff9b::7f00:1]/x.jpg",  # NAT64 of 127.0.0.1
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # NAT64 of 169.254.169.254
+    "http://[::7f00:1]/x.jpg",  # IPv4-compatible 127.0.0.1
+    "http://[::a00:8]/x.jpg",  # IPv4-compatible 10.0.0.8
+    "http://[2002:7f00:1::]/x.jpg",  # 6to4 of 127.0.0.1
+    "http://[2002:c0a8:101::1]/x.jpg",  # 6to4 of 192.168.1.1
+    "http://[::ffff:0:7f00:1]/x.jpg",  # SIIT (IPv4-translated) 127.0.0.1
+    "http://[::ffff:0:a00:8]/x.jpg",  # SIIT 10.0.0.8
+    "http://[64:ff9b:1::808:808]/x.jpg",  # local-use NAT64: leads wherever that network says
+])
+def test_ipv6_forms_that_wrap_a_private_ipv4_address_are_refused(url):
+    assert ipaddress.ip_address(url.split("[")[1].split("]")[0]).is_global  # what ipaddress alone would let by
+    assert refusal(url, DEFAULT).code == "url_forbidden"
+
+
+@pytest.mark.parametrize("url", ["http://[64:ff9b::808:808]/x.jpg", "http://[2002:808:808::]/x.jpg"])
+def test_ipv6_forms_that_wrap_a_public_ipv4_address_are_fetched(url):
+    # Nothing answers here; what matters is that the fetch is tried.
+    assert refusal(url, FetchLimits(max_bytes=1024, timeout=0.5)).code in ("url_unreachable", "url_timeout")
+
+
 def test_the_loopback_is_refused_unless_allowed(server):
     error = refusal(server.url("/picture.jpg"), DEFAULT)
     assert error.code == "url_forbidden"
@@ -68,6 +90,18 @@ def test_a_slow_server_is_given_up_on_in_time(server):
     started = time.monotonic()
     assert refusal(server.url("/slow.jpg")).code == "url_timeout"
     assert time.monotonic() - started < 2.5
+
+
+@pytest.mark.parametrize("part", list(TricklingServer.ANSWERS))
+def test_the_deadline_holds_for_a_server_that_trickles_its_answer(part):
+    trickler = TricklingServer(part, interval=0.1)
+    try:
+        assert trickler.trickle_seconds > 3 * LOOPBACK_ALLOWED.timeout
+        started = time.monotonic()
+        assert refusal(trickler.url).code == "url_timeout"
+        assert time.monotonic() - started < LOOPBACK_ALLOWED.timeout + 0.5
+    finally:
+        trickler.close()
 
 
 def test_a_body_over_the_limit_is_refused(server):
