@@ -188,7 +188,8 @@ def search(request: HttpRequest) -> JsonResponse:
         query = _query(request, data, upload)
         outcome = queries.search_run(query=query, user=request.user, params=params)
     except queries.QueryError as error:
-        raise ApiError(error.status, error.code, error.message) from None
+        retry = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+        raise ApiError(error.status, error.code, error.message, retry) from None
     return JsonResponse({"results": [search_result(result) for result in outcome.results],
                          "took_ms": round((time.perf_counter() - started) * 1000, 1), "has_more": outcome.has_more})
 

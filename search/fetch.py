@@ -9,16 +9,20 @@ them. Whether the bytes are an image is for the caller to check.
 """
 from __future__ import annotations
 
+import fcntl
 import http.client
 import io
 import ipaddress
+import math
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -30,10 +34,11 @@ _USER_AGENT = "Lookalike image search (fetching a picture a user asked to search
 
 
 class FetchRefused(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after  # seconds, when trying again later may succeed
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,30 @@ def fetch_url(url: str, limits: FetchLimits) -> bytes:
             return body
         url = urljoin(url, location)
     raise FetchRefused("url_redirects", f"The URL redirected more than {limits.max_redirects} times.")
+
+
+@contextmanager
+def fetch_slot(folder: Path, slots: int, retry_after: float) -> Iterator[None]:
+    """Hold one of ``slots`` places for a fetch, shared by every process on this machine that uses
+    ``folder``, or raise ``FetchRefused`` at once when all are taken: waiting would hold the thread
+    that the limit is there to keep free. A place is an flock on a file, which the kernel lets go
+    when its holder exits, even killed, so a crashed process can never keep one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for slot in range(slots):
+        handle = (folder / f"slot-{slot}.lock").open("ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        try:
+            yield
+        finally:
+            handle.close()  # which lets go of the lock
+        return
+    wait = math.ceil(retry_after)
+    raise FetchRefused("url_busy", f"The server is already fetching as many pictures as it may at once; "
+                                   f"try again in {wait} second{'s' if wait != 1 else ''}.", retry_after=wait)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from gallery.models import Image
 from gallery.services import read_limited
 from search import runtime, selectors, verdicts
 from search.backbones import WeightsMissing
-from search.fetch import FetchLimits, FetchRefused, fetch_url
+from search.fetch import FetchLimits, FetchRefused, fetch_slot, fetch_url
 from search.selectors import SearchFilters
 
 __all__ = ["Box", "Query", "QueryError", "Result", "SearchFilters", "SearchOutcome", "SearchParams",
@@ -35,15 +35,16 @@ __all__ = ["Box", "Query", "QueryError", "Result", "SearchFilters", "SearchOutco
 MIN_REGION_SIDE = 8
 
 _STATUS_BY_IMAGE_CODE = {"too_large": 413, "not_an_image": 415, "unsupported_format": 415}
-_STATUS_BY_FETCH_CODE = {"too_large": 413}
+_STATUS_BY_FETCH_CODE = {"too_large": 413, "url_busy": 503}
 
 
 class QueryError(Exception):
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
+    def __init__(self, code: str, message: str, status: int = 400, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
+        self.retry_after = retry_after  # seconds, for a Retry-After header
 
 
 @dataclass(frozen=True)
@@ -233,9 +234,13 @@ def query_from_url(*, url: str) -> Query:
     limits = FetchLimits(max_bytes=settings.LOOKALIKE_MAX_UPLOAD_BYTES, timeout=settings.LOOKALIKE_URL_FETCH_TIMEOUT,
                          allowed_networks=allowed)
     try:
-        data = fetch_url(url, limits)
+        # However many clients ask, fetches never take more than this many web threads.
+        with fetch_slot(settings.URL_FETCH_SLOTS_DIR, settings.LOOKALIKE_URL_FETCH_MAX_IN_FLIGHT,
+                        retry_after=limits.timeout):
+            data = fetch_url(url, limits)
     except FetchRefused as refusal:
-        raise QueryError(refusal.code, refusal.message, _STATUS_BY_FETCH_CODE.get(refusal.code, 400)) from None
+        raise QueryError(refusal.code, refusal.message, _STATUS_BY_FETCH_CODE.get(refusal.code, 400),
+                         refusal.retry_after) from None
     try:
         return query_from_upload(source=io.BytesIO(data))
     except QueryError as error:

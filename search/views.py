@@ -76,7 +76,10 @@ def _search(request: HttpRequest, data: QueryDict) -> HttpResponse:
         if error.status >= 500:
             log.error("Search unavailable: %s", error.message)
         context["error"] = error.message
-        return _render(request, context, status=error.status)
+        response = _render(request, context, status=error.status)
+        if error.retry_after is not None:
+            response["Retry-After"] = str(error.retry_after)
+        return response
     context.update(outcome=outcome, searched=True)
     response = _render(request, context)
     response["Server-Timing"] = f"embed;dur={outcome.embed_ms:.1f}, index;dur={outcome.index_ms:.1f}"

@@ -1,9 +1,12 @@
 import ipaddress
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
-from search.fetch import FetchLimits, FetchRefused, fetch_url
+from search.fetch import FetchLimits, FetchRefused, fetch_slot, fetch_url
 from tests.conftest import PictureServer, TricklingServer
 
 LOOPBACK_ALLOWED = FetchLimits(max_bytes=1024 * 1024, timeout=1.0,
@@ -126,3 +129,30 @@ def test_a_closed_port_is_unreachable(server):
 
 def test_an_unknown_host_is_reported():
     assert refusal("http://no-such-host.invalid/x.jpg", DEFAULT).code == "url_unreachable"
+
+
+def test_no_more_fetches_than_the_slots_run_at_once(tmp_path):
+    with fetch_slot(tmp_path, 2, retry_after=9.5), fetch_slot(tmp_path, 2, retry_after=9.5):
+        with pytest.raises(FetchRefused) as caught, fetch_slot(tmp_path, 2, retry_after=9.5):
+            pass
+        assert caught.value.code == "url_busy"
+        assert caught.value.retry_after == 10
+    with fetch_slot(tmp_path, 2, retry_after=1), fetch_slot(tmp_path, 2, retry_after=1):
+        pass  # both free again
+
+
+def test_a_slot_is_shared_with_other_processes_and_freed_when_its_holder_is_killed(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, pathlib; from search.fetch import fetch_slot\n"
+                               "with fetch_slot(pathlib.Path(sys.argv[1]), 1, retry_after=1):\n"
+                               "    print('holding', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(FetchRefused), fetch_slot(tmp_path, 1, retry_after=1):
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    with fetch_slot(tmp_path, 1, retry_after=1):
+        pass  # the killed holder's slot is free
