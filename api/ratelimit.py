@@ -122,7 +122,8 @@ def too_many_requests_page(request: HttpRequest, exc: RateLimited) -> HttpRespon
     if "application/json" in request.headers.get("Accept", ""):
         response: HttpResponse = JsonResponse({"code": "rate_limited", "message": exc.message}, status=429)
     else:
-        response = render(request, "api/rate_limited.html", {"message": exc.message}, status=429)
+        response = render(request, "request_refused.html", {"title": "Slow down", "message": exc.message},
+                          status=429)
     response["Retry-After"] = str(exc.retry_after)
     return response
 

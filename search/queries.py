@@ -19,6 +19,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from PIL.Image import Image as PILImage
 
+from config.request_body import FORM_OVERHEAD_BYTES
 from gallery import selectors as gallery_selectors
 from gallery.imaging import ImageRejected, decode_image, open_for_embedding
 from gallery.models import Image
@@ -29,7 +30,8 @@ from search.fetch import FetchLimits, FetchRefused, fetch_slot, fetch_url
 from search.selectors import SearchFilters
 
 __all__ = ["Box", "Query", "QueryError", "Result", "SearchFilters", "SearchOutcome", "SearchParams",
-           "query_from_image", "query_from_upload", "query_from_url", "search_params_from", "search_run"]
+           "query_from_image", "query_from_upload", "query_from_url", "search_body_limit", "search_params_from",
+           "search_run"]
 
 # A region narrower than this, in pixels, carries too little to search with.
 MIN_REGION_SIDE = 8
@@ -213,6 +215,11 @@ def _box(data: Mapping[str, object]) -> Box | None:
 
 
 # Where the picture comes from ---------------------------------------------------------------
+
+
+def search_body_limit() -> int:
+    """The largest request body a search takes: one query picture and the form's fields."""
+    return settings.LOOKALIKE_MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES
 
 
 def query_from_upload(*, source: BinaryIO) -> Query:
