@@ -119,15 +119,18 @@ def _parse(url: str) -> _Target:
 
 def _resolve(hostname: str, port: int, limits: FetchLimits, deadline: float) -> IPAddress:
     """The address to connect to: every address the name has must be allowed, not just one."""
-    # getaddrinfo has no timeout of its own.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # getaddrinfo has no timeout of its own: a lookup past the deadline is left to finish in its
+    # thread (within the resolver's own timeouts), without the fetch waiting for it.
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
         future = pool.submit(socket.getaddrinfo, hostname, port, type=socket.SOCK_STREAM)
-        try:
-            infos = future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout as exc:
-            raise FetchRefused("url_timeout", f"Looking up {hostname} took too long.") from exc
-        except OSError as exc:
-            raise FetchRefused("url_unreachable", f"The host {hostname} could not be found.") from exc
+        infos = future.result(timeout=max(0.0, deadline - time.monotonic()))
+    except FutureTimeout as exc:
+        raise FetchRefused("url_timeout", f"Looking up {hostname} took too long.") from exc
+    except OSError as exc:
+        raise FetchRefused("url_unreachable", f"The host {hostname} could not be found.") from exc
+    finally:
+        pool.shutdown(wait=False)
     addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
     for address in addresses:
         if not _allowed(address, limits.allowed_networks):

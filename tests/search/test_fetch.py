@@ -1,5 +1,6 @@
 import ipaddress
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -105,6 +106,19 @@ def test_the_deadline_holds_for_a_server_that_trickles_its_answer(part):
         assert time.monotonic() - started < LOOPBACK_ALLOWED.timeout + 0.5
     finally:
         trickler.close()
+
+
+def test_a_slow_name_lookup_is_given_up_on_in_time(monkeypatch):
+    looked_up = socket.getaddrinfo
+
+    def slow_lookup(*args, **kwargs):  # a name server that takes its time, as its owner may choose
+        time.sleep(3)
+        return looked_up(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+    started = time.monotonic()
+    assert refusal("http://slow-name.example/x.jpg").code == "url_timeout"
+    assert time.monotonic() - started < LOOPBACK_ALLOWED.timeout + 0.5
 
 
 def test_a_body_over_the_limit_is_refused(server):
