@@ -253,7 +253,8 @@ class _DeadlineSocket:
         self._users = 1
 
     def sendall(self, data: bytes) -> None:
-        # sendall's timeout bounds the whole call, not each send.
+        # The request's few hundred bytes fit in the socket's buffer: waiting to send them is
+        # waiting for the connection, bounded like any other wait.
         self._sock.settimeout(_remaining(self._deadline))
         self._sock.sendall(data)
 
@@ -262,8 +263,7 @@ class _DeadlineSocket:
         return self._sock.recv_into(buffer)
 
     def makefile(self, mode: str) -> io.BufferedReader:
-        if mode != "rb":
-            raise ValueError(f"only 'rb' is supported, not {mode!r}")
+        """A reader for the response (http.client asks for mode "rb", the only one there is here)."""
         self._users += 1
         return io.BufferedReader(_DeadlineReader(self))
 
