@@ -19,11 +19,11 @@ from django.core.exceptions import (
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
 from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
-from django.template.defaultfilters import filesizeformat
 from django.views.decorators.csrf import csrf_exempt
 
 from api import selectors, services
 from api.ratelimit import RateLimited
+from config.request_body import form_body_limit, max_body
 
 log = logging.getLogger("api")
 
@@ -69,7 +69,9 @@ class Anonymous(enum.Enum):
     REFUSED = "refused"  # never
 
 
-def _check_content_length(request: HttpRequest, limit: int) -> None:
+def _check_content_length(request: HttpRequest) -> None:
+    """A header that Django would take as no body at all is refused as what it is. (Its size is
+    checked before, by config.request_body.)"""
     raw = request.META.get("CONTENT_LENGTH") or "0"
     try:
         length = int(raw)
@@ -77,9 +79,6 @@ def _check_content_length(request: HttpRequest, limit: int) -> None:
         raise ApiError(400, "invalid_content_length", "The Content-Length header is not a number.") from None
     if length < 0:
         raise ApiError(400, "invalid_content_length", "The Content-Length header is negative.")
-    if length > limit:
-        raise ApiError(413, "request_too_large",
-                       f"The request body is larger than the limit of {filesizeformat(limit)}.")
 
 
 def _authenticate(request: HttpRequest) -> None:
@@ -113,17 +112,14 @@ def _parse_body(request: HttpRequest) -> None:
         request.FILES  # noqa: B018
 
 
-def _form_body_limit() -> int:
-    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2**31
-
-
 def api_endpoint(*, methods: tuple[str, ...], anonymous: Anonymous,
-                 max_body_bytes: Callable[[], int] = _form_body_limit,
+                 max_body_bytes: Callable[[], int] = form_body_limit,
                  ) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
     """Make ``view`` an API endpoint. ``max_body_bytes`` bounds the body by its declared length before
     a byte of it is read (a callable, because limits are settings)."""
 
     def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @max_body(max_body_bytes)
         @csrf_exempt
         @wraps(view)
         def wrapped(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
@@ -131,7 +127,7 @@ def api_endpoint(*, methods: tuple[str, ...], anonymous: Anonymous,
                 if request.method not in methods:
                     raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here; "
                                    f"use {' or '.join(methods)}.", {"Allow": ", ".join(methods)})
-                _check_content_length(request, max_body_bytes())
+                _check_content_length(request)
                 _authenticate(request)
                 if not request.user.is_authenticated and (
                     anonymous is Anonymous.REFUSED

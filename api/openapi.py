@@ -256,7 +256,10 @@ def _paths(max_k: int, max_files: int, max_bytes: int) -> dict[str, Any]:
                     "413": _error("The picture (or the request) is too large."),
                     "415": _error("The picture, or the request's content type, is not of an accepted type."),
                     "429": _RATE_LIMITED,
-                    "503": _error("Search is unavailable until an operator acts; the message says how."),
+                    "503": _error("Search is unavailable until an operator acts; the message says how "
+                                  "(`search_unavailable`). Or the server is already fetching as many pictures by "
+                                  "URL as it may at once (`url_busy`): try again after the seconds that the "
+                                  "`Retry-After` header then gives."),
                 },
             },
         },

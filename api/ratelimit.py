@@ -126,7 +126,8 @@ def signin_locked_out_page(request: HttpRequest, original_response: HttpResponse
     now = timezone.now()
     message = (f"Too many failed sign-ins for this account or from your address. Signing in is locked for "
                f"{timeuntil(now + lockout, now)} after the last failed try; wait, then try again.")
-    response = render(request, "api/rate_limited.html", {"message": message}, status=429)
+    response = render(request, "request_refused.html", {"title": "Too many failed sign-ins", "message": message},
+                      status=429)
     response["Retry-After"] = str(math.ceil(lockout.total_seconds()))
     return response
 
@@ -136,7 +137,8 @@ def too_many_requests_page(request: HttpRequest, exc: RateLimited) -> HttpRespon
     if "application/json" in request.headers.get("Accept", ""):
         response: HttpResponse = JsonResponse({"code": "rate_limited", "message": exc.message}, status=429)
     else:
-        response = render(request, "api/rate_limited.html", {"message": exc.message}, status=429)
+        response = render(request, "request_refused.html", {"title": "Slow down", "message": exc.message},
+                          status=429)
     response["Retry-After"] = str(exc.retry_after)
     return response
 

@@ -24,20 +24,19 @@ from api.endpoint import (
 )
 from api.openapi import openapi_description, operations
 from api.ratelimit import files_in, rate_limit, rate_limit_hit
+from config.request_body import FORM_OVERHEAD_BYTES
 from gallery import selectors as gallery_selectors
 from gallery import services as gallery_services
 from gallery.models import Image
 from gallery.services import UploadResult
 from search import queries
 
-# Room for the multipart framing and form fields around the files themselves.
-BODY_OVERHEAD_BYTES = 1024 * 1024
 # What the API answers when every file of an upload is refused, by the first refusal's code.
 REFUSAL_STATUS = {"too_large": 413, "unsupported_format": 415, "not_an_image": 415}
 
 
 def upload_body_limit() -> int:
-    return settings.LOOKALIKE_MAX_UPLOAD_FILES * settings.LOOKALIKE_MAX_UPLOAD_BYTES + BODY_OVERHEAD_BYTES
+    return settings.LOOKALIKE_MAX_UPLOAD_FILES * settings.LOOKALIKE_MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES
 
 
 def image_resource(image: Image) -> dict[str, object]:
@@ -113,10 +112,6 @@ def docs(request: HttpRequest) -> HttpResponse:
                                              "schemas": schemas})
 
 
-def search_body_limit() -> int:
-    return settings.LOOKALIKE_MAX_UPLOAD_BYTES + BODY_OVERHEAD_BYTES
-
-
 def _search_input(request: HttpRequest) -> tuple[Mapping[str, object], UploadedFile | None]:
     """The request's fields (a JSON object or a form) and its uploaded picture, if any."""
     if request.content_type == "application/json":
@@ -174,7 +169,7 @@ def search_result(result: queries.Result) -> dict[str, object]:
     }
 
 
-@api_endpoint(methods=("POST",), anonymous=Anonymous.VIEWER, max_body_bytes=search_body_limit)
+@api_endpoint(methods=("POST",), anonymous=Anonymous.VIEWER, max_body_bytes=queries.search_body_limit)
 @rate_limit("search", respond=rate_limited_response)
 def search(request: HttpRequest) -> JsonResponse:
     started = time.perf_counter()
@@ -184,7 +179,8 @@ def search(request: HttpRequest) -> JsonResponse:
         query = _query(request, data, upload)
         outcome = queries.search_run(query=query, user=request.user, params=params)
     except queries.QueryError as error:
-        raise ApiError(error.status, error.code, error.message) from None
+        retry = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+        raise ApiError(error.status, error.code, error.message, retry) from None
     return JsonResponse({"results": [search_result(result) for result in outcome.results],
                          "took_ms": round((time.perf_counter() - started) * 1000, 1), "has_more": outcome.has_more})
 

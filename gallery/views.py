@@ -18,6 +18,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from api.ratelimit import RateLimited, rate_limit_hit, too_many_requests_page
+from config.request_body import max_body
 from gallery import selectors, services
 from gallery.access import viewer_required
 from gallery.models import Image
@@ -65,6 +66,15 @@ def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
+def _upload_body_limit() -> int:
+    return settings.LOOKALIKE_MAX_UPLOAD_FILES * (settings.LOOKALIKE_MAX_UPLOAD_BYTES + 4096)
+
+
+def _refuse_too_large(request: HttpRequest, limit: int) -> HttpResponse:
+    return _upload_error(request, "too_large", f"The upload is too large: {_too_large_detail()}", 413)
+
+
+@max_body(_upload_body_limit, refuse=_refuse_too_large)
 @csrf_exempt  # checked by _upload, once the body has been read under the size limit
 @login_required
 @require_http_methods(["GET", "POST"])
@@ -72,9 +82,6 @@ def upload(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "gallery/upload.html")
     max_files, max_bytes = settings.LOOKALIKE_MAX_UPLOAD_FILES, settings.LOOKALIKE_MAX_UPLOAD_BYTES
-    if int(request.META.get("CONTENT_LENGTH") or 0) > max_files * (max_bytes + 4096):
-        # Refused before a byte of the body is read.
-        return _upload_error(request, "too_large", f"The upload is too large: {_too_large_detail()}", 413)
     size_limit = FileSizeLimit(request, max_bytes)
     request.upload_handlers.insert(0, size_limit)
     try:

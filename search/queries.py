@@ -19,31 +19,34 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from PIL.Image import Image as PILImage
 
+from config.request_body import FORM_OVERHEAD_BYTES
 from gallery import selectors as gallery_selectors
 from gallery.imaging import ImageRejected, decode_image, open_for_embedding
 from gallery.models import Image
 from gallery.services import read_limited
 from search import runtime, selectors, verdicts
 from search.backbones import WeightsMissing
-from search.fetch import FetchLimits, FetchRefused, fetch_url
+from search.fetch import FetchLimits, FetchRefused, fetch_slot, fetch_url
 from search.selectors import SearchFilters
 
 __all__ = ["Box", "Query", "QueryError", "Result", "SearchFilters", "SearchOutcome", "SearchParams",
-           "query_from_image", "query_from_upload", "query_from_url", "search_params_from", "search_run"]
+           "query_from_image", "query_from_upload", "query_from_url", "search_body_limit", "search_params_from",
+           "search_run"]
 
 # A region narrower than this, in pixels, carries too little to search with.
 MIN_REGION_SIDE = 8
 
 _STATUS_BY_IMAGE_CODE = {"too_large": 413, "not_an_image": 415, "unsupported_format": 415}
-_STATUS_BY_FETCH_CODE = {"too_large": 413}
+_STATUS_BY_FETCH_CODE = {"too_large": 413, "url_busy": 503}
 
 
 class QueryError(Exception):
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
+    def __init__(self, code: str, message: str, status: int = 400, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
+        self.retry_after = retry_after  # seconds, for a Retry-After header
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,11 @@ def _box(data: Mapping[str, object]) -> Box | None:
 # Where the picture comes from ---------------------------------------------------------------
 
 
+def search_body_limit() -> int:
+    """The largest request body a search takes: one query picture and the form's fields."""
+    return settings.LOOKALIKE_MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES
+
+
 def query_from_upload(*, source: BinaryIO) -> Query:
     """A query picture sent by the person searching; read and validated like an upload, never stored."""
     try:
@@ -233,9 +241,13 @@ def query_from_url(*, url: str) -> Query:
     limits = FetchLimits(max_bytes=settings.LOOKALIKE_MAX_UPLOAD_BYTES, timeout=settings.LOOKALIKE_URL_FETCH_TIMEOUT,
                          allowed_networks=allowed)
     try:
-        data = fetch_url(url, limits)
+        # However many clients ask, fetches never take more than this many web threads.
+        with fetch_slot(settings.URL_FETCH_SLOTS_DIR, settings.LOOKALIKE_URL_FETCH_MAX_IN_FLIGHT,
+                        retry_after=limits.timeout):
+            data = fetch_url(url, limits)
     except FetchRefused as refusal:
-        raise QueryError(refusal.code, refusal.message, _STATUS_BY_FETCH_CODE.get(refusal.code, 400)) from None
+        raise QueryError(refusal.code, refusal.message, _STATUS_BY_FETCH_CODE.get(refusal.code, 400),
+                         refusal.retry_after) from None
     try:
         return query_from_upload(source=io.BytesIO(data))
     except QueryError as error:

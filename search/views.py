@@ -12,6 +12,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from api.ratelimit import RateLimited, rate_limit_hit
+from config.request_body import max_body, too_large_message
 from gallery.access import viewer_required
 from gallery.imaging import encode_jpeg
 from gallery.services import UploadResult, clean_original_name, image_upload
@@ -32,8 +33,9 @@ def _is_fragment(request: HttpRequest) -> bool:
     return request.headers.get("X-Requested-With") == "fetch"
 
 
-def _render(request: HttpRequest, context: dict[str, object], status: int = 200) -> HttpResponse:
-    data = request.POST if request.method == "POST" else request.GET
+def _render(request: HttpRequest, context: dict[str, object], status: int = 200,
+            form: QueryDict | None = None) -> HttpResponse:
+    data = form if form is not None else request.POST if request.method == "POST" else request.GET
     params = context.get("params")
     selected_k = params.k if params else settings.LOOKALIKE_SEARCH_DEFAULT_K
     context.update(k_choices=sorted({*K_CHOICES, selected_k}), min_score_choices=MIN_SCORE_CHOICES, form=data,
@@ -43,6 +45,12 @@ def _render(request: HttpRequest, context: dict[str, object], status: int = 200)
     return render(request, template, context, status=status)
 
 
+def _refuse_too_large(request: HttpRequest, limit: int) -> HttpResponse:
+    """The page, with the form empty: the body that would fill it is not read."""
+    return _render(request, {"error": too_large_message(limit)}, status=413, form=QueryDict())
+
+
+@max_body(queries.search_body_limit, refuse=_refuse_too_large)
 @require_http_methods(["GET", "POST"])
 @viewer_required
 def search(request: HttpRequest) -> HttpResponse:
@@ -77,7 +85,10 @@ def _search(request: HttpRequest, data: QueryDict) -> HttpResponse:
         if error.status >= 500:
             log.error("Search unavailable: %s", error.message)
         context["error"] = error.message
-        return _render(request, context, status=error.status)
+        response = _render(request, context, status=error.status)
+        if error.retry_after is not None:
+            response["Retry-After"] = str(error.retry_after)
+        return response
     context.update(outcome=outcome, searched=True)
     response = _render(request, context)
     response["Server-Timing"] = f"embed;dur={outcome.embed_ms:.1f}, index;dur={outcome.index_ms:.1f}"

@@ -261,6 +261,55 @@ class PictureServer:
         self.httpd.server_close()
 
 
+class TricklingServer:
+    """A real server on the loopback that sends one part of its answer a byte at a time, each byte well
+    within any socket timeout: the status line, a header, or a chunk-size line of a chunked body."""
+
+    ANSWERS = {
+        # (sent at once, sent a byte at a time, sent at once)
+        "status line": (b"", b"HTTP/1.1 200 OK" + b" " * 24 + b"\r\n",
+                        b"Content-Length: 1\r\n\r\nx"),
+        "header": (b"HTTP/1.1 200 OK\r\n", b"X-Padding: " + b"." * 28 + b"\r\n", b"Content-Length: 1\r\n\r\nx"),
+        "chunk-size line": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"0" * 39 + b"1\r\n",
+                            b"x\r\n0\r\n\r\n"),
+    }
+
+    def __init__(self, part: str = "status line", interval: float = 0.1) -> None:
+        import socketserver
+        import threading
+
+        head, trickled, tail = self.ANSWERS[part]
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    received = self.request.recv(4096)
+                    if not received:
+                        return
+                    request += received
+                try:
+                    self.request.sendall(head)
+                    for byte in trickled:
+                        time.sleep(interval)
+                        self.request.sendall(bytes([byte]))
+                    self.request.sendall(tail)
+                except OSError:
+                    return  # the client gave up
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/picture.jpg"
+        # How long the trickled part takes in all.
+        self.trickle_seconds = interval * len(trickled)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture
 def picture_server(settings) -> Iterator[PictureServer]:
     """The server, with the loopback allowed for fetching (it is refused by default)."""

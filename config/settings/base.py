@@ -29,6 +29,8 @@ DATA_DIR = env_path("DATA_DIR", BASE_DIR)
 MEDIA_ROOT = DATA_DIR / "media"
 VAR_DIR = DATA_DIR / "var"
 INDEX_DIR = VAR_DIR / "index"
+# Lock files that count the searches by URL in flight, across the web processes of this machine.
+URL_FETCH_SLOTS_DIR = VAR_DIR / "url-fetches"
 TORCH_HOME = env_path("TORCH_HOME", VAR_DIR / "torch")
 
 DEBUG = env_bool("DEBUG", False)
@@ -55,6 +57,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before CSRF's check, which reads the body.
+    "config.request_body.RequestBodyLimitMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -236,6 +240,9 @@ LOOKALIKE_EDITED_COPY_THRESHOLD = env_optional_float("LOOKALIKE_EDITED_COPY_THRE
 LOOKALIKE_URL_FETCH_TIMEOUT = env_float("LOOKALIKE_URL_FETCH_TIMEOUT", 10.0, minimum=0.1)
 # Private networks that search-by-URL may fetch from anyway (an intranet image server, say).
 LOOKALIKE_URL_FETCH_ALLOWED_NETWORKS = env_networks("LOOKALIKE_URL_FETCH_ALLOWED_NETWORKS")
+# Searches by URL fetching at once, over all web processes of a machine; more are answered 503. Keep
+# it below gunicorn's --threads, so that every web process has threads left whatever the fetches do.
+LOOKALIKE_URL_FETCH_MAX_IN_FLIGHT = env_int("LOOKALIKE_URL_FETCH_MAX_IN_FLIGHT", 2, minimum=1)
 LOOKALIKE_INDEX_M = env_int("LOOKALIKE_INDEX_M", 16, minimum=2)
 LOOKALIKE_INDEX_EF_CONSTRUCTION = env_int("LOOKALIKE_INDEX_EF_CONSTRUCTION", 200, minimum=1)
 LOOKALIKE_INDEX_EF_SEARCH = env_int("LOOKALIKE_INDEX_EF_SEARCH", 256, minimum=1)

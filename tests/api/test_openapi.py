@@ -1,17 +1,20 @@
 """The API behaves as its OpenAPI description says: fuzzed by schemathesis against the running
 site, and, status by status, by real requests whose answers are validated against the description."""
 import json
+from contextlib import ExitStack
 from types import SimpleNamespace
 
 import jsonschema_rs
 import pytest
 import schemathesis
+from django.conf import settings as django_settings
 from django.test import Client
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from api.openapi import openapi_description
 from api.services import api_token_create
+from search.fetch import fetch_slot
 from search.models import Embedding
 from tests import images
 from tests.api.conftest import bearer, indexed
@@ -94,6 +97,16 @@ def search_with_vectors_of_another_model(client, world):
     return client.post(SEARCH, {"image": upload_file("q.jpg", images.jpeg(5))})
 
 
+def search_by_url_while_fetches_are_at_their_limit(client, world):
+    slots, limit = django_settings.URL_FETCH_SLOTS_DIR, django_settings.LOOKALIKE_URL_FETCH_MAX_IN_FLIGHT
+    with ExitStack() as held:
+        for _ in range(limit):  # other requests' fetches
+            held.enter_context(fetch_slot(slots, limit, retry_after=1))
+        response = search_as(client, world, {"url": "http://example.com/picture.jpg"})
+    assert response.has_header("Retry-After")
+    return response
+
+
 def session_client(user, *, csrf: bool = False) -> Client:
     browser = Client(enforce_csrf_checks=csrf)
     browser.force_login(user)
@@ -137,7 +150,7 @@ SCENARIOS = {
     ("POST", SEARCH, 415): [lambda client, w: client.post(SEARCH, {"image": upload_file("q.txt", b"text")}),
                             lambda client, w: client.post(SEARCH, b"text", content_type="text/plain")],
     ("POST", SEARCH, 429): [lambda client, w: [search_as(client, w, {"image_id": 987654}) for _ in range(3)][-1]],
-    ("POST", SEARCH, 503): [search_with_vectors_of_another_model],
+    ("POST", SEARCH, 503): [search_with_vectors_of_another_model, search_by_url_while_fetches_are_at_their_limit],
     ("GET", "/api/v1/openapi.json", 200): [lambda client, w: client.get("/api/v1/openapi.json")],
     ("GET", "/api/v1/docs/", 200): [lambda client, w: client.get("/api/v1/docs/")],
 }

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from gallery.models import Image, Tag
 from gallery.services import image_delete
+from search.fetch import fetch_slot
 from search.models import Embedding
 from tests import images
 from tests.api.conftest import bearer
@@ -217,6 +218,15 @@ class TestByUrl:
         assert_error(refused, 429, "rate_limited", "URL fetches")
         assert int(refused["Retry-After"]) >= 1
         assert by_upload(client, images.jpeg(1)).status_code == 200, "other searches go on"
+
+    def test_a_fetch_past_the_limit_in_flight_is_refused_at_once(self, client, empty, picture_server, settings):
+        settings.LOOKALIKE_URL_FETCH_MAX_IN_FLIGHT = 1
+        settings.LOOKALIKE_URL_FETCH_TIMEOUT = 3.0
+        with fetch_slot(settings.URL_FETCH_SLOTS_DIR, 1, retry_after=1):  # another request's fetch
+            refused = by_json(client, {"url": picture_server.url("/picture.jpg")})
+        assert_error(refused, 503, "url_busy", "as many pictures as it may at once")
+        assert refused["Retry-After"] == "3"
+        assert by_json(client, {"url": picture_server.url("/picture.jpg")}).status_code == 200, "once it is free"
 
 
 class TestRequests:

@@ -9,6 +9,7 @@ from PIL import ImageOps
 from gallery.models import Image, Tag
 from gallery.services import image_delete
 from search import services
+from search.fetch import fetch_slot
 from tests import images
 from tests.conftest import store, store_indexed, upload_file
 
@@ -330,6 +331,15 @@ class TestSearchByUrl:
         response = client.post(reverse("search:search"), {"url": "http://127.0.0.1:8000/media/x.jpg"})
         assert response.status_code == 400
         assert "only public addresses" in response.context["error"]
+
+    def test_a_fetch_past_the_limit_in_flight_is_refused_at_once(self, client, db, picture_server, settings):
+        settings.LOOKALIKE_URL_FETCH_MAX_IN_FLIGHT = 2
+        with fetch_slot(settings.URL_FETCH_SLOTS_DIR, 2, retry_after=1), \
+                fetch_slot(settings.URL_FETCH_SLOTS_DIR, 2, retry_after=1):  # two other requests' fetches
+            response = client.post(reverse("search:search"), {"url": picture_server.url("/picture.jpg")})
+        assert response.status_code == 503
+        assert "as many pictures as it may at once; try again in 1 second." in response.context["error"]
+        assert response["Retry-After"] == "1"
 
     def test_a_url_that_is_not_http_is_refused(self, client, gallery):
         response = client.post(reverse("search:search"), {"url": "file:///etc/passwd"})
