@@ -132,7 +132,7 @@ def reindex_run(run: JobRun) -> str:
         with store.writer_lock() as is_writer:
             if is_writer:
                 try:
-                    return _run_as_writer(run, target)
+                    summary = _run_as_writer(run, target)
                 except JobStopped:
                     if Job.objects.filter(pk=run.job.pk, cancel_requested=True).exists():
                         _discard(target)
@@ -140,6 +140,10 @@ def reindex_run(run: JobRun) -> str:
                 except Exception:
                     _discard(target)
                     raise
+        if is_writer:
+            # Asked now, not before the purge: a sync asked while this run held the lock found it busy.
+            queue_index_sync()
+            return summary
         run.step()
         if time.monotonic() > deadline:
             raise RuntimeError(f"another run held the writer lock of {store.root} for {LOCK_WAIT_SECONDS:.0f} s")
@@ -181,7 +185,6 @@ def _run_as_writer(run: JobRun, target: Generation) -> str:
     log.info("Index generation %s is now in service: %d vectors of %s", target.name, meta.count, identity.describe())
     shutil.rmtree(_partial_store(target).root, ignore_errors=True)
     _prune_generations(keep={target.name, current.name})
-    queue_index_sync()
     purged = _purge_vectors_other_than(target) if reembed else 0
     return (f"Generation {target.name} in service: {meta.count} vectors of {identity.describe()}, "
             f"M={target.m}, ef_construction={target.ef_construction}; self-check: {checked}"

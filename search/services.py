@@ -315,23 +315,24 @@ def index_sync(*, verify: bool = False, deferred: bool = False) -> IndexSyncResu
     ``verify``, a published snapshot whose files do not match their checksums is rebuilt from the
     database even when no change is waiting.
     """
-    store = runtime.snapshot_store()
-    with store.writer_lock() as is_writer:
+    # Read once: a reindex may switch generations meanwhile, and this run writes the folder it locked.
+    generation = generations.active()
+    with generation.store.writer_lock() as is_writer:
         if not is_writer:
             if deferred:
                 # The writer may have left the changes to this run, seeing it scheduled: try again.
                 return IndexSyncResult("deferred", retry_in=_BUSY_RETRY_SECONDS)
             # The writer re-checks the log after releasing the lock, so nothing is missed.
             return IndexSyncResult("busy")
-        result = _sync_as_writer(store, verify=verify, deferred=deferred)
+        result = _sync_as_writer(generation, verify=verify, deferred=deferred)
     # A change committed while this run held the lock found it busy and gave up: run again.
     if result.status in ("published", "up_to_date") and result.meta and changelog.last_seq() > result.meta.applied_seq:
         queue_index_sync()
     return result
 
 
-def _sync_as_writer(store: SnapshotStore, *, verify: bool, deferred: bool) -> IndexSyncResult:
-    identity = runtime.index_identity()
+def _sync_as_writer(generation: generations.Generation, *, verify: bool, deferred: bool) -> IndexSyncResult:
+    store, identity = generation.store, generation.identity
     latest = changelog.last_seq()
     meta = _usable_meta(store, identity, latest)
     if meta is not None and verify:
@@ -341,7 +342,7 @@ def _sync_as_writer(store: SnapshotStore, *, verify: bool, deferred: bool) -> In
             log.error("Rebuilding the index from the database: %s", exc)
             meta = None
     if meta is None:
-        return IndexSyncResult("published", _rebuild_as_writer(store, identity))
+        return IndexSyncResult("published", _rebuild_as_writer(generation))
     if latest <= meta.applied_seq:
         return IndexSyncResult("up_to_date", meta)
     wait = meta.created_at + _snapshot_spacing(meta) - time.time()
@@ -351,9 +352,9 @@ def _sync_as_writer(store: SnapshotStore, *, verify: bool, deferred: bool) -> In
             return IndexSyncResult("deferred", meta, retry_in=wait)
         return IndexSyncResult("scheduled", meta)
     (store.root / _DEFER_FILE).unlink(missing_ok=True)
-    index = _load_writer_index(store, meta)
+    index = _load_writer_index(generation, meta)
     if index is None:
-        return IndexSyncResult("published", _rebuild_as_writer(store, identity))
+        return IndexSyncResult("published", _rebuild_as_writer(generation))
     applied = index_apply_changes(index=index, after_seq=meta.applied_seq)
     return IndexSyncResult("published", _publish(store, index, applied))
 
@@ -394,12 +395,12 @@ def _usable_meta(store: SnapshotStore, identity: IndexIdentity, latest_seq: int)
     return meta
 
 
-def _load_writer_index(store: SnapshotStore, meta: SnapshotMeta) -> HnswIndex | None:
-    cached = _writer_index.get(store.root)
+def _load_writer_index(generation: generations.Generation, meta: SnapshotMeta) -> HnswIndex | None:
+    cached = _writer_index.get(generation.store.root)
     if cached and cached[0] == meta.snapshot_id:
         return cached[1]
     try:
-        return store.load(meta, runtime.index_params())
+        return generation.store.load(meta, generation.params)
     except SnapshotCorrupt as exc:
         log.error("Rebuilding the index from the database: %s", exc)
         return None
@@ -427,15 +428,15 @@ def _publish(store: SnapshotStore, index: HnswIndex, applied_seq: int) -> Snapsh
     return meta
 
 
-def _rebuild_as_writer(store: SnapshotStore, identity: IndexIdentity) -> SnapshotMeta:
+def _rebuild_as_writer(generation: generations.Generation) -> SnapshotMeta:
     # The log position is read before the vectors: a change committed in between is then both
     # in the vectors and replayed after the snapshot, which is harmless, and never in neither.
     applied = changelog.last_seq()
-    vectors = changelog.vectors_for(identity)
-    index = HnswIndex(identity, runtime.index_params(), capacity=int(len(vectors) * 1.25) + 16)
+    vectors = changelog.vectors_for(generation.identity)
+    index = HnswIndex(generation.identity, generation.params, capacity=int(len(vectors) * 1.25) + 16)
     if vectors:
         index.upsert(np.fromiter(vectors, dtype=np.int64, count=len(vectors)), np.stack(list(vectors.values())))
-    return _publish(store, index, applied)
+    return _publish(generation.store, index, applied)
 
 
 @dataclass(frozen=True)
@@ -456,13 +457,14 @@ def index_reconcile(*, index: HnswIndex, identity: IndexIdentity) -> Reconciled:
     return Reconciled(added=len(vectors), removed=len(extra))
 
 
-def _as_writer(work: Callable[[SnapshotStore], T], wait_seconds: float) -> T:
-    store = runtime.snapshot_store()
+def _as_writer(work: Callable[[generations.Generation], T], wait_seconds: float) -> T:
     deadline = time.monotonic() + wait_seconds
     while True:
-        with store.writer_lock() as is_writer:
+        # Read again on each try: a reindex may have switched generations while this one waited.
+        generation = generations.active()
+        with generation.store.writer_lock() as is_writer:
             if is_writer:
-                return work(store)
+                return work(generation)
         if time.monotonic() > deadline:
             raise TimeoutError(f"another process held the index writer lock for {wait_seconds:.0f} s")
         time.sleep(0.2)
@@ -470,7 +472,7 @@ def _as_writer(work: Callable[[SnapshotStore], T], wait_seconds: float) -> T:
 
 def index_rebuild(*, wait_seconds: float = 600.0) -> SnapshotMeta:
     """Build the index afresh from every stored vector and publish it, waiting for the writer lock."""
-    return _as_writer(lambda store: _rebuild_as_writer(store, runtime.index_identity()), wait_seconds)
+    return _as_writer(_rebuild_as_writer, wait_seconds)
 
 
 @dataclass(frozen=True)
@@ -485,18 +487,18 @@ def index_repair(*, wait_seconds: float = 600.0) -> IndexRepair:
     return _as_writer(_repair_as_writer, wait_seconds)
 
 
-def _repair_as_writer(store: SnapshotStore) -> IndexRepair:
-    identity = runtime.index_identity()
+def _repair_as_writer(generation: generations.Generation) -> IndexRepair:
+    store, identity = generation.store, generation.identity
     meta = _usable_meta(store, identity, changelog.last_seq())
     try:
         # From disk, not this process's copy: the snapshot is what readers search.
-        index = store.load(meta, runtime.index_params()) if meta else None
+        index = store.load(meta, generation.params) if meta else None
     except SnapshotCorrupt as exc:
         index, reason = None, str(exc)
     else:
         reason = "there was no usable snapshot"
     if index is None:
-        rebuilt = _rebuild_as_writer(store, identity)
+        rebuilt = _rebuild_as_writer(generation)
         return IndexRepair(Reconciled(added=rebuilt.count, removed=0), rebuilt=reason)
     applied = index_apply_changes(index=index, after_seq=meta.applied_seq)
     reconciled = index_reconcile(index=index, identity=identity)

@@ -8,7 +8,7 @@ from gallery.models import Image
 from gallery.services import image_delete
 from jobs import services as job_services
 from jobs.models import Job
-from search import generations, reindex, runtime, selectors, services
+from search import changelog, generations, reindex, runtime, selectors, services
 from search.backbones import get_backbone
 from search.models import Embedding
 from tests import images
@@ -262,3 +262,26 @@ class TestEmbedsThatRaceAReindex:
         assert set(Embedding.objects.values_list("backbone", flat=True)) == {"efficientnet_lite0"}
         assert top_id(upload) == upload.pk
         assert [top_id(image) for image in gallery] == [image.pk for image in gallery]
+
+    def test_a_sync_asked_during_the_purge_runs_once_the_reindex_lets_go_of_the_index(
+            self, gallery, second_backbone, monkeypatch, settings):
+        settings.LOOKALIKE_SNAPSHOT_INTERVAL = 0
+        syncs: list[services.IndexSyncResult] = []
+        uploads: list[Image] = []
+        original_purge = reindex._purge_vectors_other_than
+
+        def upload_during_the_purge(target):
+            uploads.append(store(images.jpeg(63), "late.jpg"))
+            services.image_embed(image_id=uploads[0].pk, claim_token="during-the-purge")
+            syncs.append(services.index_sync())
+            return original_purge(target)
+
+        monkeypatch.setattr(reindex, "_purge_vectors_other_than", upload_during_the_purge)
+        monkeypatch.setattr(reindex, "queue_index_sync", lambda: syncs.append(services.index_sync()))
+        job = run(reindex.reindex_start(backbone="resnet50"))
+        assert job.state == Job.State.SUCCEEDED, job.last_error
+        assert syncs[-1].status == "published"
+        meta = generations.active().store.read_meta()
+        assert meta.applied_seq == changelog.last_seq()
+        assert generations.active().store.load(meta, runtime.index_params()).ids() == {
+            image.pk for image in [*gallery, *uploads]}

@@ -3,6 +3,7 @@ import json
 import os
 import threading
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 
 import numpy as np
@@ -13,11 +14,11 @@ from django.utils import timezone
 from gallery.imaging import open_for_embedding
 from gallery.models import Image
 from gallery.services import image_delete
-from search import runtime, selectors, services
+from search import generations, runtime, selectors, services
 from search.changelog import last_seq, record_changes
 from search.embedding import Embedder
 from search.identity import IndexIdentity
-from search.index import HnswIndex, IndexMismatch
+from search.index import HnswIndex, IndexMismatch, SnapshotStore
 from search.models import Embedding, IndexChange, local_features_array
 from tests import images
 from tests.conftest import store, store_indexed
@@ -321,6 +322,25 @@ class TestMalformedVectors:
         assert result.status == "published"
         assert runtime.snapshot_store().load(result.meta, runtime.index_params()).ids() == {i.pk for i in good}
         assert f"Skipping the vector of image #{bad.pk}" in caplog.text
+
+
+def test_index_sync_keeps_to_the_generation_whose_lock_it_took(db, clean_index, monkeypatch):
+    store_indexed(images.jpeg(1))
+    services.index_sync()
+    before = generations.active()
+    original_lock = SnapshotStore.writer_lock
+
+    @contextmanager
+    def switch_generations_once_locked(self):
+        with original_lock(self) as is_writer:
+            # A reindex to another backbone switches generations between the sync's reads.
+            generations.activate(generations.Generation(name="resnet50-g0", backbone="resnet50", m=16,
+                                                        ef_construction=200))
+            yield is_writer
+
+    monkeypatch.setattr(SnapshotStore, "writer_lock", switch_generations_once_locked)
+    services.index_sync()
+    assert before.store.read_meta().identity == before.identity
 
 
 @pytest.mark.skipif(not os.environ.get("DATABASE_URL"), reason="PostgreSQL checks foreign keys at commit; "
