@@ -1,6 +1,7 @@
 """Appending to and reading the index change log (``IndexChange``)."""
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Collection, Iterable
 
@@ -10,6 +11,8 @@ from django.db import connection
 from search.identity import IndexIdentity
 from search.models import Embedding, IndexChange
 from search.reader import Change
+
+log = logging.getLogger(__name__)
 
 # Any constant works; it names the PostgreSQL advisory lock that orders appends.
 _APPEND_LOCK_KEY = zlib.crc32(b"lookalike.index_change_log")
@@ -42,8 +45,21 @@ def vectors_for(identity: IndexIdentity, image_ids: Collection[int] | None = Non
     rows = Embedding.objects.of(identity)
     if image_ids is not None:
         rows = rows.filter(image_id__in=list(image_ids))
-    return {image_id: np.frombuffer(bytes(vector), dtype=np.float32)
-            for image_id, vector in rows.values_list("image_id", "vector").iterator(chunk_size=2000)}
+    return decode_vectors(identity, rows.values_list("image_id", "vector").iterator(chunk_size=2000))
+
+
+def decode_vectors(identity: IndexIdentity, rows: Iterable[tuple[int, bytes]]) -> dict[int, np.ndarray]:
+    """Stored vectors as arrays, leaving out (and logging) any whose length is not the identity's
+    dimension: one bad row must not fail every search and every index update."""
+    size = identity.dim * np.dtype(np.float32).itemsize
+    vectors = {}
+    for image_id, vector in rows:
+        if len(vector) != size:
+            log.error("Skipping the vector of image #%d: %d bytes, where %s takes %d; embed the image again",
+                      image_id, len(vector), identity.describe(), size)
+            continue
+        vectors[image_id] = np.frombuffer(bytes(vector), dtype=np.float32)
+    return vectors
 
 
 class DatabaseChangeSource:

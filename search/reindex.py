@@ -39,7 +39,13 @@ from search.generations import Generation
 from search.index import HnswIndex, SnapshotCorrupt, SnapshotStore
 from search.models import Embedding, IndexChange
 from search.reader import resolve_changes
-from search.services import embeddings_store, images_embed_with, index_reconcile, queue_index_sync
+from search.services import (
+    embeddings_store,
+    images_embed_with,
+    images_requeue_unembedded,
+    index_reconcile,
+    queue_index_sync,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +99,14 @@ def _target(job: Job) -> Generation:
                       m=job.params["m"], ef_construction=job.params["ef_construction"])
 
 
-def reindex_in_progress() -> Generation | None:
-    """The generation a queued or running reindex is building."""
-    job = Job.objects.filter(kind=Job.Kind.REINDEX, state__in=Job.ACTIVE_STATES).order_by("-id").first()
+def reindex_in_progress(*, lock: bool = False) -> Generation | None:
+    """The generation a queued or running reindex is building, unless it was asked to stop.
+
+    With ``lock`` (inside a transaction) the job's row stays locked until commit: the switch of
+    generations and a cancel wait for it (see ``services.identities_in_use``).
+    """
+    jobs = Job.objects.filter(kind=Job.Kind.REINDEX, state__in=Job.ACTIVE_STATES, cancel_requested=False)
+    job = (jobs.select_for_update() if lock else jobs).order_by("-id").first()
     return _target(job) if job else None
 
 
@@ -121,7 +132,7 @@ def reindex_run(run: JobRun) -> str:
         with store.writer_lock() as is_writer:
             if is_writer:
                 try:
-                    return _run_as_writer(run, target)
+                    summary = _run_as_writer(run, target)
                 except JobStopped:
                     if Job.objects.filter(pk=run.job.pk, cancel_requested=True).exists():
                         _discard(target)
@@ -129,6 +140,10 @@ def reindex_run(run: JobRun) -> str:
                 except Exception:
                     _discard(target)
                     raise
+        if is_writer:
+            # Asked now, not before the purge: a sync asked while this run held the lock found it busy.
+            queue_index_sync()
+            return summary
         run.step()
         if time.monotonic() > deadline:
             raise RuntimeError(f"another run held the writer lock of {store.root} for {LOCK_WAIT_SECONDS:.0f} s")
@@ -159,15 +174,22 @@ def _run_as_writer(run: JobRun, target: Generation) -> str:
     checked = _self_check(target, index, as_of_seq=cp["catch_up_seq"])
     meta = target.store.publish(index, applied_seq=cp["catch_up_seq"])
     replaced = (current.identity.backbone, current.identity.backbone_version) if reembed else current.replaced
-    generations.activate(replace(target, replaced=replaced))
+    with transaction.atomic():
+        # Under the job's row lock, which every embedding batch holds while it commits: a batch
+        # commits wholly before the switch, and is seen below, or reads the new generation.
+        Job.objects.select_for_update().filter(pk=run.job.pk).first()
+        generations.activate(replace(target, replaced=replaced))
+        # The self-check leaves out images changed after the catch-up: one whose batch stored no
+        # vector of the new backbone would be left indexed with none once the old ones are purged.
+        requeued = images_requeue_unembedded()
     log.info("Index generation %s is now in service: %d vectors of %s", target.name, meta.count, identity.describe())
     shutil.rmtree(_partial_store(target).root, ignore_errors=True)
     _prune_generations(keep={target.name, current.name})
-    queue_index_sync()
     purged = _purge_vectors_other_than(target) if reembed else 0
     return (f"Generation {target.name} in service: {meta.count} vectors of {identity.describe()}, "
             f"M={target.m}, ef_construction={target.ef_construction}; self-check: {checked}"
-            f"{f'; removed {purged} vectors of the previous backbone' if purged else ''}; "
+            f"{f'; removed {purged} vectors of the previous backbone' if purged else ''}"
+            f"{f'; {requeued} images changed meanwhile queued to be embedded again' if requeued else ''}; "
             f"took {time.monotonic() - started:.1f} s.")
 
 
@@ -221,9 +243,10 @@ def _build(progress: _Progress, target: Generation) -> HnswIndex:
     saved_at = time.monotonic()
     rows = Embedding.objects.of(identity).order_by("image_id").values_list("image_id", "vector")
     while batch := list(rows.filter(image_id__gt=after)[:progress.run.job.params["batch_size"]]):
-        ids = np.fromiter((image_id for image_id, _ in batch), dtype=np.int64, count=len(batch))
-        index.upsert(ids, np.stack([np.frombuffer(bytes(vector), dtype=np.float32) for _, vector in batch]))
-        after, built = int(ids[-1]), built + len(batch)
+        vectors = changelog.decode_vectors(identity, batch)
+        if vectors:
+            index.upsert(np.fromiter(vectors, dtype=np.int64, count=len(vectors)), np.stack(list(vectors.values())))
+        after, built = batch[-1][0], built + len(batch)
         if time.monotonic() - saved_at > CHECKPOINT_SECONDS:
             # The checkpoint names what the saved partial index holds, never more.
             partial.publish(index, applied_seq=cp["start_seq"])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from PIL.Image import Image as PILImage
 
 from gallery.models import Image
@@ -69,13 +69,26 @@ def _visible_under(filters: SearchFilters) -> Callable[[set[int]], set[int]]:
 
 
 def _ensure_one_vector_kind() -> None:
+    """Refuse to search while indexed images have only vectors of another model than the one in use
+    (the model changed without a reindex): they could not be found. Vectors of another model
+    beside the ones in use (left by a reindex that stopped; upkeep removes them) harm nothing."""
     identity = runtime.index_identity()
-    other = Embedding.objects.other_than(identity).values_list("backbone", "backbone_version").first()
-    if other and not generations.vectors_expected(other):
+    kinds = set(Embedding.objects.other_than(identity).values_list("backbone", "backbone_version").distinct())
+    unexpected = sorted(kind for kind in kinds if not generations.vectors_expected(kind))
+    if not unexpected:
+        return
+    of_unexpected = Q()
+    for backbone, version in unexpected:
+        of_unexpected |= Q(backbone=backbone, backbone_version=version)
+    stranded = (Embedding.objects.filter(of_unexpected, image__state=Image.State.INDEXED)
+                .exclude(image_id__in=Embedding.objects.of(identity).values("image_id"))
+                .values("image_id").distinct().count())
+    if stranded:
+        found = ", ".join(f"{backbone} ({version})" for backbone, version in unexpected)
         raise SearchUnavailable(
-            f"Some images were embedded with {other[0]} ({other[1]}), but the site now uses "
-            f"{identity.backbone} ({identity.backbone_version}). Vectors of different models cannot be "
-            "compared: run `python manage.py reindex`."
+            f"{stranded} indexed images have no vector of {identity.backbone} ({identity.backbone_version}), "
+            f"the model in use, only of {found}. Vectors of different models cannot be compared: "
+            "run `python manage.py reindex`."
         )
 
 

@@ -21,10 +21,10 @@ from django.utils import timezone
 
 from gallery.imaging import open_for_embedding
 from gallery.models import Image
-from search import changelog, runtime
+from search import changelog, generations, runtime
 from search.backbones import WeightsMissing
 from search.identity import IndexIdentity
-from search.index import HnswIndex, SnapshotCorrupt, SnapshotMeta, SnapshotStore
+from search.index import HnswIndex, IndexMismatch, SnapshotCorrupt, SnapshotMeta, SnapshotStore
 from search.models import Embedding, IndexChange
 from search.reader import resolve_changes
 
@@ -124,9 +124,10 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
     images = [image for image in images if image.id not in worn_out]
     if not images:
         return _finish_batch(claim_token, {}, worn_out, permanent=set(worn_out)) if worn_out else EmbedOutcome()
-    identity = runtime.index_identity()
+    # Read once: the model that computes the vectors is the one whose label they are stored under.
+    generation = generations.active()
     try:
-        embedder = runtime.embedder()
+        embedder = runtime.embedder_for(generation.backbone)
     except Exception as exc:  # missing weights, a bad setting: every image in the batch says why
         log.exception("Cannot load the embedding model")
         failed = {image.id: str(exc) for image in images}
@@ -134,17 +135,15 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
         permanent = set(failed) if isinstance(exc, WeightsMissing) else set()
         return _finish_batch(claim_token, {}, failed | worn_out, permanent=permanent | set(worn_out))
     described, failed = images_embed_with(embedder=embedder, images=images)
-    failed |= worn_out
-    extra: Described = {}
+    computed = {generation.identity: described}
     building = reindex_target_identity()
-    if building is not None and building != identity and described:
+    if building is not None and building not in computed and described:
         try:
-            extra, _ = images_embed_with(embedder=runtime.embedder_for(building.backbone),
-                                         images=[image for image in images if image.id in described])
+            computed[building], _ = images_embed_with(embedder=runtime.embedder_for(building.backbone),
+                                                      images=[image for image in images if image.id in described])
         except Exception:  # the reindex embeds whatever is still missing before it completes
             log.exception("Could not embed with %s for the reindex in progress", building.describe())
-    return _finish_batch(claim_token, described, failed, permanent=set(worn_out), extra_identity=building,
-                         extra_described=extra)
+    return _finish_batch(claim_token, computed, failed | worn_out, permanent=set(worn_out))
 
 
 def _worn_out_reason(image: Image) -> str:
@@ -189,7 +188,14 @@ def _by_image(image_ids: list[int], described: Descriptors) -> Described:
 
 
 def embeddings_store(*, identity: IndexIdentity, described: Described) -> None:
-    """Store (or replace) descriptors of one identity. The caller logs the change if the index must follow."""
+    """Store (or replace) descriptors of one identity. The caller logs the change if the index must follow.
+
+    Raises ``IndexMismatch``, storing nothing, for a vector whose length is not the identity's dimension.
+    """
+    for image_id, (vector, _) in described.items():
+        if vector.shape != (identity.dim,):
+            raise IndexMismatch(f"the vector of image #{image_id} has {vector.size} values, "
+                                f"{identity.describe()} has {identity.dim}")
     Embedding.objects.bulk_create(
         [Embedding(image_id=image_id, backbone=identity.backbone, backbone_version=identity.backbone_version,
                    dim=identity.dim, vector=vector.astype(np.float32).tobytes(),
@@ -200,40 +206,76 @@ def embeddings_store(*, identity: IndexIdentity, described: Described) -> None:
     )
 
 
+@dataclass(frozen=True)
+class IdentitiesInUse:
+    active: IndexIdentity
+    building: IndexIdentity | None  # what a reindex that is not asked to stop is building
+
+    def __contains__(self, identity: IndexIdentity) -> bool:
+        return identity in (self.active, self.building)
+
+
+def identities_in_use() -> IdentitiesInUse:
+    """The active identity and the one a reindex is building, read under the reindex job's row
+    lock: call inside a transaction. A reindex switches generations, and a cancel is recorded,
+    under that lock, so neither comes between this read and the caller's commit (SQLite runs one
+    writing transaction at a time, which serialises them the same way)."""
+    from search.reindex import reindex_in_progress
+
+    building = reindex_in_progress(lock=True)
+    return IdentitiesInUse(runtime.index_identity(), building.identity if building else None)
+
+
 @transaction.atomic
-def _finish_batch(token: str, described: Described, failed: dict[int, str], *,
-                  permanent: set[int] | None = None, extra_identity: IndexIdentity | None = None,
-                  extra_described: Described | None = None) -> EmbedOutcome:
-    identity = runtime.index_identity()
+def _finish_batch(token: str, computed: dict[IndexIdentity, Described], failed: dict[int, str], *,
+                  permanent: set[int] | None = None) -> EmbedOutcome:
+    """Store what the batch computed, for the identities still in use at commit, and settle each
+    image. An image with no vector of the identity active now goes back to the queue."""
+    in_use = identities_in_use()
     now = timezone.now()
-    still_ours = Image.objects.filter(claim_token=token, state=Image.State.EMBEDDING)
-    indexed = list(still_ours.filter(id__in=list(described)).values_list("id", flat=True))
-    still_ours.filter(id__in=indexed).update(state=Image.State.INDEXED, indexed_at=now, error="", claim_token="",
-                                             claimed_at=None)
-    attempts = dict(still_ours.filter(id__in=list(failed)).values_list("id", "attempts"))
+    embedded = set().union(*computed.values()) - set(failed)
+    # Locked, so that a delete or another run's takeover cannot change them before this commits;
+    # what is stored and logged is only what these rows say is still this run's.
+    owned = dict(Image.objects.select_for_update().filter(claim_token=token, state=Image.State.EMBEDDING,
+                                                          id__in=embedded | set(failed))
+                 .values_list("id", "attempts"))
+    active = computed.get(in_use.active, {})
+    indexed = sorted(image_id for image_id in embedded if image_id in owned and image_id in active)
+    Image.objects.filter(id__in=indexed).update(state=Image.State.INDEXED, indexed_at=now, error="", claim_token="",
+                                                claimed_at=None)
+    if outdated := sorted(image_id for image_id in embedded if image_id in owned and image_id not in active):
+        # Embedded with a model that the reindex replaced meanwhile: not a failure of the image.
+        log.info("Embedding %d images again: %s replaced their model while they were embedded",
+                 len(outdated), in_use.active.describe())
+        Image.objects.filter(id__in=outdated).update(state=Image.State.QUEUED, claim_token="", claimed_at=None,
+                                                     attempts=F("attempts") - 1, retry_after=None)
+        for image_id in outdated:
+            queue_embedding(image_id)
     for image_id, reason in failed.items():
-        if image_id not in attempts:
+        if image_id not in owned:
             continue
-        if image_id in (permanent or ()) or attempts[image_id] >= settings.LOOKALIKE_EMBED_MAX_ATTEMPTS:
-            still_ours.filter(id=image_id).update(state=Image.State.FAILED, error=reason[:2000], claim_token="",
-                                                  claimed_at=None, retry_after=None)
+        mine = Image.objects.filter(id=image_id)
+        if image_id in (permanent or ()) or owned[image_id] >= settings.LOOKALIKE_EMBED_MAX_ATTEMPTS:
+            mine.update(state=Image.State.FAILED, error=reason[:2000], claim_token="", claimed_at=None,
+                        retry_after=None)
         else:
-            delay = _retry_delay(attempts[image_id])
-            still_ours.filter(id=image_id).update(state=Image.State.QUEUED, error=reason[:2000], claim_token="",
-                                                  claimed_at=None, retry_after=now + timedelta(seconds=delay))
+            delay = _retry_delay(owned[image_id])
+            mine.update(state=Image.State.QUEUED, error=reason[:2000], claim_token="", claimed_at=None,
+                        retry_after=now + timedelta(seconds=delay))
             queue_embedding(image_id, countdown=delay)
-    stale = Embedding.objects.filter(image_id__in=indexed).other_than(identity)
-    if extra_identity is not None:
-        stale = stale.exclude(backbone=extra_identity.backbone, backbone_version=extra_identity.backbone_version)
+    stale = Embedding.objects.filter(image_id__in=indexed).other_than(in_use.active)
+    if in_use.building is not None:
+        stale = stale.exclude(backbone=in_use.building.backbone, backbone_version=in_use.building.backbone_version)
     stale.delete()
-    embeddings_store(identity=identity, described={image_id: described[image_id] for image_id in indexed})
-    if extra_identity is not None and extra_described:
-        embeddings_store(identity=extra_identity,
-                         described={image_id: d for image_id, d in extra_described.items() if image_id in indexed})
+    for identity, described in computed.items():
+        if identity not in in_use:
+            log.info("Dropping %d vectors of %s: no index uses them now", len(described), identity.describe())
+            continue
+        embeddings_store(identity=identity, described={i: described[i] for i in indexed if i in described})
     changelog.record_changes(image_ids=indexed, kind=IndexChange.Kind.UPSERT)
     if indexed:
         queue_index_sync()
-    return EmbedOutcome(indexed=indexed, failed=failed)
+    return EmbedOutcome(indexed=indexed, failed={i: reason for i, reason in failed.items() if i in owned})
 
 
 def reindex_target_identity() -> IndexIdentity | None:
@@ -273,23 +315,24 @@ def index_sync(*, verify: bool = False, deferred: bool = False) -> IndexSyncResu
     ``verify``, a published snapshot whose files do not match their checksums is rebuilt from the
     database even when no change is waiting.
     """
-    store = runtime.snapshot_store()
-    with store.writer_lock() as is_writer:
+    # Read once: a reindex may switch generations meanwhile, and this run writes the folder it locked.
+    generation = generations.active()
+    with generation.store.writer_lock() as is_writer:
         if not is_writer:
             if deferred:
                 # The writer may have left the changes to this run, seeing it scheduled: try again.
                 return IndexSyncResult("deferred", retry_in=_BUSY_RETRY_SECONDS)
             # The writer re-checks the log after releasing the lock, so nothing is missed.
             return IndexSyncResult("busy")
-        result = _sync_as_writer(store, verify=verify, deferred=deferred)
+        result = _sync_as_writer(generation, verify=verify, deferred=deferred)
     # A change committed while this run held the lock found it busy and gave up: run again.
     if result.status in ("published", "up_to_date") and result.meta and changelog.last_seq() > result.meta.applied_seq:
         queue_index_sync()
     return result
 
 
-def _sync_as_writer(store: SnapshotStore, *, verify: bool, deferred: bool) -> IndexSyncResult:
-    identity = runtime.index_identity()
+def _sync_as_writer(generation: generations.Generation, *, verify: bool, deferred: bool) -> IndexSyncResult:
+    store, identity = generation.store, generation.identity
     latest = changelog.last_seq()
     meta = _usable_meta(store, identity, latest)
     if meta is not None and verify:
@@ -299,7 +342,7 @@ def _sync_as_writer(store: SnapshotStore, *, verify: bool, deferred: bool) -> In
             log.error("Rebuilding the index from the database: %s", exc)
             meta = None
     if meta is None:
-        return IndexSyncResult("published", _rebuild_as_writer(store, identity))
+        return IndexSyncResult("published", _rebuild_as_writer(generation))
     if latest <= meta.applied_seq:
         return IndexSyncResult("up_to_date", meta)
     wait = meta.created_at + _snapshot_spacing(meta) - time.time()
@@ -309,9 +352,9 @@ def _sync_as_writer(store: SnapshotStore, *, verify: bool, deferred: bool) -> In
             return IndexSyncResult("deferred", meta, retry_in=wait)
         return IndexSyncResult("scheduled", meta)
     (store.root / _DEFER_FILE).unlink(missing_ok=True)
-    index = _load_writer_index(store, meta)
+    index = _load_writer_index(generation, meta)
     if index is None:
-        return IndexSyncResult("published", _rebuild_as_writer(store, identity))
+        return IndexSyncResult("published", _rebuild_as_writer(generation))
     applied = index_apply_changes(index=index, after_seq=meta.applied_seq)
     return IndexSyncResult("published", _publish(store, index, applied))
 
@@ -352,12 +395,12 @@ def _usable_meta(store: SnapshotStore, identity: IndexIdentity, latest_seq: int)
     return meta
 
 
-def _load_writer_index(store: SnapshotStore, meta: SnapshotMeta) -> HnswIndex | None:
-    cached = _writer_index.get(store.root)
+def _load_writer_index(generation: generations.Generation, meta: SnapshotMeta) -> HnswIndex | None:
+    cached = _writer_index.get(generation.store.root)
     if cached and cached[0] == meta.snapshot_id:
         return cached[1]
     try:
-        return store.load(meta, runtime.index_params())
+        return generation.store.load(meta, generation.params)
     except SnapshotCorrupt as exc:
         log.error("Rebuilding the index from the database: %s", exc)
         return None
@@ -385,15 +428,15 @@ def _publish(store: SnapshotStore, index: HnswIndex, applied_seq: int) -> Snapsh
     return meta
 
 
-def _rebuild_as_writer(store: SnapshotStore, identity: IndexIdentity) -> SnapshotMeta:
+def _rebuild_as_writer(generation: generations.Generation) -> SnapshotMeta:
     # The log position is read before the vectors: a change committed in between is then both
     # in the vectors and replayed after the snapshot, which is harmless, and never in neither.
     applied = changelog.last_seq()
-    vectors = changelog.vectors_for(identity)
-    index = HnswIndex(identity, runtime.index_params(), capacity=int(len(vectors) * 1.25) + 16)
+    vectors = changelog.vectors_for(generation.identity)
+    index = HnswIndex(generation.identity, generation.params, capacity=int(len(vectors) * 1.25) + 16)
     if vectors:
         index.upsert(np.fromiter(vectors, dtype=np.int64, count=len(vectors)), np.stack(list(vectors.values())))
-    return _publish(store, index, applied)
+    return _publish(generation.store, index, applied)
 
 
 @dataclass(frozen=True)
@@ -414,13 +457,14 @@ def index_reconcile(*, index: HnswIndex, identity: IndexIdentity) -> Reconciled:
     return Reconciled(added=len(vectors), removed=len(extra))
 
 
-def _as_writer(work: Callable[[SnapshotStore], T], wait_seconds: float) -> T:
-    store = runtime.snapshot_store()
+def _as_writer(work: Callable[[generations.Generation], T], wait_seconds: float) -> T:
     deadline = time.monotonic() + wait_seconds
     while True:
-        with store.writer_lock() as is_writer:
+        # Read again on each try: a reindex may have switched generations while this one waited.
+        generation = generations.active()
+        with generation.store.writer_lock() as is_writer:
             if is_writer:
-                return work(store)
+                return work(generation)
         if time.monotonic() > deadline:
             raise TimeoutError(f"another process held the index writer lock for {wait_seconds:.0f} s")
         time.sleep(0.2)
@@ -428,7 +472,7 @@ def _as_writer(work: Callable[[SnapshotStore], T], wait_seconds: float) -> T:
 
 def index_rebuild(*, wait_seconds: float = 600.0) -> SnapshotMeta:
     """Build the index afresh from every stored vector and publish it, waiting for the writer lock."""
-    return _as_writer(lambda store: _rebuild_as_writer(store, runtime.index_identity()), wait_seconds)
+    return _as_writer(_rebuild_as_writer, wait_seconds)
 
 
 @dataclass(frozen=True)
@@ -443,18 +487,18 @@ def index_repair(*, wait_seconds: float = 600.0) -> IndexRepair:
     return _as_writer(_repair_as_writer, wait_seconds)
 
 
-def _repair_as_writer(store: SnapshotStore) -> IndexRepair:
-    identity = runtime.index_identity()
+def _repair_as_writer(generation: generations.Generation) -> IndexRepair:
+    store, identity = generation.store, generation.identity
     meta = _usable_meta(store, identity, changelog.last_seq())
     try:
         # From disk, not this process's copy: the snapshot is what readers search.
-        index = store.load(meta, runtime.index_params()) if meta else None
+        index = store.load(meta, generation.params) if meta else None
     except SnapshotCorrupt as exc:
         index, reason = None, str(exc)
     else:
         reason = "there was no usable snapshot"
     if index is None:
-        rebuilt = _rebuild_as_writer(store, identity)
+        rebuilt = _rebuild_as_writer(generation)
         return IndexRepair(Reconciled(added=rebuilt.count, removed=0), rebuilt=reason)
     applied = index_apply_changes(index=index, after_seq=meta.applied_seq)
     reconciled = index_reconcile(index=index, identity=identity)
@@ -469,9 +513,7 @@ def _repair_as_writer(store: SnapshotStore) -> IndexRepair:
 def embeddings_purge_stray() -> int:
     """Delete vectors of models that neither the index in service, the one it replaced, nor a
     reindex in progress use: left behind when a reindex stopped while an upload was embedded
-    for it. Search refuses to run while they exist."""
-    from search import generations
-
+    for it."""
     kinds = set(Embedding.objects.other_than(runtime.index_identity()).values_list("backbone", "backbone_version")
                 .distinct())
     stray = [kind for kind in kinds if not generations.vectors_expected(kind)]
@@ -495,6 +537,22 @@ def images_requeue_stuck(*, older_than: timedelta) -> int:
         Image.objects.filter(id__in=ids, state=Image.State.QUEUED).update(retry_after=now)
         for image_id in ids:
             queue_embedding(image_id)
+    return len(ids)
+
+
+def images_requeue_unembedded() -> int:
+    """Queue again the indexed images that have no vector of the identity in use (a batch that
+    committed across a switch of generations left them so): search cannot find them."""
+    with transaction.atomic():
+        identity = identities_in_use().active
+        ids = list(Image.objects.filter(state=Image.State.INDEXED)
+                   .exclude(id__in=Embedding.objects.of(identity).values("image_id")).values_list("id", flat=True))
+        Image.objects.filter(id__in=ids, state=Image.State.INDEXED).update(
+            state=Image.State.QUEUED, error="", attempts=0, retry_after=None)
+        for image_id in ids:
+            queue_embedding(image_id)
+    if ids:
+        log.warning("Queued %d indexed images again: they had no vector of %s", len(ids), identity.describe())
     return len(ids)
 
 

@@ -1,5 +1,6 @@
 """Periodic upkeep (Celery beat, or ``python manage.py upkeep``): repair the index against the
-database, send again the images whose embedding got stuck, and resume background jobs whose
+database, send again the images whose embedding got stuck or that have no vector of the model in
+use, and resume background jobs whose
 worker died. Each run is recorded as an upkeep job."""
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ def upkeep_run(run: JobRun) -> str:
     repair = services.index_repair()
     run.step(done=1, phase="re-queueing stuck images")
     requeued = services.images_requeue_stuck(older_than=timedelta(seconds=settings.LOOKALIKE_STUCK_AFTER_SECONDS))
+    unembedded = services.images_requeue_unembedded()
     run.step(done=2, phase="resuming stalled jobs")
     resumed = job_services.jobs_resume_stalled(silent_for=timedelta(seconds=settings.LOOKALIKE_JOB_STALL_SECONDS))
     run.step(done=3, phase="done")
     index = (f"index rebuilt from the database ({repair.rebuilt})" if repair.rebuilt else
              f"index: {repair.reconciled.added} missing vectors added, {repair.reconciled.removed} stale removed")
     strays = f"; {stray} vectors of no index in use removed" if stray else ""
-    return (f"{index}{strays}; {requeued} stuck images queued again; "
+    without = f"; {unembedded} indexed images without a vector of the model in use queued again" if unembedded else ""
+    return (f"{index}{strays}; {requeued} stuck images queued again{without}; "
             f"{len(resumed)} stalled jobs resumed{': ' + ', '.join(map(str, resumed)) if resumed else ''}.")
 
 

@@ -8,7 +8,7 @@ from gallery.models import Image
 from gallery.services import image_delete
 from jobs import services as job_services
 from jobs.models import Job
-from search import generations, reindex, runtime, selectors, services
+from search import changelog, generations, reindex, runtime, selectors, services
 from search.backbones import get_backbone
 from search.models import Embedding
 from tests import images
@@ -176,3 +176,112 @@ def test_a_reindex_to_another_backbone_embeds_everything_again_while_search_goes
     assert top_id(Image.objects.get(pk=late_id)) == late_id
     assert [top_id(image) for image in gallery] == [image.pk for image in gallery]
     assert np.isclose(np.linalg.norm(Embedding.objects.first().as_array()), 1.0, atol=1e-4)
+
+
+class TestEmbedsThatRaceAReindex:
+    """An embedding batch that overlaps a reindex's switch of generation or its cancel."""
+
+    def test_a_batch_embedded_with_the_old_backbone_goes_back_to_the_queue_when_the_switch_comes_first(
+            self, gallery, second_backbone, monkeypatch):
+        upload = store(images.jpeg(60), "late.jpg")
+        original_embed = services.images_embed_with
+        switches: list[Job] = []
+
+        def switch_backbones_after_the_embed(*, embedder, images):
+            described = original_embed(embedder=embedder, images=images)
+            if not switches:
+                switches.append(run(reindex.reindex_start(backbone="resnet50")))
+            return described
+
+        monkeypatch.setattr(services, "images_embed_with", switch_backbones_after_the_embed)
+        services.image_embed(image_id=upload.pk, claim_token="across-the-switch")
+        assert switches[0].state == Job.State.SUCCEEDED, switches[0].last_error
+        upload.refresh_from_db()
+        assert upload.state == Image.State.QUEUED
+        assert not Embedding.objects.filter(image=upload).exists()
+        assert services.index_sync().status in ("published", "up_to_date")
+        assert [top_id(image) for image in gallery] == [image.pk for image in gallery]
+
+        monkeypatch.setattr(services, "images_embed_with", original_embed)
+        services.image_embed(image_id=upload.pk, claim_token="after-the-switch")
+        upload.refresh_from_db()
+        assert upload.state == Image.State.INDEXED
+        [vector] = Embedding.objects.filter(image=upload)
+        assert (vector.backbone, vector.dim, vector.as_array().shape) == ("resnet50", 2048, (2048,))
+        assert top_id(upload) == upload.pk
+
+    def test_an_upload_left_without_a_vector_of_the_new_backbone_is_queued_again_by_the_switch(
+            self, gallery, second_backbone, monkeypatch):
+        uploads: list[Image] = []
+        real_embedder_for = runtime.embedder_for
+        original_self_check = reindex._self_check
+
+        def no_memory_for_resnet50(backbone):
+            if backbone == "resnet50":
+                raise RuntimeError("out of memory")
+            return real_embedder_for(backbone)
+
+        def upload_after_the_catch_up(target, index, *, as_of_seq):
+            # The upload's second-backbone embed fails, and its batch commits after the catch-up.
+            monkeypatch.setattr(runtime, "embedder_for", no_memory_for_resnet50)
+            uploads.append(store(images.jpeg(61), "late.jpg"))
+            services.image_embed(image_id=uploads[0].pk, claim_token="dual")
+            monkeypatch.setattr(runtime, "embedder_for", real_embedder_for)
+            return original_self_check(target, index, as_of_seq=as_of_seq)
+
+        monkeypatch.setattr(reindex, "_self_check", upload_after_the_catch_up)
+        job = run(reindex.reindex_start(backbone="resnet50"))
+        assert job.state == Job.State.SUCCEEDED, job.last_error
+        [upload] = uploads
+        upload.refresh_from_db()
+        assert upload.state == Image.State.QUEUED
+        assert not Embedding.objects.filter(image=upload).exists()
+
+        services.image_embed(image_id=upload.pk, claim_token="again")
+        upload.refresh_from_db()
+        assert upload.state == Image.State.INDEXED
+        assert list(Embedding.objects.filter(image=upload).values_list("backbone", flat=True)) == ["resnet50"]
+        assert top_id(upload) == upload.pk
+
+    def test_vectors_for_a_reindex_cancelled_before_the_batch_commits_are_dropped(
+            self, gallery, second_backbone, monkeypatch):
+        job = reindex.reindex_start(backbone="resnet50")
+        upload = store(images.jpeg(62), "during.jpg")
+        original_embed = services.images_embed_with
+
+        def cancel_after_the_second_backbone(*, embedder, images):
+            described = original_embed(embedder=embedder, images=images)
+            if embedder.backbone.name == "resnet50":
+                job_services.job_cancel(job=Job.objects.get(pk=job.pk))
+            return described
+
+        monkeypatch.setattr(services, "images_embed_with", cancel_after_the_second_backbone)
+        services.image_embed(image_id=upload.pk, claim_token="during-the-reindex")
+        upload.refresh_from_db()
+        assert upload.state == Image.State.INDEXED
+        assert set(Embedding.objects.values_list("backbone", flat=True)) == {"efficientnet_lite0"}
+        assert top_id(upload) == upload.pk
+        assert [top_id(image) for image in gallery] == [image.pk for image in gallery]
+
+    def test_a_sync_asked_during_the_purge_runs_once_the_reindex_lets_go_of_the_index(
+            self, gallery, second_backbone, monkeypatch, settings):
+        settings.LOOKALIKE_SNAPSHOT_INTERVAL = 0
+        syncs: list[services.IndexSyncResult] = []
+        uploads: list[Image] = []
+        original_purge = reindex._purge_vectors_other_than
+
+        def upload_during_the_purge(target):
+            uploads.append(store(images.jpeg(63), "late.jpg"))
+            services.image_embed(image_id=uploads[0].pk, claim_token="during-the-purge")
+            syncs.append(services.index_sync())
+            return original_purge(target)
+
+        monkeypatch.setattr(reindex, "_purge_vectors_other_than", upload_during_the_purge)
+        monkeypatch.setattr(reindex, "queue_index_sync", lambda: syncs.append(services.index_sync()))
+        job = run(reindex.reindex_start(backbone="resnet50"))
+        assert job.state == Job.State.SUCCEEDED, job.last_error
+        assert syncs[-1].status == "published"
+        meta = generations.active().store.read_meta()
+        assert meta.applied_seq == changelog.last_seq()
+        assert generations.active().store.load(meta, runtime.index_params()).ids() == {
+            image.pk for image in [*gallery, *uploads]}

@@ -2,12 +2,13 @@
 import io
 
 import numpy as np
+import pytest
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from search import rerank, runtime
+from search import generations, rerank, runtime
 from search.models import Embedding
-from search.selectors import similar_to_pictures
+from search.selectors import SearchUnavailable, similar_to_pictures, similar_to_vectors
 from tests import images
 from tests.conftest import store_indexed
 
@@ -51,3 +52,18 @@ def test_a_framed_query_is_re_ranked_with_the_framing_that_found_the_closest_ima
     assert len(views) == 2
     for view, local in zip(views, expected, strict=True):
         assert np.allclose(view, rerank.local_descriptors(local, signed=True), atol=0.01)
+
+
+def test_search_stops_for_images_whose_only_vectors_are_of_another_model_whatever_else_is_stored(db, clean_index):
+    stored = [store_indexed(images.jpeg(seed), f"{seed}.jpg") for seed in range(3)]
+    active = generations.active()
+    # The generation replaced by the last reindex is still being purged...
+    generations.activate(generations.Generation(name=f"{active.name}-g7", backbone=active.backbone, m=active.m,
+                                                ef_construction=active.ef_construction,
+                                                replaced=("alexnet", "replaced")))
+    Embedding.objects.filter(image=stored[0]).update(backbone="alexnet", backbone_version="replaced")
+    # ... and beside it, an image holds a vector of a model that no generation uses, and none of the one in use.
+    Embedding.objects.filter(image=stored[1]).update(backbone_version="an-older-recipe")
+    query = Embedding.objects.get(image=stored[2]).as_array()[None, :]
+    with pytest.raises(SearchUnavailable, match=r"1 indexed images have no vector of efficientnet_lite0"):
+        similar_to_vectors(query, k=3)

@@ -147,12 +147,26 @@ class TestRetries:
         assert Embedding.objects.filter(image=failed).exists()
 
 
-def test_upkeep_removes_vectors_that_no_index_uses_so_that_search_works_again(gallery):
+def test_vectors_that_no_index_uses_do_not_stop_search_and_upkeep_removes_them(gallery):
     Embedding.objects.create(image=gallery[0], backbone="resnet50", backbone_version="left-behind", dim=4,
                              vector=np.zeros(4, dtype=np.float32).tobytes())
-    with pytest.raises(selectors.SearchUnavailable):
-        selectors.similar_to_image(gallery[1], k=3)
+    assert len(selectors.similar_to_image(gallery[1], k=3)) == 3
     out = io.StringIO()
     call_command("upkeep", stdout=out)
     assert "1 vectors of no index in use removed" in out.getvalue()
+    assert not Embedding.objects.other_than(runtime.index_identity()).exists()
     assert len(selectors.similar_to_image(gallery[1], k=3)) == 3
+
+
+def test_upkeep_queues_an_indexed_image_that_has_no_vector_of_the_model_in_use(gallery):
+    Embedding.objects.filter(image=gallery[2]).delete()
+    out = io.StringIO()
+    call_command("upkeep", stdout=out)
+    assert "1 indexed images without a vector of the model in use queued again" in out.getvalue()
+    gallery[2].refresh_from_db()
+    assert gallery[2].state == Image.State.QUEUED
+    services.image_embed(image_id=gallery[2].pk, claim_token="after-upkeep")
+    gallery[2].refresh_from_db()
+    assert gallery[2].state == Image.State.INDEXED
+    assert selectors.similar_to_image(gallery[2], k=1)[0].image != gallery[2]
+    assert Embedding.objects.of(runtime.index_identity()).filter(image=gallery[2]).count() == 1
