@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 
 from gallery.models import Image
@@ -121,10 +122,12 @@ def gallery_of_states(transactional_db, clean_index):
     """More than a page of images, some still waiting for the worker: their badges show."""
     owner = get_user_model().objects.create_user("alice", password="alice-password")
     stored = [store(images.jpeg(200 + i), f"photo-{i:02d}.jpg", owner=owner) for i in range(50)]
-    # Newest first: the first tiles are indexed, and one of each other state follows (the 13th is
-    # left queued).
-    Image.objects.exclude(pk__in=[image.pk for image in stored[35:38]]).update(state=Image.State.INDEXED)
-    Image.objects.filter(pk=stored[36].pk).update(state=Image.State.EMBEDDING)
+    # Newest first: the first tiles are indexed, then one being embedded and one failed. Their
+    # states hold while a worker of an earlier test runs: it claims only queued images and
+    # embedding ones whose claim has expired (a queued badge shares the embedding one's colours).
+    Image.objects.update(state=Image.State.INDEXED)
+    Image.objects.filter(pk=stored[36].pk).update(state=Image.State.EMBEDDING, claim_token="held by the test",
+                                                  claimed_at=timezone.now())
     Image.objects.filter(pk=stored[35].pk).update(state=Image.State.FAILED, error="Not a picture after all.")
     return stored
 
@@ -135,7 +138,7 @@ def test_gallery_tiles_are_one_tab_stop_with_a_visible_focus_in_light_and_dark(s
         page = new_page(browser, 1280, scheme)
         sign_in(page, site.url)
         page.goto(f"{site.url}/")
-        expect(page.locator(".tile .badge-queued")).to_have_text("Queued")
+        expect(page.locator(".tile .badge-failed")).to_have_text("Failed")
         expect(page.locator(".tile .badge-embedding")).to_have_text("Embedding")
         assert_readable(page, f"gallery, {scheme}")
         assert_targets(page, 24, "gallery")
