@@ -230,6 +230,7 @@ def test_a_file_over_the_limit_is_refused_before_it_is_sent(site, user, small_li
     sent.clear()
     page.goto(f"{site.url}/upload/")
     page.locator("input[name=files]").set_input_files([str(small), str(big)])
+    expect(page.locator(".page-head")).to_contain_text("up to 29.3 KB each")
     message = f"big.jpg is too large: {upload_too_large_detail()}"
     expect(page.locator("[data-refusal]")).to_have_text(message)
     expect(page.locator(".dropzone-title")).to_have_text("Drop images here")
