@@ -2,10 +2,13 @@
 import os
 
 from celery import Celery
-from celery.signals import celeryd_after_setup
+from celery.signals import celeryd_after_setup, worker_process_init
 from celery.worker import WorkController
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+
+# Set in a worker that embeds, for its pool processes (which inherit the environment).
+_WARM_EMBEDDER_ENV = "LOOKALIKE_WARM_EMBEDDER"
 
 app = Celery("lookalike")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -34,3 +37,14 @@ def _prepare_pool_processes(sender: str, instance: WorkController, **kwargs: obj
         # those pages and none spends seconds importing it on its first task. Only the import:
         # a process that has run torch's thread pools cannot safely fork.
         import search.embedding  # noqa: F401
+        os.environ[_WARM_EMBEDDER_ENV] = "1"
+
+
+@worker_process_init.connect
+def _load_the_model(**kwargs: object) -> None:
+    # Each pool process of a worker that embeds loads the model before it takes a task, rather
+    # than on its first one: an upload to a freshly started site then waits for nothing.
+    if os.environ.get(_WARM_EMBEDDER_ENV):
+        from search.runtime import embedder_warm
+
+        embedder_warm(gallery=True)

@@ -72,11 +72,22 @@ class Readable(Protocol):
     def seek(self, offset: int, /) -> int: ...
 
 
+def file_too_large_message(limit: int) -> str:
+    """The refusal of one file over ``limit`` bytes; the pages' script says the same before sending it."""
+    return f"The file is larger than the limit of {filesizeformat(limit)}."
+
+
+def upload_too_large_detail() -> str:
+    """What follows the name of a file that makes a whole upload too large, on the server and in the page."""
+    per_file = filesizeformat(settings.LOOKALIKE_MAX_UPLOAD_BYTES)
+    return f"nothing from this upload was stored. Each file may be at most {per_file}."
+
+
 def read_limited(source: Readable, limit: int) -> bytes:
     """Read a whole upload, refusing it as soon as it is over ``limit`` bytes."""
     data = source.read(limit + 1)
     if len(data) > limit:
-        raise ImageRejected("too_large", f"The file is larger than the limit of {filesizeformat(limit)}.")
+        raise ImageRejected("too_large", file_too_large_message(limit))
     return data
 
 

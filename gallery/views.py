@@ -12,7 +12,6 @@ from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -71,7 +70,7 @@ def _upload_body_limit() -> int:
 
 
 def _refuse_too_large(request: HttpRequest, limit: int) -> HttpResponse:
-    return _upload_error(request, "too_large", f"The upload is too large: {_too_large_detail()}", 413)
+    return _upload_error(request, "too_large", f"The upload is too large: {services.upload_too_large_detail()}", 413)
 
 
 @max_body(_upload_body_limit, refuse=_refuse_too_large)
@@ -90,7 +89,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         return _upload_error(request, "too_many_files", f"Send at most {max_files} files at a time.", 400)
     if size_limit.too_large is not None:
         name = services.clean_original_name(size_limit.too_large)
-        return _upload_error(request, "too_large", f"{name} is too large: {_too_large_detail()}", 413)
+        return _upload_error(request, "too_large", f"{name} is too large: {services.upload_too_large_detail()}", 413)
     if len(files) <= max_files:
         # Counted once the files are read, as the size limit must be in place before the body is.
         try:
@@ -115,11 +114,6 @@ def _upload(request: HttpRequest, files: list[UploadedFile]) -> HttpResponse:
             for r in results
         ]})
     return render(request, "gallery/upload.html", {"results": results})
-
-
-def _too_large_detail() -> str:
-    per_file = filesizeformat(settings.LOOKALIKE_MAX_UPLOAD_BYTES)
-    return f"nothing from this upload was stored. Each file may be at most {per_file}."
 
 
 def _upload_error(request: HttpRequest, code: str, message: str, status: int) -> HttpResponse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import ipaddress
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -105,6 +106,17 @@ class SearchOutcome:
     @property
     def took_ms(self) -> float:
         return self.embed_ms + self.index_ms
+
+    @property
+    def best_percent(self) -> int:
+        return max((result.percent for result in self.results), default=0)
+
+    @property
+    def in_score_order(self) -> bool:
+        """Whether the shown percentages fall as the list goes on: a search by picture also orders
+        its best candidates by the details they share with it (``search.rerank``), so they may not."""
+        percents = [result.percent for result in self.results]
+        return all(earlier >= later for earlier, later in itertools.pairwise(percents))
 
 
 @dataclass

@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,31 @@ def embedder_for(backbone: str) -> Embedder:
     return Embedder(get_backbone(backbone), weights_dir=weights_dir(),
                     device=settings.LOOKALIKE_DEVICE, batch_size=settings.LOOKALIKE_EMBED_BATCH_SIZE,
                     jpeg_decoder=settings.LOOKALIKE_JPEG_DECODER)
+
+
+def embedder_warm(*, gallery: bool = False) -> None:
+    """Load the model of the index in service and run it once, as a query (a picture and its
+    mirror image) or with ``gallery`` as an image to index, so that this process's first search
+    or task does not wait seconds for it. Called as a process starts (``config.celery``,
+    ``config.wsgi``); a failure is logged and left for the first real use to report."""
+    from PIL import Image
+
+    started = time.perf_counter()
+    try:
+        blank = Image.new("RGB", (64, 64))
+        embedder().describe([blank] if gallery else [blank, blank], gallery=gallery)
+    except Exception:
+        log.warning("Could not load the model ahead of its first use; it loads then instead.", exc_info=True)
+        return
+    log.info("Model loaded and run once in %.1f s", time.perf_counter() - started)
+
+
+def embedder_warm_in_background() -> threading.Thread:
+    """``embedder_warm`` in a thread of its own: a web process answers (its readiness checks too)
+    while the model loads. A search that comes during the load loads the model too, as before."""
+    thread = threading.Thread(target=embedder_warm, name="embedder-warm", daemon=True)
+    thread.start()
+    return thread
 
 
 def _ask_writer_to_rebuild(_reason: str) -> None:

@@ -202,6 +202,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# A pool process loads the model as it starts (config.celery), which takes seconds on a busy machine:
+# the 4 s Celery gives a process to start would kill it.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = 120
 
 
 def celery_queues(default_queue: str) -> tuple[str, tuple[Queue, Queue], dict[str, dict[str, str]]]:

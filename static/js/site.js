@@ -8,6 +8,19 @@
     });
   });
 
+  // A refusal in the page's own words: where the server's refusal of the same request would show.
+  var refuse = function (message) {
+    var refusal = document.querySelector("[data-refusal]");
+    var results = document.querySelector("[data-results]");
+    if (!refusal && results) {
+      refusal = document.createElement("p");
+      refusal.className = "error";
+      refusal.setAttribute("role", "alert");
+      results.replaceChildren(refusal);
+    }
+    if (refusal) refusal.textContent = message;
+  };
+
   // Drag and drop onto a drop zone fills its file input; files dropped anywhere on the page
   // go to the page's drop zone, so a near miss does not make the browser open the file.
   var dropzone = document.querySelector("[data-dropzone]");
@@ -27,10 +40,25 @@
       input.files = transfer.files;
       input.dispatchEvent(new Event("change", { bubbles: true }));
     });
+    var title = dropzone.querySelector(".dropzone-title");
+    var emptyTitle = title ? title.textContent : "";
+    // A file over the limit is refused before a byte of it is sent, with the server's message
+    // ("{name}" stands for the file's name where the server names it).
+    var limits = input.form.dataset;
+    var tooLarge = function () {
+      return Array.prototype.find.call(input.files, function (f) { return f.size > Number(limits.maxBytes); });
+    };
     input.addEventListener("change", function () {
-      var title = dropzone.querySelector(".dropzone-title");
+      var oversized = limits.maxBytes ? tooLarge() : null;
+      if (oversized) {
+        refuse(limits.tooLarge.replace("{name}", oversized.name));
+        input.value = "";
+      } else if (input.files.length) {
+        var refusal = document.querySelector("[data-refusal]");
+        if (refusal) refusal.textContent = "";
+      }
       var n = input.files.length;
-      if (title) title.textContent = n ? (n === 1 ? input.files[0].name : n + " files chosen") : "Drop images here";
+      if (title) title.textContent = n ? (n === 1 ? input.files[0].name : n + " files chosen") : emptyTitle;
       // After every other change listener, so that the form knows which query is current.
       if (dropzone.hasAttribute("data-autosubmit") && n) window.setTimeout(function () { input.form.requestSubmit(); });
     });
@@ -42,6 +70,7 @@
   var resultsBox = document.querySelector("[data-results]");
   if (searchForm && resultsBox && window.fetch && window.FormData) {
     var progress = searchForm.querySelector("[data-search-progress]");
+    var elapsed = searchForm.querySelector("[data-search-elapsed]");
     var fileInput = searchForm.querySelector("[data-file-input]");
     var urlField = searchForm.querySelector("input[name=url]");
     var boxField = searchForm.querySelector("[data-box-field]");
@@ -69,9 +98,10 @@
       if (lastSource === "file" && urlField) urlField.value = "";
       if (!append) offsetField.value = "0";
       var started = Date.now();
+      // Said once; the seconds tick beside it, outside the status region.
       progress.textContent = "Searching…";
       var ticker = window.setInterval(function () {
-        progress.textContent = "Searching… " + ((Date.now() - started) / 1000).toFixed(1) + " s";
+        elapsed.textContent = ((Date.now() - started) / 1000).toFixed(1) + " s";
       }, 200);
       setBusy(true);
       var request = fetch(searchForm.action, {
@@ -82,8 +112,7 @@
       request.then(function (r) { return r.text(); })
         .then(function (html) {
           if (request !== inFlight) return;
-          if (append) appendPage(html); else resultsBox.innerHTML = html;
-          progress.textContent = "";
+          if (append) appendPage(html); else showResults(html);
           bindResults();
         })
         .catch(function () {
@@ -91,8 +120,21 @@
         })
         .finally(function () {
           window.clearInterval(ticker);
+          elapsed.textContent = "";
           if (request === inFlight) setBusy(false);
         });
+    };
+
+    // The status line says what came ("24 matches, best 100%"), and focus moves to the results'
+    // heading, which scrolls them into view; an error speaks for itself as an alert.
+    var showResults = function (html) {
+      resultsBox.innerHTML = html;
+      var heading = resultsBox.querySelector("[data-results-heading]");
+      progress.textContent = heading ? heading.textContent : "";
+      if (heading) {
+        heading.focus({ preventScroll: true });
+        heading.scrollIntoView({ block: "start" });
+      }
     };
 
     var appendPage = function (html) {
@@ -104,7 +146,8 @@
       var newMore = page.querySelector("[data-load-more-row]");
       if (newMore) oldMore.replaceWith(document.adoptNode(newMore)); else if (oldMore) oldMore.remove();
       var error = page.querySelector(".error");
-      if (error) progress.textContent = error.textContent;
+      var heading = page.querySelector("[data-results-heading]");
+      progress.textContent = error ? error.textContent : (heading ? heading.textContent : "");
       if (tiles.length) tiles[0].querySelector("a").focus();
     };
 
@@ -217,6 +260,21 @@
     });
     bindResults();
   }
+
+  // A tile is one tab stop; its "Similar" link is the arrow keys' reach from it, and back.
+  document.addEventListener("keydown", function (event) {
+    if (event.key !== "ArrowRight" && event.key !== "ArrowLeft") return;
+    var tile = event.target.closest && event.target.closest("[data-tile]");
+    if (!tile) return;
+    var target = event.key === "ArrowRight" ? tile.querySelector("[data-similar]") : tile.querySelector(".tile-link");
+    if (target && target !== event.target) {
+      event.preventDefault();
+      target.focus();
+    }
+  });
+
+  var pasteKeys = document.querySelector("[data-paste-keys]");
+  if (pasteKeys && /Mac|iPhone|iPad/.test(navigator.platform)) pasteKeys.textContent = "⌘V";
 
   // Uploads: send with fetch, list each file's outcome, then follow the states until settled.
   var form = document.querySelector("[data-upload-form]");

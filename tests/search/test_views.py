@@ -462,3 +462,25 @@ class TestRateLimits:
         refused = client.post(reverse("search:search"), {"url": url})
         assert refused.status_code == 429 and "Too many URL fetches" in refused.context["error"]
         assert search(client, images.jpeg(1)).status_code == 200, "searching by picture is still allowed"
+
+
+def test_results_whose_percentages_do_not_fall_in_order_say_what_the_number_is(db):
+    """Re-ranking orders a search by picture by shared details too: the page says why a later card
+    may show a higher percentage, and says nothing when the numbers do fall."""
+    from django.template.loader import render_to_string
+
+    from search import verdicts
+    from search.queries import Result, SearchOutcome, SearchParams
+
+    pictures = [store(images.jpeg(i), f"picture-{i}.jpg") for i in range(3)]
+
+    def page(scores: list[float]) -> str:
+        outcome = SearchOutcome([Result(p, s, verdicts.SIMILAR) for p, s in zip(pictures, scores, strict=True)],
+                                False, 1.0, 1.0)
+        return render_to_string("search/_results.html", {"searched": True, "outcome": outcome,
+                                                         "params": SearchParams(k=12)})
+
+    reranked = page([0.88, 0.85, 0.86])
+    assert "data-order-note" in reranked and "how alike the whole pictures are" in reranked
+    assert ">3 matches, best 88%</h2>" in reranked
+    assert "data-order-note" not in page([0.88, 0.86, 0.85])
