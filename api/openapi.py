@@ -105,9 +105,10 @@ _SCHEMAS: dict[str, Any] = {
                       "1 for the same picture. A search with a picture ranks its best candidates by this "
                       "score and by how many parts of the two pictures match, so a result may have a lower "
                       "score than the next one."},
-            "verdict": {"type": "string", "enum": ["same_file", "edited_copy", "similar"],
+            "verdict": {"type": "string", "enum": ["same_file", "edited_copy", "similar", "tagged"],
                         "description": "`same_file`: identical content; `edited_copy`: a score above the threshold "
-                        "calibrated for copies; `similar`: anything else."},
+                        "calibrated for copies; `similar`: anything else; `tagged`: a search by words alone "
+                        "found it by its tags (its score is then 1)."},
             "url": {"type": "string"},
             "thumbnail_url": {"type": "string"},
         },
@@ -139,6 +140,9 @@ def _search_options(max_k: int) -> dict[str, Any]:
         "offset": {"type": "integer", "minimum": 0, "description": "How many results to skip: the next page."},
         "min_score": {"type": "number", "minimum": 0, "maximum": 1,
                       "description": "Leave out results scoring below this."},
+        "q": {"type": "string", "description": "Words, separated by spaces: only images with a tag that is (or "
+                                                "holds) each word; a plural finds the singular. Without a picture, "
+                                                "a search by words alone, newest first."},
         "uploader": {"type": "string", "description": "Only images uploaded by this user name."},
         "uploaded_from": {"type": "string", "format": "date", "description": "Only images uploaded on or after."},
         "uploaded_to": {"type": "string", "format": "date", "description": "Only images uploaded on or before."},
@@ -170,7 +174,7 @@ def _search_body(max_k: int) -> dict[str, Any]:
     }
     return {
         "required": True,
-        "description": "Exactly one of `image`, `url` or `image_id`, and any of the options.",
+        "description": "Exactly one of `image`, `url` or `image_id`, or words in `q` alone, and any of the options.",
         "content": {"multipart/form-data": {"schema": form}, "application/json": {"schema": as_json}},
     }
 
@@ -238,11 +242,12 @@ def _paths(max_k: int, max_files: int, max_bytes: int) -> dict[str, Any]:
         "/api/v1/search": {
             "post": {
                 "operationId": "search",
-                "summary": "Search with a picture",
+                "summary": "Search with a picture, or by words",
                 "description": (
                     "Search the gallery with an uploaded picture, a picture at a URL, or a gallery image, optionally "
                     "only a region of it (`box`) and only among images matching the filters. The query picture is "
-                    "never stored. Counts against the search rate limit, and a URL also against the URL-fetch limit."),
+                    "never stored. With words in `q` and no picture, the images tagged with those words, newest "
+                    "first. Counts against the search rate limit, and a URL also against the URL-fetch limit."),
                 "tags": ["search"],
                 "requestBody": _search_body(max_k),
                 "responses": {

@@ -142,11 +142,16 @@ def _image_id(value: object) -> int:
     return number
 
 
+def _pictures_given(data: Mapping[str, object], upload: UploadedFile | None) -> list[str]:
+    return [name for name, present in (("image", upload is not None), ("url", data.get("url") not in (None, "")),
+                                       ("image_id", data.get("image_id") not in (None, ""))) if present]
+
+
 def _query(request: HttpRequest, data: Mapping[str, object], upload: UploadedFile | None) -> queries.Query:
-    given = [name for name, present in (("image", upload is not None), ("url", data.get("url") not in (None, "")),
-                                        ("image_id", data.get("image_id") not in (None, ""))) if present]
+    given = _pictures_given(data, upload)
     if not given:
-        raise ApiError(400, "missing_query", 'Search with one of: a picture in "image", a "url" or an "image_id".')
+        raise ApiError(400, "missing_query", 'Search with one of: a picture in "image", a "url" or an "image_id", '
+                                             'or words in "q".')
     if len(given) > 1:
         raise ApiError(400, "ambiguous_query",
                        f"Search with one picture at a time; this request has {' and '.join(given)}.")
@@ -176,8 +181,11 @@ def search(request: HttpRequest) -> JsonResponse:
     data, upload = _search_input(request)
     try:
         params = queries.search_params_from(data)
-        query = _query(request, data, upload)
-        outcome = queries.search_run(query=query, user=request.user, params=params)
+        if params.filters.words and not _pictures_given(data, upload):
+            outcome = queries.search_words(params=params)
+        else:
+            query = _query(request, data, upload)
+            outcome = queries.search_run(query=query, user=request.user, params=params)
     except queries.QueryError as error:
         retry = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
         raise ApiError(error.status, error.code, error.message, retry) from None

@@ -94,3 +94,28 @@ class DuplicateGroup(models.Model):
 
     def __str__(self) -> str:
         return f"{'Exact copies' if self.exact else 'Near-duplicates'}: images {', '.join(map(str, self.image_ids))}"
+
+
+class TagSuggestion(models.Model):
+    """A tag proposed for an image, by the vote of its most similar tagged images or, while nothing it
+    could learn from is tagged, by the backbone's ImageNet classifier. Accepting one makes it an
+    ordinary tag (and removes the suggestion); a rejected one is kept so that it is never proposed again."""
+
+    class Source(models.TextChoices):
+        NEIGHBOURS = "neighbours", "similar tagged images"
+        CLASSIFIER = "classifier", "image classifier"
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="tag_suggestions")
+    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="suggestions")
+    confidence = models.FloatField()
+    source = models.CharField(max_length=16, choices=Source.choices)
+    rejected = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["image", "-confidence", "tag__name"]
+        constraints = [models.UniqueConstraint(fields=["image", "tag"], name="one_suggestion_per_image_tag")]
+        indexes = [models.Index(fields=["rejected", "image"])]
+
+    def __str__(self) -> str:
+        return f"{self.tag.name} for image #{self.image_id} ({self.confidence:.0%})"

@@ -27,6 +27,7 @@ from search.identity import IndexIdentity
 from search.index import HnswIndex, SnapshotCorrupt, SnapshotMeta, SnapshotStore
 from search.models import Embedding, IndexChange
 from search.reader import resolve_changes
+from search.tag_suggestions import queue_tag_suggestions
 
 if TYPE_CHECKING:
     from search.embedding import Descriptors, Embedder
@@ -233,6 +234,7 @@ def _finish_batch(token: str, described: Described, failed: dict[int, str], *,
     changelog.record_changes(image_ids=indexed, kind=IndexChange.Kind.UPSERT)
     if indexed:
         queue_index_sync()
+        queue_tag_suggestions(indexed)
     return EmbedOutcome(indexed=indexed, failed=failed)
 
 

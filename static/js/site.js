@@ -44,6 +44,7 @@
     var progress = searchForm.querySelector("[data-search-progress]");
     var fileInput = searchForm.querySelector("[data-file-input]");
     var urlField = searchForm.querySelector("input[name=url]");
+    var wordsField = searchForm.querySelector("[data-words-field]");
     var boxField = searchForm.querySelector("[data-box-field]");
     var offsetField = searchForm.querySelector("[data-offset-field]");
     var lastSource = null;
@@ -51,7 +52,7 @@
 
     var hasQuery = function () {
       return (fileInput && fileInput.files.length) || (urlField && urlField.value.trim()) ||
-        searchForm.querySelector("input[name=image_id]");
+        searchForm.querySelector("input[name=image_id]") || (wordsField && wordsField.value.trim());
     };
 
     var setBusy = function (busy) {
@@ -62,7 +63,7 @@
 
     var run = function (append) {
       if (!hasQuery()) {
-        progress.textContent = "Choose a picture, paste one, or give its URL to search with.";
+        progress.textContent = "Choose a picture, paste one, give its URL, or type words to search with.";
         return;
       }
       if (lastSource === "url" && fileInput) fileInput.value = "";
