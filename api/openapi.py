@@ -113,6 +113,24 @@ _SCHEMAS: dict[str, Any] = {
             "thumbnail_url": {"type": "string"},
         },
     },
+    "Recommendations": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["results"],
+        "properties": {"results": {"type": "array", "items": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["id", "original_name", "score", "url", "thumbnail_url"],
+            "properties": {
+                "id": {"type": "integer"},
+                "original_name": {"type": "string"},
+                "score": {"type": "number", "description": "Cosine similarity to the image (or to the closest of "
+                                                           "your uploads)."},
+                "url": {"type": "string"},
+                "thumbnail_url": {"type": "string"},
+            },
+        }}},
+    },
     "SearchResults": {
         "type": "object",
         "additionalProperties": False,
@@ -209,6 +227,35 @@ def _paths(max_k: int, max_files: int, max_bytes: int) -> dict[str, Any]:
                     "415": _json(_ref("UploadResults"), "Every file was refused, the first for not being an "
                                  "image of an accepted type."),
                     "429": _RATE_LIMITED,
+                },
+            },
+        },
+        "/api/v1/images/{image_id}/recommendations": {
+            "parameters": [{"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "get": {
+                "operationId": "images_recommendations",
+                "summary": "You may also like",
+                "description": ("Up to 12 images like this one that you may see, never copies of it (the same file "
+                                "or an edited copy, as search's verdicts say), chosen to differ from each other."),
+                "tags": ["images"],
+                "responses": {
+                    "200": _json(_ref("Recommendations"), "Closest first, each unlike those before it."),
+                    "401": _UNAUTHENTICATED,
+                    "404": _error("No such image that you may see (`image_not_found`)."),
+                },
+            },
+        },
+        "/api/v1/recommendations": {
+            "get": {
+                "operationId": "recommendations",
+                "summary": "More like your uploads",
+                "description": ("Up to 12 images like your latest uploads, never your own and never copies of "
+                                "them, chosen to differ from each other."),
+                "tags": ["images"],
+                "security": [{"bearerAuth": []}, {"sessionCookie": []}],
+                "responses": {
+                    "200": _json(_ref("Recommendations"), "Closest first, each unlike those before it."),
+                    "401": _UNAUTHENTICATED,
                 },
             },
         },

@@ -1,9 +1,6 @@
 """Tag suggestions: the vote of the nearest tagged images, the classifier's words before anything is
 tagged, what curators decide, and that no image lends its tags to someone who may not see it."""
-import io
-
 import pytest
-from PIL import Image as PILImage
 
 from gallery.models import Image, Tag, TagSuggestion
 from search import tag_suggestions
@@ -18,14 +15,6 @@ def bench(category: str, number: int, owner=None) -> Image:
 def tagged(image: Image, *names: str) -> Image:
     image.tags.add(*[Tag.objects.get_or_create(name=name)[0] for name in names])
     return image
-
-
-def crop_of(category: str, number: int) -> bytes:
-    picture = PILImage.open(images.bench_image(category, number)).convert("RGB")
-    w, h = picture.size
-    buffer = io.BytesIO()
-    picture.crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
 
 
 def open_for(image: Image) -> dict[str, TagSuggestion]:
@@ -81,7 +70,7 @@ def test_a_copy_hidden_from_the_owner_lends_it_no_tag(db, clean_index, user, oth
     for n in (1, 2, 3):
         tagged(bench("cat", n), "cat")
     # Bob's close copy of Alice's picture carries a tag of its own; hidden, Alice may not see it.
-    copy = tagged(store_indexed(crop_of("dog", 20), "copy.jpg", owner=other_user), "bobs-secret-dog")
+    copy = tagged(store_indexed(images.bench_crop("dog", 20), "copy.jpg", owner=other_user), "bobs-secret-dog")
     Image.objects.filter(pk=copy.pk).update(hidden=hidden)
     alices = bench("dog", 20, owner=user)
 
