@@ -127,7 +127,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "bench" / "images")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--min-confidence", type=float, default=0.6)
+    ap.add_argument("--min-confidence", type=float, default=0.5)
     ap.add_argument("--scale", type=int, default=0, help="also time suggesting tags for this many vectors")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/tag-suggestions-bench.npz"))
     args = ap.parse_args()
