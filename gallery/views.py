@@ -23,7 +23,7 @@ from gallery import selectors, services
 from gallery.access import viewer_required
 from gallery.models import Image
 from gallery.uploads import FileSizeLimit
-from search import recommendations
+from search import copy_notices, recommendations
 
 GALLERY_PAGE_SIZE = 48
 # The folders of the copies that are served, and the field of the image that names each copy.
@@ -139,8 +139,14 @@ def states(request: HttpRequest) -> JsonResponse:
     except ValueError:
         return JsonResponse({"code": "bad_ids", "message": "ids must be a comma-separated list of numbers."},
                             status=400)
-    images = selectors.image_list_visible(user=request.user).filter(pk__in=ids)
-    return JsonResponse({"images": [image_json(image) for image in images]})
+    images = list(selectors.image_list_visible(user=request.user).filter(pk__in=ids))
+    # Noticed when each was embedded; named only when the viewer may see the image it copies.
+    copies = copy_notices.copy_notices_shown(image_ids=[image.pk for image in images], user=request.user)
+    return JsonResponse({"images": [
+        {**image_json(image), "copy_of": {"id": copies[image.pk], "url": reverse("gallery:detail",
+                                                                                 args=[copies[image.pk]])}
+         if image.pk in copies else None}
+        for image in images]})
 
 
 @login_required

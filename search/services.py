@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from gallery.imaging import open_for_embedding
 from gallery.models import Image
-from search import changelog, runtime
+from search import changelog, copy_notices, runtime
 from search.backbones import WeightsMissing
 from search.identity import IndexIdentity
 from search.index import HnswIndex, SnapshotCorrupt, SnapshotMeta, SnapshotStore
@@ -136,6 +136,7 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
         return _finish_batch(claim_token, {}, failed | worn_out, permanent=permanent | set(worn_out))
     described, failed = images_embed_with(embedder=embedder, images=images)
     failed |= worn_out
+    copies = _copies_of(identity, described)
     extra: Described = {}
     building = reindex_target_identity()
     if building is not None and building != identity and described:
@@ -145,7 +146,15 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
         except Exception:  # the reindex embeds whatever is still missing before it completes
             log.exception("Could not embed with %s for the reindex in progress", building.describe())
     return _finish_batch(claim_token, described, failed, permanent=set(worn_out), extra_identity=building,
-                         extra_described=extra)
+                         extra_described=extra, copies=copies)
+
+
+def _copies_of(identity: IndexIdentity, described: Described) -> copy_notices.Found:
+    try:
+        return copy_notices.copies_find(identity=identity, vectors={i: vector for i, (vector, _) in described.items()})
+    except Exception:  # telling an uploader about a copy must never cost them the upload
+        log.exception("Could not look for copies of images %s", sorted(described))
+        return {}
 
 
 def _worn_out_reason(image: Image) -> str:
@@ -204,7 +213,8 @@ def embeddings_store(*, identity: IndexIdentity, described: Described) -> None:
 @transaction.atomic
 def _finish_batch(token: str, described: Described, failed: dict[int, str], *,
                   permanent: set[int] | None = None, extra_identity: IndexIdentity | None = None,
-                  extra_described: Described | None = None) -> EmbedOutcome:
+                  extra_described: Described | None = None, copies: copy_notices.Found | None = None
+                  ) -> EmbedOutcome:
     identity = runtime.index_identity()
     now = timezone.now()
     still_ours = Image.objects.filter(claim_token=token, state=Image.State.EMBEDDING)
@@ -231,6 +241,7 @@ def _finish_batch(token: str, described: Described, failed: dict[int, str], *,
     if extra_identity is not None and extra_described:
         embeddings_store(identity=extra_identity,
                          described={image_id: d for image_id, d in extra_described.items() if image_id in indexed})
+    copy_notices.copies_record(found=copies or {}, image_ids=indexed)
     changelog.record_changes(image_ids=indexed, kind=IndexChange.Kind.UPSERT)
     if indexed:
         queue_index_sync()

@@ -273,7 +273,15 @@
             var li = list.querySelector('[data-image-id="' + image.id + '"]');
             if (!li) return;
             li.querySelector("[data-state]").replaceWith(badge(image.state, image.state_label));
-            li.querySelector("[data-message]").textContent = image.error || "";
+            var message = li.querySelector("[data-message]");
+            message.textContent = image.error || "";
+            if (image.copy_of) {
+              var copyLink = document.createElement("a");
+              copyLink.href = image.copy_of.url;
+              copyLink.textContent = "#" + image.copy_of.id;
+              message.append("Looks like an edited copy of ", copyLink);
+              message.classList.add("copy-notice");
+            }
             if (image.state === "indexed" || image.state === "failed") li.dataset.settled = "";
           });
         })

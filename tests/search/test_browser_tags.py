@@ -8,7 +8,7 @@ from gallery.models import Tag
 from search import tag_suggestions
 from tests import images
 from tests.conftest import store_indexed
-from tests.test_browser import browser, shot, site  # noqa: F401 - fixtures
+from tests.test_browser import admin_sign_in, browser, shot, site  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.browser]
 
@@ -28,14 +28,11 @@ def suggested(transactional_db, clean_index):
 
 def test_a_curator_accepts_a_suggestion_and_the_image_is_found_by_the_word(suggested, site, browser):  # noqa: F811
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(f"{site.url}/admin/login/?next=/admin/gallery/image/%3Fsuggestions%3Dyes")
-    page.get_by_label("Username").fill("root")
-    page.get_by_label("Password").fill("root-password")
-    page.get_by_role("button", name="Log in").click()
-    rows = page.locator("#result_list tbody tr")
-    expect(rows).to_have_count(1)
-    expect(rows.first).to_contain_text("new-cat.jpg")
-    expect(rows.first.locator(".field-suggested_tags")).to_contain_text("cat (")
+    admin_sign_in(page, site.url, "/admin/gallery/image/%3Fsuggestions%3Dyes")
+    # A worker left running by another test may have suggested words for the tagged images too.
+    row = page.locator("#result_list tbody tr").filter(has_text="new-cat.jpg")
+    expect(row).to_have_count(1)
+    expect(row.locator(".field-suggested_tags")).to_contain_text("cat (")
     shot(page, "admin-tag-suggestions-list")
 
     page.goto(f"{site.url}/admin/gallery/image/{suggested.pk}/suggestions/")
