@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install install-browser run test lint
+.PHONY: install install-browser install-wordnet run test lint
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(INSTALLED)
 install-browser:
 	@bin/ensure-chromium
 
+# WordNet, from which bin/imagenet-words derives search/data/imagenet_words.json; a test makes it again.
+install-wordnet:
+	@bin/ensure-wordnet
+
 run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py bootstrap_admin
@@ -26,7 +30,7 @@ run: install
 
 # With REDIS_URL (and DATABASE_URL) set, the suite runs on Redis (and PostgreSQL); the tests that
 # go through a real worker then run once more on the embedded broker and SQLite.
-test: install install-browser
+test: install install-browser install-wordnet
 	$(PY) -m pytest
 	@if [ -n "$$REDIS_URL$$DATABASE_URL" ]; then \
 		echo "== worker tests again on the embedded broker and SQLite =="; \

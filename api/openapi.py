@@ -105,12 +105,31 @@ _SCHEMAS: dict[str, Any] = {
                       "1 for the same picture. A search with a picture ranks its best candidates by this "
                       "score and by how many parts of the two pictures match, so a result may have a lower "
                       "score than the next one."},
-            "verdict": {"type": "string", "enum": ["same_file", "edited_copy", "similar"],
+            "verdict": {"type": "string", "enum": ["same_file", "edited_copy", "similar", "tagged"],
                         "description": "`same_file`: identical content; `edited_copy`: a score above the threshold "
-                        "calibrated for copies; `similar`: anything else."},
+                        "calibrated for copies; `similar`: anything else; `tagged`: a search by words alone "
+                        "found it by its tags (its score is then 1)."},
             "url": {"type": "string"},
             "thumbnail_url": {"type": "string"},
         },
+    },
+    "Recommendations": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["results"],
+        "properties": {"results": {"type": "array", "items": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["id", "original_name", "score", "url", "thumbnail_url"],
+            "properties": {
+                "id": {"type": "integer"},
+                "original_name": {"type": "string"},
+                "score": {"type": "number", "description": "Cosine similarity to the image (or to the closest of "
+                                                           "your uploads)."},
+                "url": {"type": "string"},
+                "thumbnail_url": {"type": "string"},
+            },
+        }}},
     },
     "SearchResults": {
         "type": "object",
@@ -139,6 +158,9 @@ def _search_options(max_k: int) -> dict[str, Any]:
         "offset": {"type": "integer", "minimum": 0, "description": "How many results to skip: the next page."},
         "min_score": {"type": "number", "minimum": 0, "maximum": 1,
                       "description": "Leave out results scoring below this."},
+        "q": {"type": "string", "description": "Words, separated by spaces: only images with a tag that is (or "
+                                                "holds) each word; a plural finds the singular. Without a picture, "
+                                                "a search by words alone, newest first."},
         "uploader": {"type": "string", "description": "Only images uploaded by this user name."},
         "uploaded_from": {"type": "string", "format": "date", "description": "Only images uploaded on or after."},
         "uploaded_to": {"type": "string", "format": "date", "description": "Only images uploaded on or before."},
@@ -170,7 +192,7 @@ def _search_body(max_k: int) -> dict[str, Any]:
     }
     return {
         "required": True,
-        "description": "Exactly one of `image`, `url` or `image_id`, and any of the options.",
+        "description": "Exactly one of `image`, `url` or `image_id`, or words in `q` alone, and any of the options.",
         "content": {"multipart/form-data": {"schema": form}, "application/json": {"schema": as_json}},
     }
 
@@ -208,6 +230,35 @@ def _paths(max_k: int, max_files: int, max_bytes: int) -> dict[str, Any]:
                 },
             },
         },
+        "/api/v1/images/{image_id}/recommendations": {
+            "parameters": [{"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "get": {
+                "operationId": "images_recommendations",
+                "summary": "You may also like",
+                "description": ("Up to 12 images like this one that you may see, never copies of it (the same file "
+                                "or an edited copy, as search's verdicts say), chosen to differ from each other."),
+                "tags": ["images"],
+                "responses": {
+                    "200": _json(_ref("Recommendations"), "Closest first, each unlike those before it."),
+                    "401": _UNAUTHENTICATED,
+                    "404": _error("No such image that you may see (`image_not_found`)."),
+                },
+            },
+        },
+        "/api/v1/recommendations": {
+            "get": {
+                "operationId": "recommendations",
+                "summary": "More like your uploads",
+                "description": ("Up to 12 images like your latest uploads, never your own and never copies of "
+                                "them, chosen to differ from each other."),
+                "tags": ["images"],
+                "security": [{"bearerAuth": []}, {"sessionCookie": []}],
+                "responses": {
+                    "200": _json(_ref("Recommendations"), "Closest first, each unlike those before it."),
+                    "401": _UNAUTHENTICATED,
+                },
+            },
+        },
         "/api/v1/images/{image_id}": {
             "parameters": [{"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
             "get": {
@@ -238,11 +289,12 @@ def _paths(max_k: int, max_files: int, max_bytes: int) -> dict[str, Any]:
         "/api/v1/search": {
             "post": {
                 "operationId": "search",
-                "summary": "Search with a picture",
+                "summary": "Search with a picture, or by words",
                 "description": (
                     "Search the gallery with an uploaded picture, a picture at a URL, or a gallery image, optionally "
                     "only a region of it (`box`) and only among images matching the filters. The query picture is "
-                    "never stored. Counts against the search rate limit, and a URL also against the URL-fetch limit."),
+                    "never stored. With words in `q` and no picture, the images tagged with those words, newest "
+                    "first. Counts against the search rate limit, and a URL also against the URL-fetch limit."),
                 "tags": ["search"],
                 "requestBody": _search_body(max_k),
                 "responses": {

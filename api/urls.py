@@ -7,6 +7,9 @@ app_name = "api"
 urlpatterns = [
     path("api/v1/images", views.images, name="images"),
     re_path(r"^api/v1/images/(?P<image_id>[^/]+)$", views.image, name="image"),
+    re_path(r"^api/v1/images/(?P<image_id>[^/]+)/recommendations$", views.image_recommendations,
+            name="image_recommendations"),
+    path("api/v1/recommendations", views.user_recommendations, name="user_recommendations"),
     path("api/v1/search", views.search, name="search"),
     path("api/v1/openapi.json", views.openapi, name="openapi"),
     path("api/v1/docs/", views.docs, name="docs"),

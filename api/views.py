@@ -29,7 +29,7 @@ from gallery import selectors as gallery_selectors
 from gallery import services as gallery_services
 from gallery.models import Image
 from gallery.services import UploadResult
-from search import queries
+from search import queries, recommendations
 
 # What the API answers when every file of an upload is refused, by the first refusal's code.
 REFUSAL_STATUS = {"too_large": 413, "unsupported_format": 415, "not_an_image": 415}
@@ -83,10 +83,34 @@ def images(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"results": [_upload_result(result) for result in results]}, status=status)
 
 
+def _visible_image(request: HttpRequest, image_id: str) -> Image | None:
+    return (gallery_selectors.image_list_visible(user=request.user).prefetch_related("tags")
+            .filter(pk=int(image_id)).first() if image_id.isdigit() and len(image_id) < 19 else None)
+
+
+def recommendations_json(picked: list[recommendations.Recommendation]) -> JsonResponse:
+    return JsonResponse({"results": [
+        {"id": r.image.pk, "original_name": r.image.original_name, "score": round(r.score, 4),
+         "url": reverse("gallery:detail", args=[r.image.pk]), "thumbnail_url": r.image.thumbnail.url}
+        for r in picked]})
+
+
+@api_endpoint(methods=("GET",), anonymous=Anonymous.VIEWER)
+def image_recommendations(request: HttpRequest, image_id: str) -> JsonResponse:
+    found = _visible_image(request, image_id)
+    if found is None:
+        raise ApiError(404, "image_not_found", f"There is no image #{image_id} that you can see.")
+    return recommendations_json(recommendations.recommendations_for_image(image=found, user=request.user))
+
+
+@api_endpoint(methods=("GET",), anonymous=Anonymous.REFUSED)
+def user_recommendations(request: HttpRequest) -> JsonResponse:
+    return recommendations_json(recommendations.recommendations_for_user(user=request.user))
+
+
 @api_endpoint(methods=("GET", "DELETE"), anonymous=Anonymous.VIEWER)
 def image(request: HttpRequest, image_id: str) -> HttpResponse:
-    found = (gallery_selectors.image_list_visible(user=request.user).prefetch_related("tags")
-             .filter(pk=int(image_id)).first() if image_id.isdigit() and len(image_id) < 19 else None)
+    found = _visible_image(request, image_id)
     if request.method == "DELETE" and not request.user.is_authenticated:
         raise not_authenticated("Sign in, or send an API token, to delete images.")
     if found is None:
@@ -142,11 +166,16 @@ def _image_id(value: object) -> int:
     return number
 
 
+def _pictures_given(data: Mapping[str, object], upload: UploadedFile | None) -> list[str]:
+    return [name for name, present in (("image", upload is not None), ("url", data.get("url") not in (None, "")),
+                                       ("image_id", data.get("image_id") not in (None, ""))) if present]
+
+
 def _query(request: HttpRequest, data: Mapping[str, object], upload: UploadedFile | None) -> queries.Query:
-    given = [name for name, present in (("image", upload is not None), ("url", data.get("url") not in (None, "")),
-                                        ("image_id", data.get("image_id") not in (None, ""))) if present]
+    given = _pictures_given(data, upload)
     if not given:
-        raise ApiError(400, "missing_query", 'Search with one of: a picture in "image", a "url" or an "image_id".')
+        raise ApiError(400, "missing_query", 'Search with one of: a picture in "image", a "url" or an "image_id", '
+                                             'or words in "q".')
     if len(given) > 1:
         raise ApiError(400, "ambiguous_query",
                        f"Search with one picture at a time; this request has {' and '.join(given)}.")
@@ -176,8 +205,11 @@ def search(request: HttpRequest) -> JsonResponse:
     data, upload = _search_input(request)
     try:
         params = queries.search_params_from(data)
-        query = _query(request, data, upload)
-        outcome = queries.search_run(query=query, user=request.user, params=params)
+        if params.filters.words and not _pictures_given(data, upload):
+            outcome = queries.search_words(params=params)
+        else:
+            query = _query(request, data, upload)
+            outcome = queries.search_run(query=query, user=request.user, params=params)
     except queries.QueryError as error:
         retry = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
         raise ApiError(error.status, error.code, error.message, retry) from None

@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
@@ -15,9 +15,9 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from gallery import services
-from gallery.models import DuplicateGroup, Image, ImageAwaitingApproval, Tag
+from gallery.models import DuplicateGroup, Image, ImageAwaitingApproval, Tag, TagSuggestion
 from jobs.models import Job
-from search import duplicates
+from search import duplicates, tag_suggestions
 from search import selectors as search_selectors
 from search import services as search_services
 from search.models import Embedding
@@ -48,6 +48,22 @@ class StateFilter(admin.SimpleListFilter):
             return queryset.filter(awaiting_approval=True)
         if value in Image.State.values:
             return queryset.filter(state=value)
+        return queryset
+
+
+class SuggestionsFilter(admin.SimpleListFilter):
+    title = "tag suggestions"
+    parameter_name = "suggestions"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "Has suggestions"), ("no", "Has none")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> QuerySet[Image]:
+        having = tag_suggestions.tag_suggestions_open().values("image_id")
+        if self.value() == "yes":
+            return queryset.filter(pk__in=having)
+        if self.value() == "no":
+            return queryset.exclude(pk__in=having)
         return queryset
 
 
@@ -87,34 +103,75 @@ class DimensionsFilter(RangeFilter):
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
     list_display = ("thumbnail_tag", "original_name", "status", "owner", "size", "dimensions", "created_at",
-                    "tag_list")
+                    "tag_list", "suggested_tags")
     list_display_links = ("thumbnail_tag", "original_name")
-    list_filter = (StateFilter, ("owner", admin.RelatedOnlyFieldListFilter), SizeFilter, DimensionsFilter,
-                   "created_at", "tags", "format")
+    list_filter = (StateFilter, SuggestionsFilter, ("owner", admin.RelatedOnlyFieldListFilter), SizeFilter,
+                   DimensionsFilter, "created_at", "tags", "format")
     search_fields = ("original_name", "=tags__name", "owner__username", "=sha256")
     ordering = ("-created_at", "-id")
     date_hierarchy = "created_at"
     list_select_related = ("owner",)
     list_per_page = 100
     action_form = TagActionForm
-    readonly_fields = ("preview", "embedding_state", "neighbours", "sha256", "format", "width", "height",
-                       "byte_size", "original", "display", "thumbnail", "state", "hidden", "awaiting_approval",
-                       "error", "attempts", "claimed_at", "created_at", "indexed_at")
+    readonly_fields = ("preview", "embedding_state", "suggestions_link", "neighbours", "sha256", "format", "width",
+                       "height", "byte_size", "original", "display", "thumbnail", "state", "hidden",
+                       "awaiting_approval", "error", "attempts", "claimed_at", "created_at", "indexed_at")
     fields = ("preview", "original_name", "owner", "tags", *readonly_fields[1:])
     filter_horizontal = ("tags",)
     change_list_template = "admin/gallery/image/change_list.html"
-    actions = ("hide", "unhide", "approve", "add_tags", "remove_tags", "reembed", "retry_failed",
-               "delete_with_index")
+    actions = ("hide", "unhide", "approve", "add_tags", "remove_tags", "accept_suggestions", "reject_suggestions",
+               "reembed", "retry_failed", "delete_with_index")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
-        return super().get_queryset(request).prefetch_related("tags")
+        pending = TagSuggestion.objects.filter(rejected=False).select_related("tag")
+        return super().get_queryset(request).prefetch_related(
+            "tags", Prefetch("tag_suggestions", queryset=pending, to_attr="pending_suggestions"))
 
     def get_urls(self) -> list[URLPattern]:
         urls = super().get_urls()
         if self.model is not Image:
             return urls
-        return [path("duplicates/", self.admin_site.admin_view(self.duplicates_view), name="gallery_image_duplicates"),
+        view = self.admin_site.admin_view
+        return [path("duplicates/", view(self.duplicates_view), name="gallery_image_duplicates"),
+                path("suggest-tags/", view(self.suggest_tags_view), name="gallery_image_suggest_tags"),
+                path("<int:image_id>/suggestions/", view(self.suggestions_view), name="gallery_image_suggestions"),
                 *urls]
+
+    def suggest_tags_view(self, request: HttpRequest) -> HttpResponse:
+        """Start a job that suggests tags for every untagged image."""
+        if request.method != "POST" or not request.user.has_perm("jobs.add_job"):
+            raise PermissionDenied
+        job = tag_suggestions.tag_suggestions_start(started_by=request.user)
+        self.message_user(request, f"Started {job}; the filter \"has suggestions\" lists what it suggests.",
+                          messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:gallery_image_changelist"))
+
+    def suggestions_view(self, request: HttpRequest, image_id: int) -> HttpResponse:
+        """One image's suggestions: accept or reject each, and the ones rejected before."""
+        image = Image.objects.filter(pk=image_id).first()
+        if image is None or not self.has_view_permission(request, image):
+            raise PermissionDenied
+        suggestions = TagSuggestion.objects.filter(image=image).select_related("tag")
+        if request.method == "POST":
+            if not self.has_change_permission(request, image):
+                raise PermissionDenied
+            chosen = suggestions.filter(pk=request.POST.get("suggestion") or 0)
+            if request.POST.get("decision") == "accept":
+                count = tag_suggestions.tag_suggestions_accept(suggestions=chosen)
+                self.message_user(request, f"Added {count} tag.", messages.SUCCESS)
+            elif request.POST.get("decision") == "reject":
+                count = tag_suggestions.tag_suggestions_reject(suggestions=chosen)
+                self.message_user(request, f"Rejected {count} suggestion; it will not be suggested again.",
+                                  messages.SUCCESS)
+            return HttpResponseRedirect(request.get_full_path())
+        open_ids = set(tag_suggestions.tag_suggestions_open().filter(image=image).values_list("pk", flat=True))
+        context = {
+            **self.admin_site.each_context(request), "opts": self.model._meta, "image": image,
+            "title": f"Tag suggestions for #{image.pk} {image.original_name}",
+            "open": [s for s in suggestions if s.pk in open_ids], "rejected": [s for s in suggestions if s.rejected],
+            "tags": list(image.tags.all()), "can_change": self.has_change_permission(request, image),
+        }
+        return TemplateResponse(request, "admin/gallery/image/suggestions.html", context)
 
     def duplicates_view(self, request: HttpRequest) -> HttpResponse:
         """Review the groups of alike images that the last duplicate scan found."""
@@ -191,6 +248,20 @@ class ImageAdmin(admin.ModelAdmin):
     def tag_list(self, image: Image) -> str:
         return ", ".join(tag.name for tag in image.tags.all())
 
+    def _open_suggestions(self, image: Image) -> list[TagSuggestion]:
+        tags = {tag.pk for tag in image.tags.all()}
+        return [s for s in getattr(image, "pending_suggestions", []) if s.tag_id not in tags]
+
+    @admin.display(description="Suggested tags")
+    def suggested_tags(self, image: Image) -> str:
+        return ", ".join(f"{s.tag.name} ({s.confidence:.0%})" for s in self._open_suggestions(image))
+
+    @admin.display(description="Tag suggestions")
+    def suggestions_link(self, image: Image) -> str:
+        count = tag_suggestions.tag_suggestions_open().filter(image=image).count()
+        return format_html('<a href="{}">{} open suggestions: accept or reject them</a>',
+                           reverse("admin:gallery_image_suggestions", args=[image.pk]), count)
+
     @admin.display(description="Image")
     def preview(self, image: Image) -> str:
         return format_html('<img src="{}" alt="" class="admin-preview">', image.display.url)
@@ -260,6 +331,19 @@ class ImageAdmin(admin.ModelAdmin):
         if (names := self._tag_names(request)) is not None:
             count = services.images_remove_tags(image_ids=self._ids(queryset), names=names)
             self.message_user(request, f"Removed {count} tags.", messages.SUCCESS)
+
+    @admin.action(description="Accept their suggested tags", permissions=["change"])
+    def accept_suggestions(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        open_ones = tag_suggestions.tag_suggestions_open().filter(image_id__in=self._ids(queryset))
+        count = tag_suggestions.tag_suggestions_accept(suggestions=open_ones)
+        self.message_user(request, f"Added {count} suggested tags.", messages.SUCCESS)
+
+    @admin.action(description="Reject their suggested tags", permissions=["change"])
+    def reject_suggestions(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        open_ones = tag_suggestions.tag_suggestions_open().filter(image_id__in=self._ids(queryset))
+        count = tag_suggestions.tag_suggestions_reject(suggestions=open_ones)
+        self.message_user(request, f"Rejected {count} suggested tags; they will not be suggested again.",
+                          messages.SUCCESS)
 
     @admin.action(description="Embed again", permissions=["change"])
     def reembed(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:

@@ -79,9 +79,11 @@ class ImageAwaitingApproval(Image):
 
 
 class DuplicateGroup(models.Model):
-    """Images that a duplicate scan found alike above its threshold, for a curator to review."""
+    """Images that a duplicate scan found alike above its threshold, for a curator to review; or, without
+    a scan, an upload and the image it was found to be an edited copy of when it was embedded."""
 
-    scan = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="duplicate_groups")
+    scan = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.CASCADE,
+                             related_name="duplicate_groups")
     # Every pair in the group is the same picture (similarity 1 to within rounding).
     exact = models.BooleanField()
     lowest_similarity = models.FloatField()
@@ -94,3 +96,41 @@ class DuplicateGroup(models.Model):
 
     def __str__(self) -> str:
         return f"{'Exact copies' if self.exact else 'Near-duplicates'}: images {', '.join(map(str, self.image_ids))}"
+
+
+class TagSuggestion(models.Model):
+    """A tag proposed for an image, by the vote of its most similar tagged images or, while nothing it
+    could learn from is tagged, by the backbone's ImageNet classifier. Accepting one makes it an
+    ordinary tag (and removes the suggestion); a rejected one is kept so that it is never proposed again."""
+
+    class Source(models.TextChoices):
+        NEIGHBOURS = "neighbours", "similar tagged images"
+        CLASSIFIER = "classifier", "image classifier"
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="tag_suggestions")
+    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="suggestions")
+    confidence = models.FloatField()
+    source = models.CharField(max_length=16, choices=Source.choices)
+    rejected = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["image", "-confidence", "tag__name"]
+        constraints = [models.UniqueConstraint(fields=["image", "tag"], name="one_suggestion_per_image_tag")]
+        indexes = [models.Index(fields=["rejected", "image"])]
+
+    def __str__(self) -> str:
+        return f"{self.tag.name} for image #{self.image_id} ({self.confidence:.0%})"
+
+
+class CopyNotice(models.Model):
+    """An upload that its embedding found as alike as an edited copy (search's verdict) of an image
+    already in the gallery. The uploader is told only if they may see that image."""
+
+    image = models.OneToOneField(Image, on_delete=models.CASCADE, related_name="copy_notice")
+    original = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="noticed_copies")
+    similarity = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"#{self.image_id} looks like an edited copy of #{self.original_id}"

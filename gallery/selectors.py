@@ -19,6 +19,17 @@ def image_list_visible(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Im
     return images.filter(state=Image.State.INDEXED, hidden=False)
 
 
+def images_tagged_with_word(*, word: str) -> QuerySet[Image]:
+    """Images with a tag that is this word or has it as one of its words ("cat" finds "cat" and
+    "big cat"); a plural finds the singular too ("cats" finds "cat"). ``word`` is lower-case."""
+    forms = {word, word[:-1]} if len(word) > 3 and word.endswith("s") else {word}
+    condition = Q()
+    for form in forms:
+        condition |= (Q(tags__name=form) | Q(tags__name__startswith=f"{form} ") | Q(tags__name__endswith=f" {form}")
+                      | Q(tags__name__contains=f" {form} "))
+    return Image.objects.filter(condition)
+
+
 def image_can_manage(*, image: Image, user: AbstractBaseUser | AnonymousUser) -> bool:
     return user.is_authenticated and (user.is_staff or image.owner_id == user.pk)
 

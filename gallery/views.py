@@ -22,6 +22,7 @@ from gallery import selectors, services
 from gallery.access import viewer_required
 from gallery.models import Image
 from gallery.uploads import FileSizeLimit
+from search import copy_notices, recommendations
 
 GALLERY_PAGE_SIZE = 48
 # The folders of the copies that are served, and the field of the image that names each copy.
@@ -50,7 +51,8 @@ def image_json(image: Image) -> dict[str, object]:
 def index(request: HttpRequest) -> HttpResponse:
     images = selectors.image_list_visible(user=request.user)
     page = Paginator(images, GALLERY_PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "gallery/index.html", {"page": page})
+    more_like_yours = recommendations.recommendations_for_user(user=request.user) if page.number == 1 else []
+    return render(request, "gallery/index.html", {"page": page, "more_like_yours": more_like_yours})
 
 
 @require_GET
@@ -58,7 +60,8 @@ def index(request: HttpRequest) -> HttpResponse:
 def detail(request: HttpRequest, image_id: int) -> HttpResponse:
     image = get_object_or_404(selectors.image_list_visible(user=request.user), pk=image_id)
     can_manage = selectors.image_can_manage(image=image, user=request.user)
-    return render(request, "gallery/detail.html", {"image": image, "can_manage": can_manage})
+    also_like = recommendations.recommendations_for_image(image=image, user=request.user)
+    return render(request, "gallery/detail.html", {"image": image, "can_manage": can_manage, "also_like": also_like})
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -130,8 +133,14 @@ def states(request: HttpRequest) -> JsonResponse:
     except ValueError:
         return JsonResponse({"code": "bad_ids", "message": "ids must be a comma-separated list of numbers."},
                             status=400)
-    images = selectors.image_list_visible(user=request.user).filter(pk__in=ids)
-    return JsonResponse({"images": [image_json(image) for image in images]})
+    images = list(selectors.image_list_visible(user=request.user).filter(pk__in=ids))
+    # Noticed when each was embedded; named only when the viewer may see the image it copies.
+    copies = copy_notices.copy_notices_shown(image_ids=[image.pk for image in images], user=request.user)
+    return JsonResponse({"images": [
+        {**image_json(image), "copy_of": {"id": copies[image.pk], "url": reverse("gallery:detail",
+                                                                                 args=[copies[image.pk]])}
+         if image.pk in copies else None}
+        for image in images]})
 
 
 @login_required

@@ -19,6 +19,7 @@ class Job(models.Model):
         REINDEX = "reindex", "Reindex"
         UPKEEP = "upkeep", "Upkeep"
         DUPLICATE_SCAN = "duplicate_scan", "Duplicate scan"
+        TAG_SUGGESTIONS = "tag_suggestions", "Tag suggestions"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"

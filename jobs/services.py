@@ -27,6 +27,7 @@ RUNNERS: dict[str, str] = {
     Job.Kind.REINDEX: "search.reindex.reindex_run",
     Job.Kind.UPKEEP: "search.upkeep.upkeep_run",
     Job.Kind.DUPLICATE_SCAN: "search.duplicates.duplicate_scan_run",
+    Job.Kind.TAG_SUGGESTIONS: "search.tag_suggestions.tag_suggestions_run",
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from gallery import services as gallery_services
@@ -106,9 +106,10 @@ def duplicate_scan_run(run: JobRun) -> str:
 
 
 def duplicate_groups_latest() -> tuple[Job | None, QuerySet[DuplicateGroup]]:
-    """The groups of the last successful scan that are still to be reviewed, exact copies first."""
+    """The groups still to be reviewed, exact copies first: those of the last successful scan, and the
+    copies noticed at upload (``search.copy_notices``)."""
     scan = Job.objects.filter(kind=Job.Kind.DUPLICATE_SCAN, state=Job.State.SUCCEEDED).order_by("-finished_at").first()
-    return scan, DuplicateGroup.objects.filter(scan=scan, resolved_at__isnull=True)
+    return scan, DuplicateGroup.objects.filter(Q(scan=scan) | Q(scan__isnull=True), resolved_at__isnull=True)
 
 
 def duplicate_group_resolve(*, group: DuplicateGroup, keep_id: int, action: str) -> int:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import ipaddress
 import itertools
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -32,7 +33,13 @@ from search.selectors import SearchFilters
 
 __all__ = ["Box", "Query", "QueryError", "Result", "SearchFilters", "SearchOutcome", "SearchParams",
            "query_from_image", "query_from_upload", "query_from_url", "search_body_limit", "search_params_from",
-           "search_run"]
+           "search_run", "search_words"]
+
+# A search by words takes at most this many, each at most as long as a tag.
+MAX_WORDS = 10
+MAX_WORD_LENGTH = 64
+# The verdict of a result found by its tags alone, with no picture to compare.
+TAGGED = "tagged"
 
 # A region narrower than this, in pixels, carries too little to search with.
 MIN_REGION_SIDE = 8
@@ -77,7 +84,8 @@ class SearchParams:
 
     def form_fields(self) -> list[tuple[str, str]]:
         """These parameters as form fields, to ask for the next page the same way."""
-        fields = [("k", str(self.k)), ("min_score", f"{self.min_score:g}"), ("tags", ",".join(self.filters.tags)),
+        fields = [("k", str(self.k)), ("min_score", f"{self.min_score:g}"), ("q", " ".join(self.filters.words)),
+                  ("tags", ",".join(self.filters.tags)),
                   ("uploader", self.filters.uploader),
                   ("uploaded_from", self.filters.uploaded_from.isoformat() if self.filters.uploaded_from else ""),
                   ("uploaded_to", self.filters.uploaded_to.isoformat() if self.filters.uploaded_to else ""),
@@ -185,7 +193,20 @@ def _filters(data: Mapping[str, object]) -> SearchFilters:
     uploaded_from, uploaded_to = _date(data, "uploaded_from"), _date(data, "uploaded_to")
     if uploaded_from and uploaded_to and uploaded_from > uploaded_to:
         raise QueryError("invalid_parameter", "uploaded_from is after uploaded_to.")
-    return SearchFilters(tuple(tags), uploader, uploaded_from, uploaded_to)
+    return SearchFilters(tuple(tags), uploader, uploaded_from, uploaded_to, _words(data))
+
+
+def _words(data: Mapping[str, object]) -> tuple[str, ...]:
+    value = _value(data, "q")
+    if value in (None, ""):
+        return ()
+    if not isinstance(value, str):
+        raise QueryError("invalid_parameter", "q must be words separated by spaces.")
+    words = list(dict.fromkeys(word for word in value.lower().replace(",", " ").split()))
+    if len(words) > MAX_WORDS or any(len(word) > MAX_WORD_LENGTH for word in words):
+        raise QueryError("invalid_parameter", f"q may hold at most {MAX_WORDS} words of at most "
+                                              f"{MAX_WORD_LENGTH} letters each.")
+    return tuple(words)
 
 
 def _list(data: Mapping[str, object], key: str) -> list[str]:
@@ -309,6 +330,18 @@ def search_run(*, query: Query, user: AbstractBaseUser | AnonymousUser, params: 
                for image, score in ranked if score >= params.min_score]
     page = passing[params.offset:params.offset + params.k]
     return SearchOutcome(page, len(passing) > params.offset + params.k, timings.embed * 1000, timings.index * 1000)
+
+
+def search_words(*, params: SearchParams) -> SearchOutcome:
+    """A search by words alone: the images whose tags hold every word of ``q`` (and pass the other
+    filters), newest first. Each result scores 1 with the verdict "tagged": there is no picture to compare."""
+    if not params.filters.words:
+        raise QueryError("no_query", "Give words to search for, or a picture to search with.")
+    started = time.perf_counter()
+    images = list(selectors.searchable_images(filters=params.filters).select_related("owner")
+                  .order_by("-created_at", "-id")[params.offset:params.offset + params.k + 1])
+    results = [Result(image, 1.0, TAGGED) for image in images[:params.k]]
+    return SearchOutcome(results, len(images) > params.k, 0.0, (time.perf_counter() - started) * 1000)
 
 
 def _source_picture(query: Query) -> PILImage:

@@ -11,6 +11,7 @@ import numpy as np
 from django.db.models import Q, QuerySet
 from PIL.Image import Image as PILImage
 
+from gallery import selectors as gallery_selectors
 from gallery.models import Image
 from search import changelog, generations, latency, rerank, runtime
 from search.backbones import Backbone
@@ -41,10 +42,11 @@ class SearchFilters:
     uploader: str = ""  # a user name
     uploaded_from: date | None = None  # inclusive
     uploaded_to: date | None = None  # inclusive
+    words: tuple[str, ...] = ()  # images whose tags hold every one of these words
 
     @property
     def active(self) -> bool:
-        return bool(self.tags or self.uploader or self.uploaded_from or self.uploaded_to)
+        return bool(self.tags or self.uploader or self.uploaded_from or self.uploaded_to or self.words)
 
 
 def searchable_images(*, filters: SearchFilters = SearchFilters()) -> QuerySet[Image]:
@@ -58,6 +60,8 @@ def searchable_images(*, filters: SearchFilters = SearchFilters()) -> QuerySet[I
         images = images.filter(created_at__date__gte=filters.uploaded_from)
     if filters.uploaded_to:
         images = images.filter(created_at__date__lte=filters.uploaded_to)
+    for word in filters.words:
+        images = images.filter(id__in=gallery_selectors.images_tagged_with_word(word=word).values("id"))
     return images
 
 

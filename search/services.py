@@ -21,12 +21,13 @@ from django.utils import timezone
 
 from gallery.imaging import open_for_embedding
 from gallery.models import Image
-from search import changelog, generations, runtime
+from search import changelog, copy_notices, generations, runtime
 from search.backbones import WeightsMissing
 from search.identity import IndexIdentity
 from search.index import HnswIndex, IndexMismatch, SnapshotCorrupt, SnapshotMeta, SnapshotStore
 from search.models import Embedding, IndexChange
 from search.reader import resolve_changes
+from search.tag_suggestions import queue_tag_suggestions
 
 if TYPE_CHECKING:
     from search.embedding import Descriptors, Embedder
@@ -136,6 +137,7 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
         return _finish_batch(claim_token, {}, failed | worn_out, permanent=permanent | set(worn_out))
     described, failed = images_embed_with(embedder=embedder, images=images)
     computed = {generation.identity: described}
+    copies = _copies_of(generation.identity, described)
     building = reindex_target_identity()
     if building is not None and building not in computed and described:
         try:
@@ -143,7 +145,15 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
                                                       images=[image for image in images if image.id in described])
         except Exception:  # the reindex embeds whatever is still missing before it completes
             log.exception("Could not embed with %s for the reindex in progress", building.describe())
-    return _finish_batch(claim_token, computed, failed | worn_out, permanent=set(worn_out))
+    return _finish_batch(claim_token, computed, failed | worn_out, permanent=set(worn_out), copies=copies)
+
+
+def _copies_of(identity: IndexIdentity, described: Described) -> copy_notices.Found:
+    try:
+        return copy_notices.copies_find(identity=identity, vectors={i: vector for i, (vector, _) in described.items()})
+    except Exception:  # telling an uploader about a copy must never cost them the upload
+        log.exception("Could not look for copies of images %s", sorted(described))
+        return {}
 
 
 def _worn_out_reason(image: Image) -> str:
@@ -228,7 +238,7 @@ def identities_in_use() -> IdentitiesInUse:
 
 @transaction.atomic
 def _finish_batch(token: str, computed: dict[IndexIdentity, Described], failed: dict[int, str], *,
-                  permanent: set[int] | None = None) -> EmbedOutcome:
+                  permanent: set[int] | None = None, copies: copy_notices.Found | None = None) -> EmbedOutcome:
     """Store what the batch computed, for the identities still in use at commit, and settle each
     image. An image with no vector of the identity active now goes back to the queue."""
     in_use = identities_in_use()
@@ -272,9 +282,11 @@ def _finish_batch(token: str, computed: dict[IndexIdentity, Described], failed: 
             log.info("Dropping %d vectors of %s: no index uses them now", len(described), identity.describe())
             continue
         embeddings_store(identity=identity, described={i: described[i] for i in indexed if i in described})
+    copy_notices.copies_record(found=copies or {}, image_ids=indexed)
     changelog.record_changes(image_ids=indexed, kind=IndexChange.Kind.UPSERT)
     if indexed:
         queue_index_sync()
+        queue_tag_suggestions(indexed)
     return EmbedOutcome(indexed=indexed, failed={i: reason for i, reason in failed.items() if i in owned})
 
 

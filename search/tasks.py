@@ -16,3 +16,10 @@ def sync_index(verify: bool = False, deferred: bool = False) -> None:
     result = services.index_sync(verify=verify, deferred=deferred)
     if result.status == "deferred":
         sync_index.apply_async(kwargs={"verify": verify, "deferred": True}, countdown=result.retry_in)
+
+
+@shared_task(name="search.suggest_tags")
+def suggest_tags(image_ids: list[int]) -> None:
+    from search.tag_suggestions import tag_suggestions_make
+
+    tag_suggestions_make(image_ids=image_ids)

@@ -55,7 +55,7 @@ def _refuse_too_large(request: HttpRequest, limit: int) -> HttpResponse:
 @viewer_required
 def search(request: HttpRequest) -> HttpResponse:
     data = request.POST if request.method == "POST" else request.GET
-    if request.method == "GET" and not data.get("image_id"):
+    if request.method == "GET" and not data.get("image_id") and not data.get("q", "").strip():
         return _render(request, {})
     return _search(request, data)
 
@@ -74,8 +74,12 @@ def _search(request: HttpRequest, data: QueryDict) -> HttpResponse:
         rate_limit_hit(request, scope="search")
         params = queries.search_params_from(data)
         context["params"] = params
-        query = _query_from(request, data, context)
-        outcome = queries.search_run(query=query, user=request.user, params=params)
+        if params.filters.words and not _picture_given(request, data):
+            context["query_kind"] = "words"
+            outcome = queries.search_words(params=params)
+        else:
+            query = _query_from(request, data, context)
+            outcome = queries.search_run(query=query, user=request.user, params=params)
     except RateLimited as limited:
         context["error"] = limited.message
         response = _render(request, context, status=429)
@@ -93,6 +97,10 @@ def _search(request: HttpRequest, data: QueryDict) -> HttpResponse:
     response = _render(request, context)
     response["Server-Timing"] = f"embed;dur={outcome.embed_ms:.1f}, index;dur={outcome.index_ms:.1f}"
     return response
+
+
+def _picture_given(request: HttpRequest, data: QueryDict) -> bool:
+    return bool(request.FILES.get("image") or data.get("url", "").strip() or data.get("image_id", "").strip())
 
 
 def _query_from(request: HttpRequest, data: QueryDict, context: dict[str, object]) -> queries.Query:
@@ -116,7 +124,7 @@ def _query_from(request: HttpRequest, data: QueryDict, context: dict[str, object
         query = queries.query_from_image(image_id=image_id, user=request.user)
         context.update(query_kind="image", source=query.source)
     else:
-        raise QueryError("no_query", "Choose a picture, paste one, or give its URL to search with.")
+        raise QueryError("no_query", "Choose a picture, paste one, give its URL, or type words to search with.")
     context.update(query_width=query.width, query_height=query.height)
     return query
 

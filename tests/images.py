@@ -47,6 +47,13 @@ def bench_image(category: str, number: int) -> Path:
     return BENCH_IMAGES / category / f"{category}-{number:04d}.jpg"
 
 
+def bench_crop(category: str, number: int, margin: int = 20, quality: int = 85) -> bytes:
+    """A benchmark photo with 1/``margin`` of each side cropped off, re-compressed: an edited copy."""
+    picture = Image.open(bench_image(category, number)).convert("RGB")
+    w, h = picture.size
+    return encode(picture.crop((w // margin, h // margin, w - w // margin, h - h // margin)), "JPEG", quality=quality)
+
+
 def png_header_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims a huge size: a pixel flood."""
     def chunk(kind: bytes, body: bytes) -> bytes:

@@ -45,6 +45,14 @@ def sign_in(page: Page, base: str) -> None:
     expect(page.get_by_role("button", name="Sign out alice")).to_be_visible()
 
 
+def admin_sign_in(page: Page, base: str, next_path: str) -> None:
+    """Sign in to the admin as the superuser "root" (password "root-password"), landing on ``next_path``."""
+    page.goto(f"{base}/admin/login/?next={next_path}")
+    page.get_by_label("Username").fill("root")
+    page.get_by_label("Password").fill("root-password")
+    page.get_by_role("button", name="Log in").click()
+
+
 def drop_files(page: Page, files: dict[str, bytes]) -> None:
     """Drop files on the page the way a file manager does: a drop event carrying a DataTransfer."""
     payload = {name: base64.b64encode(data).decode() for name, data in files.items()}

@@ -263,6 +263,11 @@ LOOKALIKE_STUCK_AFTER_SECONDS = env_int("LOOKALIKE_STUCK_AFTER_SECONDS", 1800, m
 LOOKALIKE_JOB_STALL_SECONDS = env_int("LOOKALIKE_JOB_STALL_SECONDS", 600, minimum=1)
 LOOKALIKE_UPKEEP_INTERVAL = env_float("LOOKALIKE_UPKEEP_INTERVAL", 300.0, minimum=1.0)
 LOOKALIKE_MODERATION = env_bool("LOOKALIKE_MODERATION", False)
+# Tag suggestions below this confidence are not offered; at or above the auto-apply one (unset: never)
+# they become tags at once.
+LOOKALIKE_TAG_SUGGESTION_MIN_CONFIDENCE = env_float("LOOKALIKE_TAG_SUGGESTION_MIN_CONFIDENCE", 0.5, minimum=0.0)
+LOOKALIKE_TAG_SUGGESTION_AUTO_APPLY = env_optional_float("LOOKALIKE_TAG_SUGGESTION_AUTO_APPLY", minimum=0.0,
+                                                         maximum=1.0)
 
 # Periodic upkeep, run by `celery -A config beat` (or `worker --beat`): see `python manage.py upkeep`.
 CELERY_BEAT_SCHEDULE = {

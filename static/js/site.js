@@ -73,6 +73,7 @@
     var elapsed = searchForm.querySelector("[data-search-elapsed]");
     var fileInput = searchForm.querySelector("[data-file-input]");
     var urlField = searchForm.querySelector("input[name=url]");
+    var wordsField = searchForm.querySelector("[data-words-field]");
     var boxField = searchForm.querySelector("[data-box-field]");
     var offsetField = searchForm.querySelector("[data-offset-field]");
     var lastSource = null;
@@ -80,7 +81,7 @@
 
     var hasQuery = function () {
       return (fileInput && fileInput.files.length) || (urlField && urlField.value.trim()) ||
-        searchForm.querySelector("input[name=image_id]");
+        searchForm.querySelector("input[name=image_id]") || (wordsField && wordsField.value.trim());
     };
 
     var setBusy = function (busy) {
@@ -91,7 +92,7 @@
 
     var run = function (append) {
       if (!hasQuery()) {
-        progress.textContent = "Choose a picture, paste one, or give its URL to search with.";
+        progress.textContent = "Choose a picture, paste one, give its URL, or type words to search with.";
         return;
       }
       if (lastSource === "url" && fileInput) fileInput.value = "";
@@ -330,7 +331,15 @@
             var li = list.querySelector('[data-image-id="' + image.id + '"]');
             if (!li) return;
             li.querySelector("[data-state]").replaceWith(badge(image.state, image.state_label));
-            li.querySelector("[data-message]").textContent = image.error || "";
+            var message = li.querySelector("[data-message]");
+            message.textContent = image.error || "";
+            if (image.copy_of) {
+              var copyLink = document.createElement("a");
+              copyLink.href = image.copy_of.url;
+              copyLink.textContent = "#" + image.copy_of.id;
+              message.append("Looks like an edited copy of ", copyLink);
+              message.classList.add("copy-notice");
+            }
             if (image.state === "indexed" || image.state === "failed") li.dataset.settled = "";
           });
         })

@@ -44,6 +44,7 @@ DESCRIPTION = openapi_description()
 IMAGES = "/api/v1/images"
 IMAGE = "/api/v1/images/{image_id}"
 SEARCH = "/api/v1/search"
+RECOMMENDATIONS = "/api/v1/images/{image_id}/recommendations"
 
 
 def documented() -> set[tuple[str, str, int]]:
@@ -136,9 +137,6 @@ SCENARIOS = {
                              lambda client, w: session_client(w.user, csrf=True).delete(image_path(w.mine))],
     ("DELETE", IMAGE, 404): [lambda client, w: client.delete(IMAGE.replace("{image_id}", "987654"),
                                                              headers=bearer(w.secret))],
-    ("POST", SEARCH, 200): [lambda client, w: client.post(SEARCH, {"image": upload_file("q.jpg", images.jpeg(5))}),
-                            lambda client, w: client.post(SEARCH, {"image": upload_file("q.jpg", images.jpeg(5)),
-                                                                   "k": "3", "box": "0,0,100,100"})],
     ("POST", SEARCH, 400): [lambda client, w: search_as(client, w, {"image_id": w.theirs.pk, "k": 0}),
                             lambda client, w: client.post(SEARCH, b"{", content_type="application/json")],
     ("POST", SEARCH, 401): [lambda client, w: client.post(SEARCH, {"image_id": "1"}, headers=bearer("lka_x"))],
@@ -151,6 +149,17 @@ SCENARIOS = {
                             lambda client, w: client.post(SEARCH, b"text", content_type="text/plain")],
     ("POST", SEARCH, 429): [lambda client, w: [search_as(client, w, {"image_id": 987654}) for _ in range(3)][-1]],
     ("POST", SEARCH, 503): [search_with_vectors_of_another_model, search_by_url_while_fetches_are_at_their_limit],
+    ("POST", SEARCH, 200): [lambda client, w: client.post(SEARCH, {"image": upload_file("q.jpg", images.jpeg(5))}),
+                            lambda client, w: client.post(SEARCH, {"image": upload_file("q.jpg", images.jpeg(5)),
+                                                                   "k": "3", "box": "0,0,100,100"}),
+                            lambda client, w: search_as(client, w, {"q": "beach"})],
+    ("GET", RECOMMENDATIONS, 200): [lambda client, w: client.get(image_path(w.theirs) + "/recommendations")],
+    ("GET", RECOMMENDATIONS, 401): [lambda client, w: client.get(image_path(w.theirs) + "/recommendations",
+                                                                 headers=bearer("lka_wrong"))],
+    ("GET", RECOMMENDATIONS, 404): [lambda client, w: client.get("/api/v1/images/987654/recommendations")],
+    ("GET", "/api/v1/recommendations", 200): [lambda client, w: client.get("/api/v1/recommendations",
+                                                                           headers=bearer(w.secret))],
+    ("GET", "/api/v1/recommendations", 401): [lambda client, w: client.get("/api/v1/recommendations")],
     ("GET", "/api/v1/openapi.json", 200): [lambda client, w: client.get("/api/v1/openapi.json")],
     ("GET", "/api/v1/docs/", 200): [lambda client, w: client.get("/api/v1/docs/")],
 }
