@@ -75,7 +75,8 @@ def test_a_search_says_what_came_once_and_moves_to_the_results(site, halves_gall
         # The results heading is on screen, and the first result starts on screen below it.
         top = page.evaluate("document.querySelector('[data-results-heading]').getBoundingClientRect().top")
         first = page.evaluate("document.querySelector('[data-result-grid] .tile').getBoundingClientRect().top")
-        assert 0 <= top < 100 and first < page.viewport_size["height"], (top, first)
+        # Within a pixel of the top: scrolling lands on fractional positions.
+        assert -1 < top < 100 and first < page.viewport_size["height"], (top, first)
         expect(page.locator(".crop-hint")).to_contain_text("Region")
         if width == 1280:
             # The query card is as wide as its picture and facts, not a small picture in a wide box.

@@ -194,7 +194,7 @@ class TestSearchByPicture:
     def test_no_picture_gets_a_clear_message(self, client, db):
         response = client.post(reverse("search:search"), {})
         assert response.status_code == 400
-        assert "Choose a picture, paste one, or give its URL" in response.content.decode()
+        assert "Choose a picture, paste one, give its URL, or type words to search with." in response.content.decode()
 
     def test_a_deleted_image_leaves_results_at_once(self, client, gallery):
         services.index_sync()
