@@ -10,6 +10,7 @@ from search.models import Embedding
 from search.selectors import similar_to_pictures
 from tests import images
 from tests.conftest import store_indexed
+from tests.search.test_query_views import screenshot
 
 
 def test_a_candidate_whose_stored_map_has_another_shape_keeps_its_cosine(db, clean_index):
@@ -51,3 +52,29 @@ def test_a_framed_query_is_re_ranked_with_the_framing_that_found_the_closest_ima
     assert len(views) == 2
     for view, local in zip(views, expected, strict=True):
         assert np.allclose(view, rerank.local_descriptors(local, signed=True), atol=0.01)
+
+
+def _gallery_of_cats_and_dogs() -> list:
+    return [store_indexed(images.bench_image(kind, n).read_bytes(), f"{kind}-{n}.jpg")
+            for kind in ("cat", "dog") for n in range(1, 4)]
+
+
+def test_a_photo_small_inside_a_screenshot_is_found_first(db, clean_index, settings):
+    gallery = _gallery_of_cats_and_dogs()
+    photo = PILImage.open(images.bench_image("dog", 2)).convert("RGB")
+    page = screenshot(photo, at=(520, 300), width=128)  # a tenth of the page's width
+
+    [results] = similar_to_pictures([page], k=3)
+    assert results[0].image == gallery[4]
+
+    settings.LOOKALIKE_SEARCH_SECOND_LOOK = False
+    [results] = similar_to_pictures([page], k=3)
+    assert results[0].image != gallery[4]
+
+
+def test_a_quarter_turned_copy_is_found_first(db, clean_index):
+    gallery = _gallery_of_cats_and_dogs()
+    photo = PILImage.open(images.bench_image("cat", 3)).convert("RGB")
+    for turn in (PILImage.Transpose.ROTATE_90, PILImage.Transpose.ROTATE_270):
+        [results] = similar_to_pictures([photo.transpose(turn)], k=3)
+        assert results[0].image == gallery[2]
