@@ -5,11 +5,17 @@ cut out of its white studio background. Each query is searched as itself and as 
 image, and, when its edges are a plain colour, as the picture inside that frame (and its mirror
 image) too; search keeps each gallery image's best cosine over the views. The frame is only a
 query's view: a gallery image keeps its whole picture, so a copy without the frame still finds it.
+
+A query that none of those views finds a close image for gets a second look (``second_look_views``):
+its quarter turns, and each picture inside it that straight edges bound on four sides, as a photo
+in a screenshot of a web page or pasted onto another background is (``picture_boxes``).
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageOps
+
+_QUARTER_TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
 
 # Two pixels differing by at most this much in every channel are the same plain colour: enough
 # for JPEG noise, too little for a soft edge of the picture itself.
@@ -79,3 +85,121 @@ def _plain_lines(pixels: np.ndarray, limit: int) -> int:
         if not plain.all():
             return start + int(np.argmin(plain))
     return limit
+
+
+# Pictures inside a query are looked for on a copy whose longer side is about this: a photo at a
+# sixth of a desktop screenshot's width still spans some 50 pixels of it.
+BOXES_MEASURED_SIDE = 320
+# Two reduced pixels a line apart on either side of an edge differ by more than this (of 255,
+# in grey) where the edge is strong: the edge of a photo against a page or a background.
+STRONG_EDGE = 28.0
+# A side of a box is a straight run of strong edge at least this share of the query's side...
+MIN_EDGE_SHARE = 0.08
+# ...two opposite runs bound a box when their ends lie within this many reduced pixels...
+EDGE_END_TOLERANCE = 6
+# ...and a box counts when this share of each of its four sides is strong edge.
+MIN_SIDE_SUPPORT = 0.6
+# A box narrower or lower than this share of the query holds too little of it to search with; one
+# covering more than this share of it is the query itself.
+MIN_BOX_SHARE = 0.08
+MAX_BOX_AREA = 0.9
+# The largest boxes are searched, this many at most, each overlapping the larger ones by less than
+# half (intersection over union): a photo's own straight edges make smaller boxes inside it.
+MAX_BOXES = 3
+MAX_BOX_OVERLAP = 0.5
+
+
+def second_look_views(picture: Image.Image) -> list[Image.Image]:
+    """The views of a query searched when its framings found nothing close: its quarter turns and the
+    pictures inside it (``picture_boxes``), each a view on its own."""
+    picture = picture if picture.mode == "RGB" else picture.convert("RGB")
+    return [picture.transpose(turn) for turn in _QUARTER_TURNS] + [picture.crop(box) for box in picture_boxes(picture)]
+
+
+def picture_boxes(picture: Image.Image) -> list[tuple[int, int, int, int]]:
+    """Boxes (left, top, right, bottom) of the largest rectangles inside an RGB picture that strong
+    straight edges bound on all four sides, largest first: a photo in a screenshot or pasted onto
+    a background, an advertisement, a thumbnail."""
+    factor = max(1.0, max(picture.size) / BOXES_MEASURED_SIDE)
+    grey = picture.convert("L")
+    if factor > 1:
+        grey = grey.resize((max(1, round(picture.width / factor)), max(1, round(picture.height / factor))),
+                           Image.Resampling.BOX)
+    pixels = np.asarray(grey, dtype=np.float32)
+    height, width = pixels.shape
+    # An edge between two lines of the reduced copy, measured a line either side of it: a sharp
+    # edge of the picture may fall inside a reduced pixel.
+    across_rows = np.zeros_like(pixels)
+    across_rows[1:-1] = np.abs(pixels[2:] - pixels[:-2])
+    across_columns = np.zeros_like(pixels)
+    across_columns[:, 1:-1] = np.abs(pixels[:, 2:] - pixels[:, :-2])
+    horizontal, vertical = across_rows > STRONG_EDGE, (across_columns > STRONG_EDGE).T
+    min_width, min_height = max(8.0, MIN_BOX_SHARE * width), max(8.0, MIN_BOX_SHARE * height)
+    candidates = [(left, top, right, bottom) for top, left, bottom, right in
+                  _bounded_spans(horizontal, max(8, int(MIN_EDGE_SHARE * width)), min_height)]
+    candidates += [(left, top, right, bottom) for left, top, right, bottom in
+                   _bounded_spans(vertical, max(8, int(MIN_EDGE_SHARE * height)), min_width)]
+    support_rows, support_columns = _support_sums(horizontal), _support_sums(vertical)
+    found = []
+    for left, top, right, bottom in candidates:
+        if right - left < min_width or bottom - top < min_height or \
+                (right - left) * (bottom - top) > MAX_BOX_AREA * width * height:
+            continue
+        sides = (_support(support_rows, top, left, right), _support(support_rows, min(bottom, height - 1), left, right),
+                 _support(support_columns, left, top, bottom),
+                 _support(support_columns, min(right, width - 1), top, bottom))
+        if min(sides) >= MIN_SIDE_SUPPORT:
+            found.append((left, top, right, bottom))
+    found.sort(key=lambda box: (box[2] - box[0]) * (box[3] - box[1]), reverse=True)
+    kept: list[tuple[int, int, int, int]] = []
+    for box in found:
+        if len(kept) == MAX_BOXES:
+            break
+        if all(_overlap(box, other) < MAX_BOX_OVERLAP for other in kept):
+            kept.append(box)
+    return [(round(left * factor), round(top * factor), min(picture.width, round(right * factor)),
+             min(picture.height, round(bottom * factor))) for left, top, right, bottom in kept]
+
+
+def _bounded_spans(strong: np.ndarray, min_run: int, min_gap: float) -> list[tuple[int, int, int, int]]:
+    """(first line, start, last line, end) of the spans that two runs of strong edge along lines of
+    ``strong`` bound: runs at least ``min_gap`` lines apart whose ends nearly agree."""
+    closed = strong.copy()
+    closed[:, 1:-1] |= strong[:, :-2] & strong[:, 2:]  # a pixel missing from an edge does not break it
+    padded = np.zeros((closed.shape[0], closed.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = closed
+    steps = np.diff(padded, axis=1)
+    lines, starts = np.nonzero(steps == 1)
+    _, ends = np.nonzero(steps == -1)
+    long = ends - starts >= min_run
+    lines, starts, ends = lines[long], starts[long], ends[long]
+    first, second = np.triu_indices(len(lines), 1)
+    paired = ((np.abs(lines[first] - lines[second]) >= min_gap)
+              & (np.abs(starts[first] - starts[second]) <= EDGE_END_TOLERANCE)
+              & (np.abs(ends[first] - ends[second]) <= EDGE_END_TOLERANCE))
+    first, second = first[paired], second[paired]
+    return list(zip(np.minimum(lines[first], lines[second]).tolist(),
+                    np.minimum(starts[first], starts[second]).tolist(),
+                    np.maximum(lines[first], lines[second]).tolist(),
+                    np.maximum(ends[first], ends[second]).tolist(), strict=True))
+
+
+def _support_sums(strong: np.ndarray) -> np.ndarray:
+    """Running counts of strong edge along each line, a line either side included."""
+    near = strong.copy()
+    near[1:] |= strong[:-1]
+    near[:-1] |= strong[1:]
+    sums = np.zeros((near.shape[0], near.shape[1] + 1), dtype=np.int32)
+    np.cumsum(near, axis=1, out=sums[:, 1:])
+    return sums
+
+
+def _support(sums: np.ndarray, line: int, start: int, end: int) -> float:
+    return float(sums[line, end] - sums[line, start]) / max(1, end - start)
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    width = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    shared = width * height
+    return shared / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - shared)

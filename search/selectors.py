@@ -1,13 +1,15 @@
 """Reads of the search app: the images most similar to a picture, a vector or a gallery image."""
 from __future__ import annotations
 
-import itertools
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from typing import TYPE_CHECKING
 
 import numpy as np
+from django.conf import settings
 from django.db.models import Q, QuerySet
 from PIL.Image import Image as PILImage
 
@@ -18,12 +20,20 @@ from search.backbones import Backbone
 from search.identity import IndexIdentity
 from search.index import exact_search
 from search.models import Embedding, local_features_array
-from search.query_views import query_framings
+from search.query_views import query_framings, second_look_views
 from search.reader import Hit, IndexReader
+
+if TYPE_CHECKING:  # torch is imported by the processes that embed only (search.runtime)
+    from search.embedding import Embedder
 
 # A filter that leaves at most this many images is answered by exact search over their stored
 # vectors: over-fetching from HNSW would have to read most of the index to find them.
 EXACT_SEARCH_MAX_CANDIDATES = 5000
+# A query whose framings found no image with at least this cosine gets a second look
+# (``search.query_views.second_look_views``). A search with a gallery image's own file (a cosine
+# of about 0.98) costs no more; the default edits of the copy-detection benchmark (seed 1) ranked
+# as before with it (docs/benchmarks.md).
+SECOND_LOOK_BELOW = 0.75
 
 
 class SearchUnavailable(RuntimeError):
@@ -165,39 +175,65 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
     """Search with decoded pictures (see ``gallery.imaging.decode_image``), one result list each.
 
     Each picture is searched in its framings (``search.query_views``: the whole picture and the
-    inside of a plain frame), each with its mirror image, keeping an image's best cosine; the best
-    candidates are then re-ranked by matching feature-map positions (``search.rerank``) with the
-    framing that found the closest image.
+    inside of a plain frame), each with its mirror image, keeping an image's best cosine. A
+    picture whose framings found no image closer than ``SECOND_LOOK_BELOW`` is searched again in
+    its second-look views (its quarter turns and the pictures inside it), each a framing of its
+    own, when ``LOOKALIKE_SEARCH_SECOND_LOOK`` is on. The best candidates are then re-ranked by
+    matching feature-map positions (``search.rerank``) with the framing that found the closest
+    image.
     """
     if not pictures:
         return []
     reader = reader or runtime.index_reader()
     timings = timings or SearchTimings()
-    started = time.perf_counter()
     embedder = runtime.embedder_for(reader.identity.backbone)
-    framings = [query_framings(picture) for picture in pictures]
-    described = embedder.describe([view for picture_framings in framings for pair in picture_framings for view in pair])
-    timings.embed = time.perf_counter() - started
+    search = functools.partial(_framings_searched, embedder=embedder, k=max(k, rerank.RERANK_CANDIDATES),
+                               filters=filters, reader=reader, timings=timings)
+    looks = search([[list(pair) for pair in query_framings(picture)] for picture in pictures])
+    if settings.LOOKALIKE_SEARCH_SECOND_LOOK:
+        again = [number for number, look in enumerate(looks) if _closest_score(look) < SECOND_LOOK_BELOW]
+        more = search([[[view] for view in second_look_views(pictures[number])] for number in again])
+        for number, framings in zip(again, more, strict=True):
+            looks[number].extend(framings)
     started = time.perf_counter()
-    rows = _hits(described.vectors, k=max(k, rerank.RERANK_CANDIDATES), exclude=None, filters=filters, reader=reader)
-    # The rows of each picture's views, a framing's two views side by side.
-    spans = list(itertools.pairwise(itertools.accumulate((2 * len(picture_framings) for picture_framings in framings),
-                                                         initial=0)))
-    merged = [_best_of_views(rows[first:end]) for first, end in spans]
+    merged = [_best_of_views([row for framing in look for row, _ in framing]) for look in looks]
     heads = {image_id for row in merged for image_id, _ in row[:rerank.RERANK_CANDIDATES]}
-    local_of = _stored_local_descriptors(heads, reader.identity, embedder.backbone, described.local[0])
+    local_of = _stored_local_descriptors(heads, reader.identity, embedder.backbone, looks[0][0][0][1])
     ranked = []
-    for row, (first, end) in zip(merged, spans, strict=True):
+    for row, look in zip(merged, looks, strict=True):
         # Re-ranking with every framing would cost as much again per framing, and ranked no
         # better on the copy-detection benchmark (docs/benchmarks.md).
-        closest = max(range(first, end, 2), key=lambda view: _top_score(rows[view:view + 2]))
-        local_views = [rerank.local_descriptors(local, signed=embedder.backbone.signed)
-                       for local in described.local[closest:closest + 2]]
+        closest = max(look, key=lambda framing: _top_score([hits for hits, _ in framing]))
+        local_views = [rerank.local_descriptors(local, signed=embedder.backbone.signed) for _, local in closest]
         head = rerank.rerank(row[:rerank.RERANK_CANDIDATES], query_views=local_views, local_of=local_of)
         ranked.append((head + row[rerank.RERANK_CANDIDATES:])[:k])
     results = _results(ranked)
-    timings.index = time.perf_counter() - started
+    timings.index += time.perf_counter() - started
     return results
+
+
+# A framing of a query: for each of its views, the view's hits and its feature map (positions x channels).
+_Framing = list[tuple[list[tuple[int, float]], np.ndarray]]
+
+
+def _framings_searched(views: list[list[list[PILImage]]], *, embedder: Embedder, k: int, filters: SearchFilters,
+                       reader: IndexReader, timings: SearchTimings) -> list[list[_Framing]]:
+    """``views``: per picture, its framings, each a list of views; the same, each view searched."""
+    flat = [view for framings in views for framing in framings for view in framing]
+    if not flat:
+        return [[] for _ in views]
+    started = time.perf_counter()
+    described = embedder.describe(flat)
+    timings.embed += time.perf_counter() - started
+    started = time.perf_counter()
+    rows = _hits(described.vectors, k=k, exclude=None, filters=filters, reader=reader)
+    timings.index += time.perf_counter() - started
+    searched = iter(zip(rows, described.local, strict=True))
+    return [[[next(searched) for _ in framing] for framing in framings] for framings in views]
+
+
+def _closest_score(look: list[_Framing]) -> float:
+    return max(_top_score([hits for hits, _ in framing]) for framing in look)
 
 
 def _top_score(rows: list[list[tuple[int, float]]]) -> float:

@@ -238,6 +238,8 @@ LOOKALIKE_MAX_IMAGE_PIXELS = env_int("LOOKALIKE_MAX_IMAGE_PIXELS", 60_000_000, m
 LOOKALIKE_PUBLIC_GALLERY = env_bool("LOOKALIKE_PUBLIC_GALLERY", True)
 LOOKALIKE_SEARCH_DEFAULT_K = env_int("LOOKALIKE_SEARCH_DEFAULT_K", 24, minimum=1)
 LOOKALIKE_SEARCH_MAX_K = env_int("LOOKALIKE_SEARCH_MAX_K", 500, minimum=1)
+# A query picture that nothing close was found for is searched again turned and inside (search/selectors.py).
+LOOKALIKE_SEARCH_SECOND_LOOK = env_bool("LOOKALIKE_SEARCH_SECOND_LOOK", True)
 # Unset: the threshold calibrated for the backbone (search/verdicts.py).
 LOOKALIKE_EDITED_COPY_THRESHOLD = env_optional_float("LOOKALIKE_EDITED_COPY_THRESHOLD", minimum=-1.0, maximum=1.0)
 LOOKALIKE_URL_FETCH_TIMEOUT = env_float("LOOKALIKE_URL_FETCH_TIMEOUT", 10.0, minimum=0.1)

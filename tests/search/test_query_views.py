@@ -4,7 +4,7 @@ import io
 
 from PIL import Image, ImageDraw, ImageOps
 
-from search.query_views import plain_frame_box, query_framings
+from search.query_views import picture_boxes, plain_frame_box, query_framings, second_look_views
 from tests import images
 
 
@@ -95,3 +95,46 @@ def test_views_are_rgb_whatever_the_picture_mode():
     for mode in ("L", "RGBA", "P", "CMYK"):
         framings = query_framings(framed(photo(), 40, colour=(0, 102, 204)).convert(mode))
         assert len(framings) == 2 and {view.mode for pair in framings for view in pair} == {"RGB"}
+
+
+def screenshot(picture: Image.Image, *, at: tuple[int, int], width: int) -> Image.Image:
+    """A light web page with a coloured bar, lines of text, two other pictures and ``picture``
+    shrunk to ``width`` at ``at``."""
+    page = Image.new("RGB", (1280, 800), (242, 242, 242))
+    draw = ImageDraw.Draw(page)
+    draw.rectangle((0, 0, 1280, 56), fill=(30, 90, 160))
+    for line in range(24):
+        x, y = (line * 397) % 900, 80 + line * 29
+        draw.rectangle((x, y, x + 120 + (line * 131) % 360, y + 7), fill=(40, 40, 40))
+    page.paste(images.picture(7, (90, 90)), (1100, 120))
+    page.paste(images.picture(8, (160, 100)), (40, 620))
+    shrunk = picture.resize((width, round(picture.height * width / picture.width)))
+    page.paste(shrunk, at)
+    return page
+
+
+def test_it_finds_a_photo_inside_a_screenshot():
+    inner = photo()
+    width = 240
+    height = round(inner.height * width / inner.width)
+    boxes = picture_boxes(screenshot(inner, at=(520, 300), width=width))
+    # Measured on a copy reduced 4 times: the box is within a reduced pixel or two of the photo.
+    assert any(abs(left - 520) <= 8 and abs(top - 300) <= 8 and abs(right - 520 - width) <= 8
+               and abs(bottom - 300 - height) <= 8 for left, top, right, bottom in boxes), boxes
+
+
+def test_a_photo_on_its_own_holds_no_box_as_large_as_itself():
+    inner = photo()
+    assert all((right - left) * (bottom - top) < 0.9 * inner.width * inner.height
+               for left, top, right, bottom in picture_boxes(inner))
+
+
+def test_the_second_look_is_the_quarter_turns_then_the_pictures_inside():
+    inner = photo()
+    page = screenshot(inner, at=(520, 300), width=240)
+    views = second_look_views(page)
+    assert [view.size for view in views[:3]] == [(800, 1280), (1280, 800), (800, 1280)]
+    assert views[1].tobytes() == page.transpose(Image.Transpose.ROTATE_180).tobytes()
+    assert [view.size for view in views[3:]] == [(right - left, bottom - top)
+                                                  for left, top, right, bottom in picture_boxes(page)]
+    assert {view.mode for view in second_look_views(inner.convert("L"))} == {"RGB"}

@@ -11,6 +11,7 @@ from search.models import Embedding
 from search.selectors import SearchUnavailable, similar_to_pictures, similar_to_vectors
 from tests import images
 from tests.conftest import store_indexed
+from tests.search.test_query_views import screenshot
 
 
 def test_a_candidate_whose_stored_map_has_another_shape_keeps_its_cosine(db, clean_index):
@@ -67,3 +68,29 @@ def test_search_stops_for_images_whose_only_vectors_are_of_another_model_whateve
     query = Embedding.objects.get(image=stored[2]).as_array()[None, :]
     with pytest.raises(SearchUnavailable, match=r"1 indexed images have no vector of efficientnet_lite0"):
         similar_to_vectors(query, k=3)
+
+
+def _gallery_of_cats_and_dogs() -> list:
+    return [store_indexed(images.bench_image(kind, n).read_bytes(), f"{kind}-{n}.jpg")
+            for kind in ("cat", "dog") for n in range(1, 4)]
+
+
+def test_a_photo_small_inside_a_screenshot_is_found_first(db, clean_index, settings):
+    gallery = _gallery_of_cats_and_dogs()
+    photo = PILImage.open(images.bench_image("dog", 2)).convert("RGB")
+    page = screenshot(photo, at=(520, 300), width=128)  # a tenth of the page's width
+
+    [results] = similar_to_pictures([page], k=3)
+    assert results[0].image == gallery[4]
+
+    settings.LOOKALIKE_SEARCH_SECOND_LOOK = False
+    [results] = similar_to_pictures([page], k=3)
+    assert results[0].image != gallery[4]
+
+
+def test_a_quarter_turned_copy_is_found_first(db, clean_index):
+    gallery = _gallery_of_cats_and_dogs()
+    photo = PILImage.open(images.bench_image("cat", 3)).convert("RGB")
+    for turn in (PILImage.Transpose.ROTATE_90, PILImage.Transpose.ROTATE_270):
+        [results] = similar_to_pictures([photo.transpose(turn)], k=3)
+        assert results[0].image == gallery[2]
