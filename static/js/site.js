@@ -273,6 +273,9 @@
             if (!li) return;
             li.querySelector("[data-state]").replaceWith(badge(image.state, image.state_label));
             li.querySelector("[data-message]").textContent = image.error || "";
+            // A placeholder until the worker has made the thumbnail.
+            var thumb = li.querySelector("img.upload-thumb");
+            if (thumb && thumb.getAttribute("src") !== image.thumbnail_url) thumb.src = image.thumbnail_url;
             if (image.state === "indexed" || image.state === "failed") li.dataset.settled = "";
           });
         })
