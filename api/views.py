@@ -45,13 +45,14 @@ def image_resource(image: Image) -> dict[str, object]:
         "original_name": image.original_name,
         "state": image.state,
         "error": image.error,
+        "error_code": image.error_code,
         "width": image.width,
         "height": image.height,
         "byte_size": image.byte_size,
         "created_at": image.created_at.isoformat(),
         "tags": [tag.name for tag in image.tags.all()],
         "url": reverse("gallery:detail", args=[image.pk]),
-        "thumbnail_url": image.thumbnail.url,
+        "thumbnail_url": image.thumbnail_url,
         "owner": image.owner.get_username() if image.owner else None,
     }
 
@@ -194,7 +195,7 @@ def search_result(result: queries.Result) -> dict[str, object]:
         "score": round(result.score, 4),
         "verdict": result.verdict,
         "url": reverse("gallery:detail", args=[result.image.pk]),
-        "thumbnail_url": result.image.thumbnail.url,
+        "thumbnail_url": result.image.thumbnail_url,
     }
 
 

@@ -6,29 +6,36 @@
               batch of ``LOOKALIKE_EMBED_BATCH_SIZE``, arranged as the worker is: on the CPU one
               process per core with one torch thread each, rates summed; on a GPU
               (``--device cuda``) one process, bfloat16;
+  bare        a loop that reads each gallery file, hashes it with SHA-256 and writes it to the
+              same disk: what any store step must do at least;
   store       ``manage.py import_images FOLDER --recursive`` with no worker running: the import
-              command's own work (reading, validating, the display copy and thumbnail, the
+              command's own work (reading, hashing, the header checks, writing the original, the
               database), which shares the machine with the workers during an import;
   import      ``manage.py import_images FOLDER --recursive --wait`` in a throw-away data
               directory, with the workers `manage.py serve` runs (one that embeds, with its
-              default processes, and the index writer), timed once they are ready: reading,
-              validating and storing each file, the display copy, the broker, decoding
-              (JPEG draft), the forward pass, the database and the index writer;
-  large       the same import for ``--large N`` 12-megapixel JPEGs (4000 x 3000, made by
-              enlarging gallery images), where decoding dominates.
+              default processes, and the index writer), timed once they are ready: storing, the
+              broker, the worker's one decode (JPEG draft) and thumbnail, the forward pass, the
+              database and the index writer, until every image is searchable;
+  large       the same import for ``--large N`` 12-megapixel JPEGs (4000 x 3000, quality 90, made
+              by enlarging gallery images), where decoding dominates; then ``display``, the rate
+              at which their display copies are made afterwards (a finer decode, queued behind
+              the embeddings).
 
-It prints images per second for each and import / model. The worker embeds on ``--device``
-(``LOOKALIKE_DEVICE``) with ``--batch`` (``LOOKALIKE_EMBED_BATCH_SIZE``); the import command
-stores with ``--jobs`` processes. The site uses SQLite and the embedded broker, or the broker
-at ``--broker-url`` (a Redis database of its own: the run empties it first).
+It prints images per second for each, import / model and store / bare. The worker embeds on
+``--device`` (``LOOKALIKE_DEVICE``) with ``--batch`` (``LOOKALIKE_EMBED_BATCH_SIZE``); the
+import command stores with ``--jobs`` processes. The site uses SQLite, or the PostgreSQL
+database at ``--database-url`` (emptied before each run), and the embedded broker, or the
+broker at ``--broker-url`` (a Redis database of its own: the run empties it first).
 
     .venv/bin/python bench/ingest.py [--images ../shared/bench/images] [--limit 800] [--large 40]
                                      [--device cpu|cuda] [--batch 8] [--jobs 1]
+                                     [--database-url postgres://postgres@127.0.0.1:5432/ingest_bench]
                                      [--broker-url redis://127.0.0.1:6379/15]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import multiprocessing
 import os
@@ -72,6 +79,20 @@ def model_rate(files: list[Path], batch: int, processes: int, device: str) -> fl
         return sum(pool.starmap(_model_rate_in_one_process, [(files[i::processes], batch) for i in range(processes)]))
 
 
+def bare_rate(files: list[Path], work: Path) -> float:
+    """Read, hash and write each file to the same disk: the floor of any store step."""
+    out = work / "bare"
+    out.mkdir(parents=True)
+    started = time.perf_counter()
+    for i, path in enumerate(files):
+        data = path.read_bytes()
+        hashlib.sha256(data).hexdigest()
+        (out / f"{i:06d}").write_bytes(data)
+    rate = len(files) / (time.perf_counter() - started)
+    shutil.rmtree(out)
+    return rate
+
+
 def store_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs: int) -> float:
     env = _fresh_site(work, env)
     started = time.perf_counter()
@@ -81,10 +102,13 @@ def store_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs: 
 
 
 def _fresh_site(work: Path, env: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env = {k: v for k, v in env.items() if k != "REDIS_URL"}
     env.update(DATA_DIR=str(work / "data"), PYTHONUNBUFFERED="1")
     subprocess.run([PYTHON, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT, check=True,
                    capture_output=True)
+    if env.get("DATABASE_URL"):
+        subprocess.run([PYTHON, "manage.py", "flush", "--noinput"], env=env, cwd=ROOT, check=True,
+                       capture_output=True)
     if env.get("CELERY_BROKER_URL"):
         import redis
 
@@ -92,12 +116,16 @@ def _fresh_site(work: Path, env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def import_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs: int) -> float:
+def import_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs: int,
+                display: bool = False) -> tuple[float, float]:
     """Timed from when the workers are ready (as `manage.py serve` runs them: one that embeds, one
-    that keeps the index) until the import command has seen every image indexed."""
+    that keeps the index) until the import command has seen every image indexed; with
+    ``display``, also the rate until the last display copy exists (they are made after the embeddings)."""
     env = _fresh_site(work, env)
+    # On a GPU, one process owns the device (README, "Sizing"); on the CPU, one per core.
+    one_process = ["--concurrency=1"] if env.get("LOOKALIKE_DEVICE", "cpu") != "cpu" else []
     workers = {
-        "embed": ["--queues=celery", "--hostname=embed@%h"],
+        "embed": ["--queues=celery", "--hostname=embed@%h", *one_process],
         "index": ["--queues=celery-index", "--pool=solo", "--hostname=index@%h"],
     }
     logs = {name: work / f"{name}-worker.log" for name in workers}
@@ -116,22 +144,41 @@ def import_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs:
         started = time.perf_counter()
         subprocess.run([PYTHON, "manage.py", "import_images", str(folder), "--recursive", "--wait",
                         f"--jobs={jobs}"], env=env, cwd=ROOT, check=True, capture_output=True)
-        return count / (time.perf_counter() - started)
+        searchable = time.perf_counter()
+        if not display:
+            return count / (searchable - started), 0.0
+        while _display_copies(env) < count:
+            time.sleep(0.5)
+        return count / (searchable - started), count / (time.perf_counter() - started)
     finally:
         stop_workers(processes, timeout=30)
 
 
+def _display_copies(env: dict[str, str]) -> int:
+    out = subprocess.run([PYTHON, "manage.py", "shell", "-c",
+                          "from gallery.models import Image; print(Image.objects.exclude(display='').count())"],
+                         env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return int(out.split()[-1])
+
+
+def _large_jpeg(job: tuple[int, Path, Path]) -> None:
+    i, path, folder = job
+    rng = np.random.default_rng(i)
+    image = Image.open(path).convert("RGB").resize((4000, 3000), Image.Resampling.BILINEAR)
+    grain = rng.integers(-6, 7, size=(3000, 4000, 3), dtype=np.int16)
+    pixels = np.clip(np.asarray(image, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    (folder / f"large-{i:04d}.jpg").write_bytes(buffer.getvalue())
+
+
 def large_jpegs(files: list[Path], count: int, folder: Path) -> None:
-    """12-megapixel photos: gallery images enlarged to 4000 x 3000, with grain so they compress like photos."""
+    """12-megapixel photos at quality 90: gallery images enlarged to 4000 x 3000, with grain so
+    that they compress like photos; made on every core, before anything is timed."""
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i, path in enumerate(files[:count]):
-        image = Image.open(path).convert("RGB").resize((4000, 3000), Image.Resampling.BILINEAR)
-        grain = rng.integers(-6, 7, size=(3000, 4000, 3), dtype=np.int16)
-        pixels = np.clip(np.asarray(image, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-        (folder / f"large-{i:04d}.jpg").write_bytes(buffer.getvalue())
+    sources = [files[i % len(files)] for i in range(count)]
+    with multiprocessing.get_context("spawn").Pool() as pool:
+        pool.map(_large_jpeg, [(i, path, folder) for i, path in enumerate(sources)])
 
 
 def main() -> None:
@@ -143,11 +190,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the model and the worker embed")
     parser.add_argument("--jobs", type=int, default=1, help="processes of the import command that store files")
     parser.add_argument("--broker-url", help="a Redis database for the broker (emptied first); default: embedded")
+    parser.add_argument("--database-url", help="a PostgreSQL database (emptied before each run); default: SQLite")
     args = parser.parse_args()
     env = dict(os.environ, LOOKALIKE_DEVICE=args.device, LOOKALIKE_EMBED_BATCH_SIZE=str(args.batch))
-    env.pop("CELERY_BROKER_URL", None)
+    for name in ("CELERY_BROKER_URL", "DATABASE_URL"):
+        env.pop(name, None)
     if args.broker_url:
         env["CELERY_BROKER_URL"] = args.broker_url
+    if args.database_url:
+        env["DATABASE_URL"] = args.database_url
 
     files = sorted(Path(args.images).rglob("*.jpg"))[: args.limit]
     work = Path(tempfile.mkdtemp(prefix="lookalike-ingest-"))
@@ -161,14 +212,19 @@ def main() -> None:
         arrangement = f"{processes} processes of one thread" if args.device == "cpu" else args.device
         print(f"model   {model:8.1f} images/s  ({len(files)} gallery images, batch {args.batch}, {arrangement})",
               flush=True)
+        bare = bare_rate(files, work)
+        print(f"bare    {bare:8.1f} files/s   (read, SHA-256, write to the same disk; one process)", flush=True)
         stored = store_rate(subset, len(files), work / "store", env, args.jobs)
-        print(f"store   {stored:8.1f} images/s  (the import command alone, {args.jobs} jobs, no worker)", flush=True)
-        imported = import_rate(subset, len(files), work / "small", env, args.jobs)
+        print(f"store   {stored:8.1f} images/s  (the import command alone, {args.jobs} jobs, no worker)  "
+              f"store / bare = {stored / bare:.2f}", flush=True)
+        imported, _ = import_rate(subset, len(files), work / "small", env, args.jobs)
         print(f"import  {imported:8.1f} images/s  import / model = {imported / model:.2f}", flush=True)
         if args.large:
             large_jpegs(files, args.large, work / "large")
-            rate = import_rate(work / "large", args.large, work / "large-run", env, args.jobs)
-            print(f"large   {rate:8.1f} images/s  ({args.large} JPEGs of 12 megapixels, end to end)")
+            rate, display = import_rate(work / "large", args.large, work / "large-run", env, args.jobs, display=True)
+            print(f"large   {rate:8.1f} images/s  ({args.large} JPEGs of 12 megapixels, end to end to searchable)  "
+                  f"large / model = {rate / model:.2f}")
+            print(f"display {display:8.1f} images/s  (until their display copies were made too, from the same start)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

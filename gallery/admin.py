@@ -228,7 +228,7 @@ class ImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="")
     def thumbnail_tag(self, image: Image) -> str:
-        return format_html('<img src="{}" alt="" class="admin-thumb">', image.thumbnail.url)
+        return format_html('<img src="{}" alt="" class="admin-thumb">', image.thumbnail_url)
 
     @admin.display(description="State", ordering="state")
     def status(self, image: Image) -> str:
@@ -264,7 +264,7 @@ class ImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="Image")
     def preview(self, image: Image) -> str:
-        return format_html('<img src="{}" alt="" class="admin-preview">', image.display.url)
+        return format_html('<img src="{}" alt="" class="admin-preview">', image.display_url)
 
     @admin.display(description="Embedding")
     def embedding_state(self, image: Image) -> str:
@@ -283,7 +283,7 @@ class ImageAdmin(admin.ModelAdmin):
             return "No other image to compare with."
         return format_html_join(
             " ", '<a href="{}" title="{}" class="admin-neighbour"><img src="{}" alt=""><br>#{} · {}</a>',
-            ((reverse("admin:gallery_image_change", args=[s.image.pk]), s.image.original_name, s.image.thumbnail.url,
+            ((reverse("admin:gallery_image_change", args=[s.image.pk]), s.image.original_name, s.image.thumbnail_url,
               s.image.pk, f"{s.score:.3f}") for s in similar))
 
     def get_actions(self, request: HttpRequest) -> dict:

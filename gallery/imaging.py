@@ -1,16 +1,22 @@
-"""Decoding untrusted image files, and making the copies the site serves. Free of Django.
+"""Reading untrusted image files, and making the copies the site serves. Free of Django.
 
-Only an allowlist of formats is ever handed to a decoder, the pixel count is checked from the
-header before any pixel is decoded, and the whole first frame is decoded before a file is
-accepted: a header that parses is not proof of an image. What the site serves is re-encoded
-from the decoded pixels, so metadata (GPS positions included) and anything appended to the
-file never reach a browser.
+Only an allowlist of formats is ever handed to a decoder, and the pixel count and frame count
+are checked from the header before any pixel is decoded. Storing an upload reads its header
+only (``read_header``); the embedding worker then decodes the first frame whole, once, at the
+reduced scale it needs (``decode_image``), and a file that turns out damaged only then is
+refused with the same code and reason as at upload. What the site serves is re-encoded from
+decoded pixels, so metadata (GPS positions included) and anything appended to the file never
+reach a browser.
 """
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,6 +51,15 @@ class ImageRejected(ValueError):
 
 
 @dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, before any pixel is decoded."""
+    format: str
+    # The file's own size, upright by its EXIF orientation where the header carries one.
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
 class DecodedImage:
     # RGB, turned upright by its EXIF orientation; a large JPEG is decoded at a reduced scale.
     image: Image.Image
@@ -54,8 +69,11 @@ class DecodedImage:
     height: int
 
 
-def _refusal_for_unidentified(data: bytes) -> ImageRejected:
-    head = data[:64]
+Source = bytes | str | os.PathLike[str] | BinaryIO
+
+
+def _refusal_for_unidentified(head: bytes) -> ImageRejected:
+    head = head[:64]
     if head.lstrip().lower().startswith((b"<svg", b"<?xml")):
         kind = "SVG"
     else:
@@ -76,24 +94,41 @@ def _frame_count(image: Image.Image) -> int:
         raise ImageRejected("damaged", f"The file is damaged: its frames cannot be read ({exc}).") from None
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
-    """Decode the first frame of an uploaded file, or raise ``ImageRejected``."""
-    if not data:
-        raise ImageRejected("empty", "The file is empty.")
+@contextmanager
+def _decoder_warnings() -> Iterator[None]:
     with warnings.catch_warnings():
         # Pillow warns about each oddity it tolerates (corrupt EXIF, malformed MPO, ...): the
-        # decode below is the verdict. A decompression-bomb warning, though, is a refusal.
+        # decode is the verdict. A decompression-bomb warning, though, is a refusal.
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return _decode(data, max_pixels)
+        yield
 
 
-def _decode(data: bytes, max_pixels: int) -> DecodedImage:
+@contextmanager
+def _opened(source: Source) -> Iterator[BinaryIO]:
+    if isinstance(source, bytes):
+        yield io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as file:
+                yield file
+        except FileNotFoundError:
+            raise ImageRejected("unreadable", "The stored file is missing.") from None
+    else:
+        yield source
+
+
+def _open_checked(file: BinaryIO, max_pixels: int) -> Image.Image:
+    """The file opened by its header, with every check a header allows passed."""
+    head = file.read(64)
+    if not head:
+        raise ImageRejected("empty", "The file is empty.")
+    file.seek(0)
     try:
-        image = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
+        image = Image.open(file, formats=list(ACCEPTED_FORMATS))
         width, height = image.size
     except UnidentifiedImageError:
-        raise _refusal_for_unidentified(data) from None
+        raise _refusal_for_unidentified(head) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageRejected("too_many_pixels", "The image has too many pixels to be processed safely.") from None
     except Exception as exc:  # a hostile header can make any decoder raise anything
@@ -108,10 +143,67 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
     frames = _frame_count(image)
     if frames > MAX_FRAMES:
         raise ImageRejected("too_many_frames", f"The animation has {frames} frames; the limit is {MAX_FRAMES}.")
+    return image
+
+
+def _format(image: Image.Image) -> str:
+    # Cameras write multi-picture JPEGs (MPO); the first picture is a plain JPEG.
+    return "JPEG" if image.format == "MPO" else str(image.format)
+
+
+def read_header(source: Source, *, max_pixels: int) -> ImageHeader:
+    """Check a file as far as its header allows, decoding no pixel, or raise ``ImageRejected``."""
+    with _decoder_warnings(), _opened(source) as file:
+        image = _open_checked(file, max_pixels)
+        width, height = image.size
+        if _orientation(image) in _QUARTER_TURNS:
+            width, height = height, width
+        return ImageHeader(_format(image), width, height)
+
+
+_QUARTER_TURNS = {5, 6, 7, 8}
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation the header carries (``getexif`` could decode a PNG to look further)."""
+    raw = image.info.get("exif")
+    if not raw:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        return int(exif.get(0x0112, 1))
+    except Exception:
+        return 1
+
+
+def jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation in a JPEG's header (1, upright, when it has none), for a decoder
+    that does not apply it."""
+    with _decoder_warnings():
+        try:
+            return _orientation(Image.open(io.BytesIO(data), formats=["JPEG"]))
+        except Exception:
+            return 1  # the decoder says what is wrong with the file
+
+
+def decode_image(source: Source, *, max_pixels: int, max_side: int = DISPLAY_MAX_SIDE,
+                 min_side: int = 0) -> DecodedImage:
+    """Decode the first frame of a file, or raise ``ImageRejected``.
+
+    A JPEG is decoded straight to the smallest scale that still covers ``max_side`` (the
+    longer side) and ``min_side`` (both sides): a fraction of the cost of a full decode, which
+    still reads the whole file, so truncation is detected all the same.
+    """
+    with _decoder_warnings(), _opened(source) as file:
+        return _decode(_open_checked(file, max_pixels), max_side, min_side)
+
+
+def _decode(image: Image.Image, max_side: int, min_side: int) -> DecodedImage:
+    width, height = image.size
     if image.format in ("JPEG", "MPO"):
-        # Decoding straight to a reduced scale costs a fraction of a full decode and still
-        # reads the whole file, so truncation is detected all the same.
-        image.draft("RGB", _fit(width, height, DISPLAY_MAX_SIDE))
+        fit_width, fit_height = _fit(width, height, max_side)
+        image.draft("RGB", (max(fit_width, min_side), max(fit_height, min_side)))
     try:
         image.load()
         upright = _upright(image)
@@ -120,8 +212,7 @@ def _decode(data: bytes, max_pixels: int) -> DecodedImage:
         raise ImageRejected("damaged", f"The file is damaged or truncated and cannot be decoded ({exc}).") from None
     if upright.size != image.size:  # turned a quarter by its EXIF orientation
         width, height = height, width
-    # Cameras write multi-picture JPEGs (MPO); the first picture is a plain JPEG.
-    return DecodedImage(rgb, "JPEG" if image.format == "MPO" else str(image.format), width, height)
+    return DecodedImage(rgb, _format(image), width, height)
 
 
 def _fit(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -159,16 +250,18 @@ def encode_jpeg(image: Image.Image, *, max_side: int, quality: int = 85) -> byte
     return _jpeg(_shrunk(image, max_side, Image.Resampling.LANCZOS), quality)
 
 
-def served_copies(image: Image.Image) -> tuple[bytes, bytes]:
-    """The display copy and the thumbnail of a decoded upload: JPEG files with no metadata.
+def display_jpeg(image: Image.Image) -> bytes:
+    """The display copy of a decoded image: a JPEG with no metadata.
 
-    The thumbnail is made from the display copy's pixels, and a large photo is shrunk to the
-    display size with a bilinear filter: on a 12-megapixel photo, Lanczos took about twice as
-    long, for copies that differ from these by 50 dB PSNR or more, nothing an eye can see.
+    A large photo is shrunk with a bilinear filter: on a 12-megapixel photo, Lanczos took about
+    twice as long, for copies that differ from these by 50 dB PSNR or more, nothing an eye can see.
     """
-    display = _shrunk(image, DISPLAY_MAX_SIDE, Image.Resampling.BILINEAR)
-    thumbnail = _shrunk(display, THUMBNAIL_MAX_SIDE, Image.Resampling.LANCZOS)
-    return _jpeg(display, DISPLAY_QUALITY), _jpeg(thumbnail, THUMBNAIL_QUALITY)
+    return _jpeg(_shrunk(image, DISPLAY_MAX_SIDE, Image.Resampling.BILINEAR), DISPLAY_QUALITY)
+
+
+def thumbnail_jpeg(image: Image.Image) -> bytes:
+    """The thumbnail of a decoded image: a JPEG with no metadata."""
+    return _jpeg(_shrunk(image, THUMBNAIL_MAX_SIDE, Image.Resampling.LANCZOS), THUMBNAIL_QUALITY)
 
 
 def _shrunk(image: Image.Image, max_side: int, resample: Image.Resampling) -> Image.Image:
@@ -184,10 +277,3 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
     # An empty comment: Pillow would otherwise copy the decoded file's JPEG comment into the copy.
     image.save(buffer, "JPEG", quality=quality, optimize=True, progressive=max(image.size) > 256, comment=b"")
     return buffer.getvalue()
-
-
-def open_for_embedding(path: str, *, min_side: int) -> Image.Image:
-    """Open one of the site's own JPEG copies at the smallest scale whose sides still cover ``min_side``."""
-    image = Image.open(path, formats=["JPEG"])
-    image.draft("RGB", (min_side, min_side))
-    return image.convert("RGB")

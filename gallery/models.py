@@ -2,6 +2,9 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.templatetags.static import static
+
+PENDING_PICTURE = "img/pending.svg"
 
 
 class Tag(models.Model):
@@ -33,11 +36,12 @@ class Image(models.Model):
     height = models.PositiveIntegerField()
     byte_size = models.PositiveBigIntegerField()
     # Stored under generated names. The original is kept for its owner; the display copy and the
-    # thumbnail are re-encoded without metadata and are what the site serves.
+    # thumbnail are re-encoded without metadata and are what the site serves. The embedding
+    # worker makes the thumbnail; the display copy is made after it (blank until then).
     original = models.FileField(max_length=255)
     # Indexed: a request for a served copy finds its image by the copy's name.
-    display = models.FileField(max_length=255, db_index=True)
-    thumbnail = models.FileField(max_length=255, db_index=True)
+    display = models.FileField(max_length=255, db_index=True, blank=True)
+    thumbnail = models.FileField(max_length=255, db_index=True, blank=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
     # Hidden images stay indexed but never appear in search or the public gallery.
     hidden = models.BooleanField(default=False)
@@ -45,6 +49,8 @@ class Image(models.Model):
     awaiting_approval = models.BooleanField(default=False)
     tags = models.ManyToManyField(Tag, blank=True, related_name="images")
     error = models.TextField(blank=True)
+    # For a file found damaged only when the worker decoded it: the code an upload refusal gives.
+    error_code = models.CharField(max_length=32, blank=True)
     # Which embedding run holds the image while it is in EMBEDDING, and since when.
     claim_token = models.CharField(max_length=64, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
@@ -52,6 +58,9 @@ class Image(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     retry_after = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # For a file stored by ``import_images``: its modification time, so that a second run over
+    # the same folder knows it by name, size and time without reading it again.
+    source_mtime_ns = models.BigIntegerField(null=True, blank=True)
     indexed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -60,6 +69,7 @@ class Image(models.Model):
             models.Index(fields=["state", "id"]),
             models.Index(fields=["-created_at", "-id"]),
             models.Index(fields=["awaiting_approval", "-created_at"]),
+            models.Index(fields=["original_name", "byte_size"]),
         ]
         constraints = [
             models.UniqueConstraint(fields=["owner", "sha256"], name="gallery_image_one_copy_per_owner"),
@@ -67,6 +77,16 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.original_name}"
+
+    @property
+    def thumbnail_url(self) -> str:
+        """The thumbnail, or a placeholder until the worker has made it."""
+        return self.thumbnail.url if self.thumbnail else static(PENDING_PICTURE)
+
+    @property
+    def display_url(self) -> str:
+        """The display copy, or the thumbnail until it is made."""
+        return self.display.url if self.display else self.thumbnail_url
 
 
 class ImageAwaitingApproval(Image):

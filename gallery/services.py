@@ -11,6 +11,7 @@ import uuid
 import zlib
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Protocol
 
 from django.conf import settings
@@ -21,7 +22,8 @@ from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.template.defaultfilters import filesizeformat
 
-from gallery.imaging import DecodedImage, ImageRejected, decode_image, served_copies
+from gallery.copies import delete_files
+from gallery.imaging import ImageRejected, read_header
 from gallery.models import Image, Tag
 from gallery.selectors import image_list_visible
 from search import changelog
@@ -34,6 +36,9 @@ _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "A
 # Any constant works; with the uploader's id it names the PostgreSQL advisory lock that orders
 # one uploader's stores.
 _UPLOAD_LOCK_KEY = zlib.crc32(b"lookalike.uploads") & 0x7FFFFFFF
+# Checked files held in memory before one query finds the duplicates among them and they are
+# written: few queries per batch, and each file read only once, in bounded memory.
+_HELD_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,11 +70,61 @@ def clean_original_name(name: str) -> str:
 
 
 class Readable(Protocol):
-    """An uploaded file, or anything else whose contents can be read, and read again from the start."""
+    """An uploaded file, or anything else whose contents can be read."""
 
     def read(self, size: int, /) -> bytes: ...
 
-    def seek(self, offset: int, /) -> int: ...
+
+@dataclass(frozen=True)
+class FileOnDisk:
+    """A file to import, opened only while it is read: a batch holds no file open, and one that
+    cannot be opened is refused like one that cannot be read."""
+    path: Path
+    size: int | None  # None when it could not even be looked at
+    mtime_ns: int | None
+
+    @classmethod
+    def at(cls, path: Path) -> FileOnDisk:
+        try:
+            stat = path.stat()
+        except OSError:
+            return cls(path, None, None)
+        return cls(path, stat.st_size, stat.st_mtime_ns)
+
+    def read(self, size: int, /) -> bytes:
+        with self.path.open("rb") as source:
+            return source.read(size)
+
+
+def images_already_stored(*, files: Sequence[FileOnDisk], owner: AbstractBaseUser | None) -> dict[Path, int]:
+    """The files among these that an earlier import stored for ``owner``, each with its image's id:
+    the same name, size and modification time, or, where only the time differs, the same contents.
+    One query for the batch; a file is read and hashed only when its time differs."""
+    keys = {file.path: (clean_original_name(file.path.name), file.size) for file in files if file.size is not None}
+    if not keys:
+        return {}
+    owner_id = owner.pk if owner is not None and owner.is_authenticated else None
+    candidates: dict[tuple[str, int | None], list[tuple[int, int | None, str]]] = {}
+    rows = Image.objects.filter(owner_id=owner_id, original_name__in={name for name, _ in keys.values()},
+                                byte_size__in={size for _, size in keys.values()})
+    for image_id, name, size, mtime_ns, digest in rows.values_list("id", "original_name", "byte_size",
+                                                                   "source_mtime_ns", "sha256"):
+        candidates.setdefault((name, size), []).append((image_id, mtime_ns, digest))
+    stored: dict[Path, int] = {}
+    for file in files:
+        alike = candidates.get(keys.get(file.path, ("", None)), [])
+        same_time = next((image_id for image_id, mtime_ns, _ in alike if mtime_ns == file.mtime_ns), None)
+        if same_time is not None:
+            stored[file.path] = same_time
+        elif alike:
+            try:
+                digest = hashlib.sha256(file.read(file.size or 0)).hexdigest()
+            except OSError:
+                continue  # the upload says why it cannot be read
+            same_contents = next((image_id for image_id, _, stored_digest in alike if stored_digest == digest), None)
+            if same_contents is not None:
+                stored[file.path] = same_contents
+    return stored
 
 
 def file_too_large_message(limit: int) -> str:
@@ -132,6 +187,7 @@ class _Accepted:
     width: int
     height: int
     byte_size: int
+    source_mtime_ns: int | None
     written: list[str] = field(default_factory=list)  # its files in storage, so far
 
 
@@ -141,83 +197,107 @@ def image_upload(*, source: Readable, original_name: str, owner: AbstractBaseUse
 
 
 def images_upload(*, uploads: Sequence[tuple[str, Readable]], owner: AbstractBaseUser | None) -> list[UploadResult]:
-    """Validate, store and queue uploaded files, given as (name, contents): one result each, in order.
+    """Check, store and queue uploaded files, given as (name, contents): one result each, in order.
+
+    The store step is light: each file is read once, hashed, checked as far as its header
+    allows (type, pixel and frame counts: ``read_header``) and written as it came. Nothing is
+    decoded or re-encoded here: the embedding worker decodes each original once, makes its
+    thumbnail and vectors from the same pixels, and marks a file that only then turns out
+    damaged failed with the reason an upload refusal would give. The rows of a batch are
+    inserted in one transaction, with one message to the workers per embedding batch.
 
     Nothing is stored for a refused file. A file identical to an image that the uploader may see
     is not stored again but named as its duplicate. A file whose only stored copies the uploader
     may not see (another user's hidden, awaiting or unfinished upload) is stored as theirs, as a
     new file would be, so that the answer tells them nothing about those images. ``owner`` None
-    is an import by the operator, who may see every image.
-
-    One query finds the files already stored, and the accepted ones are stored in one
-    transaction, so that a large import costs a few round trips per batch rather than per file.
-    Each file is read twice (to find the duplicates, then to store it) so that only one is held
-    in memory at a time.
+    is an import by the operator, who may see every image. Only one file is held in memory at a time.
     """
     names = [clean_original_name(original_name) for original_name, _ in uploads]
     results: dict[int, UploadResult] = {}
-    digests: dict[int, str] = {}
-    for position, (_, source) in enumerate(uploads):
-        try:
-            digests[position] = hashlib.sha256(_read(source)).hexdigest()
-        except ImageRejected as rejection:
-            results[position] = UploadResult.refused(names[position], rejection)
-    stored = _copies_seen_by(owner, digests.values())
     quota = _Quota(owner)
     first_of: dict[str, int] = {}
+    copy_of: dict[int, int] = {}  # a later copy of a file in this batch -> the first one's position
     accepted: list[_Accepted] = []
+    held: list[tuple[_Accepted, bytes]] = []  # checked, waiting for the duplicate look-up
     try:
-        for position, digest in digests.items():
-            name, source = names[position], uploads[position][1]
-            if digest in stored:
-                results[position] = UploadResult.duplicate(name, stored[digest])
-            elif digest not in first_of:
-                first_of[digest] = position
-                try:
-                    data = _read(source, again=True)
-                    if hashlib.sha256(data).hexdigest() != digest:
-                        raise ImageRejected("unreadable", "The file changed while it was being read.")
-                    quota.check(len(data))
-                    decoded = decode_image(data, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS)
-                except ImageRejected as rejection:
-                    results[position] = UploadResult.refused(name, rejection)
+        for position, (_, source) in enumerate(uploads):
+            name = names[position]
+            try:
+                data = _read(source)
+                digest = hashlib.sha256(data).hexdigest()
+                if digest in first_of:
+                    copy_of[position] = first_of[digest]  # judged with the first copy, below
                     continue
-                quota.spend(len(data))
-                item = _Accepted(position, name, digest, decoded.format, decoded.width, decoded.height, len(data))
-                accepted.append(item)
-                _write_files(item, data, decoded)
+                first_of[digest] = position
+                header = read_header(data, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS)
+            except ImageRejected as rejection:
+                results[position] = UploadResult.refused(name, rejection)
+                continue
+            mtime_ns = source.mtime_ns if isinstance(source, FileOnDisk) else None
+            held.append((_Accepted(position, name, digest, header.format, header.width, header.height, len(data),
+                                   mtime_ns), data))
+            if sum(item.byte_size for item, _ in held) >= _HELD_BYTES:
+                _write_new(held, owner, quota, results, accepted)
+                held = []
+        _write_new(held, owner, quota, results, accepted)
         results |= _store(accepted, owner)
     except BaseException:
         for item in accepted:
-            _delete_files(item.written)
+            delete_files(item.written)
         raise
-    for position, digest in digests.items():
-        if position not in results:
-            first = results[first_of[digest]]
-            if first.image is None:  # the first copy was refused: so is this one
-                results[position] = replace(first, original_name=names[position])
-            else:
-                results[position] = UploadResult.duplicate(names[position], first.image)
+    for position, first_position in copy_of.items():
+        first = results[first_position]
+        if first.image is None:  # the first copy was refused: so is this one
+            results[position] = replace(first, original_name=names[position])
+        else:
+            results[position] = UploadResult.duplicate(names[position], first.image)
     return [results[position] for position in range(len(uploads))]
 
 
-def _read(source: Readable, *, again: bool = False) -> bytes:
+def _write_new(held: list[tuple[_Accepted, bytes]], owner: AbstractBaseUser | None, quota: _Quota,
+               results: dict[int, UploadResult], accepted: list[_Accepted]) -> None:
+    """Write the originals of the held files that are neither duplicates (one query for them all)
+    nor past the quota, adding them to ``accepted``; the others' results go into ``results``."""
+    if not held:
+        return
+    data_of = {item.position: data for item, data in held}
+    for item in _new_within_quota([item for item, _ in held], owner, quota, results):
+        accepted.append(item)
+        item.written.append(_write_original(data_of[item.position], item.format))
+
+
+def _new_within_quota(items: list[_Accepted], owner: AbstractBaseUser | None, quota: _Quota,
+                      results: dict[int, UploadResult]) -> list[_Accepted]:
+    """The files that are neither copies of an image the uploader may see nor past the quota;
+    the others' results go into ``results``."""
+    stored = _copies_seen_by(owner, (item.digest for item in items))
+    new = []
+    for item in items:
+        if item.digest in stored:
+            results[item.position] = UploadResult.duplicate(item.name, stored[item.digest])
+            continue
+        try:
+            quota.check(item.byte_size)
+        except ImageRejected as rejection:
+            results[item.position] = UploadResult.refused(item.name, rejection)
+            continue
+        quota.spend(item.byte_size)
+        new.append(item)
+    return new
+
+
+def _read(source: Readable) -> bytes:
     try:
-        if again:
-            source.seek(0)
         return read_limited(source, settings.LOOKALIKE_MAX_UPLOAD_BYTES)
     except OSError as exc:
         raise ImageRejected("unreadable", f"The file cannot be read: {exc.strerror or exc}.") from None
 
 
-def _write_files(item: _Accepted, data: bytes, decoded: DecodedImage) -> None:
-    """The original as sent, and the display copy and thumbnail re-encoded from its pixels."""
+def _write_original(data: bytes, image_format: str) -> str:
+    """The original as sent, under a generated name: the one file the store step writes."""
     stem = uuid.uuid4().hex
-    folder = f"{stem[:2]}/{stem[2:4]}"
-    display, thumbnail = served_copies(decoded.image)
-    for kind, payload, ext in (("originals", data, _EXTENSIONS[decoded.format]), ("display", display, ".jpg"),
-                               ("thumbs", thumbnail, ".jpg")):
-        item.written.append(default_storage.save(f"{kind}/{folder}/{stem}{ext}", ContentFile(payload)))
+    return default_storage.save(f"originals/{stem[:2]}/{stem[2:4]}/{stem}{_EXTENSIONS[image_format]}",
+                                ContentFile(data))
 
 
 def _copies_seen_by(owner: AbstractBaseUser | None, digests: Iterable[str]) -> dict[str, Image]:
@@ -246,30 +326,17 @@ def _store(items: list[_Accepted], owner: AbstractBaseUser | None) -> dict[int, 
     Duplicates and the quota are judged again under the uploader's lock, since the first look
     was taken outside it: a file that another upload stored meanwhile, where the uploader may see
     it, becomes its duplicate, and a file that other uploads have left no room for is refused.
-    The copies of a file not stored are deleted.
+    The original of a file not stored is deleted.
     """
     results: dict[int, UploadResult] = {}
-    new: list[_Accepted] = []
     with transaction.atomic():
         _lock_uploads_of(owner)
-        stored = _copies_seen_by(owner, (item.digest for item in items))
-        quota = _Quota(owner)
-        for item in items:
-            if item.digest in stored:
-                results[item.position] = UploadResult.duplicate(item.name, stored[item.digest])
-                continue
-            try:
-                quota.check(item.byte_size)
-            except ImageRejected as rejection:
-                results[item.position] = UploadResult.refused(item.name, rejection)
-                continue
-            quota.spend(item.byte_size)
-            new.append(item)
+        new = _new_within_quota(items, owner, _Quota(owner), results)
         images = Image.objects.bulk_create([_new_image(item, owner) for item in new])
         queue_embeddings([image.pk for image in images])
     for item in items:
         if item.position in results:
-            _delete_files(item.written)
+            delete_files(item.written)
             item.written.clear()
     for item, image in zip(new, images, strict=True):
         results[item.position] = UploadResult(item.name, "accepted", image=image)
@@ -277,32 +344,25 @@ def _store(items: list[_Accepted], owner: AbstractBaseUser | None) -> dict[int, 
 
 
 def _new_image(item: _Accepted, owner: AbstractBaseUser | None) -> Image:
-    original, display, thumbnail = item.written
+    [original] = item.written
     return Image(
         owner=owner if owner is not None and owner.is_authenticated else None, original_name=item.name,
         sha256=item.digest, format=item.format, width=item.width, height=item.height, byte_size=item.byte_size,
-        original=original, display=display, thumbnail=thumbnail,
+        source_mtime_ns=item.source_mtime_ns,
+        original=original,
         # With moderation on, it waits hidden until a staff member approves it.
         hidden=settings.LOOKALIKE_MODERATION, awaiting_approval=settings.LOOKALIKE_MODERATION,
     )
 
 
-def _delete_files(names: list[str]) -> None:
-    for name in names:
-        try:
-            default_storage.delete(name)
-        except OSError:
-            log.warning("Could not delete %s", name, exc_info=True)
-
-
 def image_delete(*, image: Image) -> None:
     """Delete an image, its vectors and files; it leaves search results at once."""
-    files = [image.original.name, image.display.name, image.thumbnail.name]
+    files = [name for name in (image.original.name, image.display.name, image.thumbnail.name) if name]
     image_id = image.pk
     with transaction.atomic():
         image.delete()
         changelog.record_changes(image_ids=[image_id], kind=IndexChange.Kind.REMOVE)
-        transaction.on_commit(lambda: _delete_files(files))
+        transaction.on_commit(lambda: delete_files(files))
         queue_index_sync()
 
 

@@ -41,8 +41,9 @@ def image_json(image: Image) -> dict[str, object]:
         "state": image.state,
         "state_label": image.get_state_display(),
         "error": image.error,
+        "error_code": image.error_code,
         "url": reverse("gallery:detail", args=[image.pk]),
-        "thumbnail_url": image.thumbnail.url,
+        "thumbnail_url": image.thumbnail_url,
     }
 
 
@@ -159,8 +160,8 @@ def delete(request: HttpRequest, image_id: int) -> HttpResponse:
 @require_GET
 def original(request: HttpRequest, image_id: int) -> FileResponse:
     image = get_object_or_404(Image, pk=image_id)
-    if not selectors.image_can_manage(image=image, user=request.user):
-        raise Http404
+    if not selectors.image_can_manage(image=image, user=request.user) or not image.original:
+        raise Http404  # a file found damaged is not kept
     # The type and the extension come from the stored name, which the decoded format chose, never from
     # the uploaded name: a JPEG uploaded as "x.html" downloads as "x.jpg".
     stored_extension = PurePosixPath(image.original.name).suffix

@@ -178,16 +178,34 @@ class Embedder:
         Raises ``RuntimeError`` when a file cannot be decoded; ``prepare`` with Pillow then
         tells which one.
         """
+        return self.describe_decoded(self.decode_jpegs(blobs), gallery=gallery)
+
+    def decode_jpegs(self, blobs: Sequence[bytes], orientations: Sequence[int] = ()) -> list[torch.Tensor]:
+        """JPEG files decoded by torchvision on the embedder's device, in one call per batch: RGB
+        uint8 tensors, channels x height x width, turned upright by their EXIF ``orientations``
+        (read from the headers on the host: the device decoder does not apply them).
+
+        Raises ``RuntimeError`` when a file cannot be decoded.
+        """
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        size = self.recipe.input_size
-        parts = []
+        decoded: list[torch.Tensor] = []
         for start in range(0, len(blobs), self.batch_size):
             data = [torch.frombuffer(bytearray(blob), dtype=torch.uint8)
                     for blob in blobs[start:start + self.batch_size]]
-            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
-            resized = [F.interpolate(image[None].float(), size=(size, size), mode="bicubic", antialias=True)
-                       for image in decoded]
+            decoded += decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        if orientations:
+            decoded = [upright(image, orientation) for image, orientation in zip(decoded, orientations, strict=True)]
+        return decoded
+
+    def describe_decoded(self, decoded: Sequence[torch.Tensor], *, gallery: bool = False) -> Descriptors:
+        """Descriptors of decoded images (uint8, channels x height x width, on any device), each
+        resized to the network's input where it lies."""
+        size = self.recipe.input_size
+        parts = []
+        for start in range(0, len(decoded), self.batch_size):
+            resized = [F.interpolate(image[None].to(self.device).float(), size=(size, size), mode="bicubic",
+                                     antialias=True) for image in decoded[start:start + self.batch_size]]
             pixels = torch.cat(resized).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1)
             parts.append(self.describe_pixels(pixels, gallery=gallery))
         return self._joined(parts)
@@ -227,6 +245,40 @@ class Embedder:
         if self.backbone.signed:
             pooled = torch.cat([pooled, gem(-features, self.recipe.gem_p)], dim=1)
         return F.normalize(pooled, dim=1)
+
+
+def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A channels x height x width image turned as its EXIF orientation says (as Pillow's
+    ``ImageOps.exif_transpose`` does)."""
+    turns: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
+        2: lambda x: x.flip(-1),
+        3: lambda x: x.flip(-1).flip(-2),
+        4: lambda x: x.flip(-2),
+        5: lambda x: x.transpose(-1, -2),
+        6: lambda x: torch.rot90(x, k=-1, dims=(-2, -1)),
+        7: lambda x: x.transpose(-1, -2).flip(-1).flip(-2),
+        8: lambda x: torch.rot90(x, k=1, dims=(-2, -1)),
+    }
+    return turns[orientation](image).contiguous() if orientation in turns else image
+
+
+def encode_jpegs(images: Sequence[torch.Tensor], *, max_side: int, quality: int) -> list[bytes]:
+    """JPEG files of decoded images no larger than ``max_side``, shrunk and encoded where the
+    images lie (on a GPU, by nvjpeg): no metadata, nothing but the pixels."""
+    from torchvision.io import encode_jpeg
+
+    if not images:
+        return []
+    shrunk = []
+    for image in images:
+        height, width = image.shape[-2:]
+        scale = min(1.0, max_side / max(height, width))
+        if scale < 1.0:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            image = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[0]
+            image = image.clamp(0, 255).round().to(torch.uint8)
+        shrunk.append(image.contiguous())
+    return [bytes(encoded.cpu().numpy()) for encoded in encode_jpeg(shrunk, quality=quality)]
 
 
 _HASH_PREFIX = re.compile(r"-([a-f0-9]+)\.")

@@ -23,7 +23,8 @@ from PIL.Image import Image as PILImage
 
 from config.request_body import FORM_OVERHEAD_BYTES
 from gallery import selectors as gallery_selectors
-from gallery.imaging import ImageRejected, decode_image, open_for_embedding
+from gallery.copies import image_picture
+from gallery.imaging import ImageRejected, decode_image
 from gallery.models import Image
 from gallery.services import read_limited
 from search import runtime, selectors, verdicts
@@ -346,7 +347,7 @@ def search_words(*, params: SearchParams) -> SearchOutcome:
 
 def _source_picture(query: Query) -> PILImage:
     assert query.source is not None
-    return open_for_embedding(query.source.display.path, min_side=max(query.width, query.height))
+    return image_picture(query.source)
 
 
 def _crop(picture: PILImage, box: Box, query: Query) -> PILImage:

@@ -18,8 +18,10 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from PIL.Image import Image as PILImage
 
-from gallery.imaging import open_for_embedding
+from gallery import copies
+from gallery.imaging import ImageRejected
 from gallery.models import Image
 from search import changelog, copy_notices, generations, runtime
 from search.backbones import WeightsMissing
@@ -30,6 +32,8 @@ from search.reader import resolve_changes
 from search.tag_suggestions import queue_tag_suggestions
 
 if TYPE_CHECKING:
+    import torch
+
     from search.embedding import Descriptors, Embedder
 
 log = logging.getLogger(__name__)
@@ -135,17 +139,25 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
         # Weights only appear when an operator installs them: trying again would not help.
         permanent = set(failed) if isinstance(exc, WeightsMissing) else set()
         return _finish_batch(claim_token, {}, failed | worn_out, permanent=permanent | set(worn_out))
-    described, failed = images_embed_with(embedder=embedder, images=images)
+    described, unread = images_embed_with(embedder=embedder, images=images)
+    damaged = {image_id: reason for image_id, reason in unread.items() if isinstance(reason, ImageRejected)}
+    _fail_damaged(token=claim_token, damaged=damaged)
+    failed = {image_id: str(reason) for image_id, reason in unread.items() if image_id not in damaged}
     computed = {generation.identity: described}
-    copies = _copies_of(generation.identity, described)
+    found_copies = _copies_of(generation.identity, described)
     building = reindex_target_identity()
     if building is not None and building not in computed and described:
         try:
+            # Decoded again for the second model: only while a reindex builds another backbone's index.
             computed[building], _ = images_embed_with(embedder=runtime.embedder_for(building.backbone),
                                                       images=[image for image in images if image.id in described])
         except Exception:  # the reindex embeds whatever is still missing before it completes
             log.exception("Could not embed with %s for the reindex in progress", building.describe())
-    return _finish_batch(claim_token, computed, failed | worn_out, permanent=set(worn_out), copies=copies)
+    outcome = _finish_batch(claim_token, computed, failed | worn_out, permanent=set(worn_out),
+                            found_copies=found_copies)
+    # Searchable now, with its thumbnail; the display copy needs a finer decode and comes after.
+    copies.queue_display_copies(outcome.indexed)
+    return outcome
 
 
 def _copies_of(identity: IndexIdentity, described: Described) -> copy_notices.Found:
@@ -170,27 +182,48 @@ def _retry_delay(attempts: int) -> float:
 Described = dict[int, tuple[np.ndarray, np.ndarray]]
 
 
-def images_embed_with(*, embedder: Embedder, images: list[Image]) -> tuple[Described, dict[int, str]]:
-    """Descriptors of the images' display copies, and the reason for each image that could not be read."""
-    if embedder.decodes_jpeg_itself:
-        try:
-            # The display copies are the site's own JPEGs.
-            described = embedder.describe_jpegs([Path(image.display.path).read_bytes() for image in images],
-                                                gallery=True)
-            return _by_image([image.id for image in images], described), {}
-        except (RuntimeError, OSError):
-            log.warning("Decoding a batch on %s failed; reading it with Pillow to find the bad file", embedder.device)
-    prepared: dict[int, np.ndarray] = {}
-    failed: dict[int, str] = {}
-    for image in images:
-        try:
-            picture = open_for_embedding(image.display.path, min_side=embedder.recipe.input_size)
-            prepared[image.id] = embedder.prepare(picture)
-        except Exception as exc:
-            failed[image.id] = f"The stored copy of the image could not be read: {exc}"
-    if not prepared:
-        return {}, failed
-    return _by_image(list(prepared), embedder.describe_prepared(list(prepared.values()), gallery=True)), failed
+def images_embed_with(*, embedder: Embedder, images: list[Image]) -> tuple[Described, dict[int, str | ImageRejected]]:
+    """Descriptors of images, each original decoded once (with the thumbnail of each image that
+    lacks one written from the same pixels), and why each image that could not be read was not:
+    an ``ImageRejected`` for a file found damaged, with the code an upload refusal gives."""
+    decoded = copies.originals_decode(images, min_side=embedder.recipe.input_size,
+                                      on_device=embedder if embedder.decodes_jpeg_itself else None)
+    return describe_pictures(embedder=embedder, pictures=decoded.pictures), decoded.failed | decoded.damaged
+
+
+def describe_pictures(*, embedder: Embedder, pictures: dict[int, PILImage | torch.Tensor]) -> Described:
+    """Gallery descriptors of decoded pictures (Pillow images, or tensors decoded on a device), by image id."""
+    on_device = {image_id: p for image_id, p in pictures.items() if not isinstance(p, PILImage)}
+    by_pillow = {image_id: p for image_id, p in pictures.items() if isinstance(p, PILImage)}
+    described: Described = {}
+    if on_device:
+        described |= _by_image(list(on_device), embedder.describe_decoded(list(on_device.values()), gallery=True))
+    if by_pillow:
+        prepared = [embedder.prepare(picture) for picture in by_pillow.values()]
+        described |= _by_image(list(by_pillow), embedder.describe_prepared(prepared, gallery=True))
+    return described
+
+
+@transaction.atomic
+def _fail_damaged(*, token: str, damaged: dict[int, ImageRejected]) -> None:
+    """Mark failed, for good, the images whose original turned out damaged only when decoded, with
+    the code and reason an upload refusal gives; remove their files, and anything of them in search."""
+    if not damaged:
+        return
+    ours = list(Image.objects.select_for_update().filter(claim_token=token, state=Image.State.EMBEDDING,
+                                                         id__in=list(damaged)))
+    for image in ours:
+        rejection = damaged[image.pk]
+        Image.objects.filter(pk=image.pk).update(
+            state=Image.State.FAILED, error=rejection.message[:2000], error_code=rejection.code, claim_token="",
+            claimed_at=None, retry_after=None, original="", display="", thumbnail="")
+        files = [f.name for f in (image.original, image.display, image.thumbnail) if f.name]
+        transaction.on_commit(lambda files=files: copies.delete_files(files))
+    ids = [image.pk for image in ours]
+    # An image embedded before (and queued again) leaves search too.
+    if Embedding.objects.filter(image_id__in=ids).delete()[0]:
+        changelog.record_changes(image_ids=ids, kind=IndexChange.Kind.REMOVE)
+        queue_index_sync()
 
 
 def _by_image(image_ids: list[int], described: Descriptors) -> Described:
@@ -238,7 +271,7 @@ def identities_in_use() -> IdentitiesInUse:
 
 @transaction.atomic
 def _finish_batch(token: str, computed: dict[IndexIdentity, Described], failed: dict[int, str], *,
-                  permanent: set[int] | None = None, copies: copy_notices.Found | None = None) -> EmbedOutcome:
+                  permanent: set[int] | None = None, found_copies: copy_notices.Found | None = None) -> EmbedOutcome:
     """Store what the batch computed, for the identities still in use at commit, and settle each
     image. An image with no vector of the identity active now goes back to the queue."""
     in_use = identities_in_use()
@@ -282,7 +315,7 @@ def _finish_batch(token: str, computed: dict[IndexIdentity, Described], failed: 
             log.info("Dropping %d vectors of %s: no index uses them now", len(described), identity.describe())
             continue
         embeddings_store(identity=identity, described={i: described[i] for i in indexed if i in described})
-    copy_notices.copies_record(found=copies or {}, image_ids=indexed)
+    copy_notices.copies_record(found=found_copies or {}, image_ids=indexed)
     changelog.record_changes(image_ids=indexed, kind=IndexChange.Kind.UPSERT)
     if indexed:
         queue_index_sync()

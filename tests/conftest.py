@@ -16,6 +16,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from gallery import copies
 from gallery.models import Image
 from gallery.services import image_upload
 from search import services as search_services
@@ -64,6 +65,14 @@ def store(data: bytes, name: str = "picture.jpg", owner=None) -> Image:
     return result.image
 
 
+def make_copies(image: Image) -> Image:
+    """The thumbnail and the display copy that the workers make of a stored image, made here."""
+    copies.originals_decode([image], min_side=0)
+    copies.images_make_display_copies(image_ids=[image.pk])
+    image.refresh_from_db()
+    return image
+
+
 def store_indexed(data: bytes, name: str = "picture.jpg", owner=None) -> Image:
     """Upload and embed in this process (the worker's code path, called directly)."""
     image = store(data, name, owner)
@@ -75,7 +84,8 @@ def store_indexed(data: bytes, name: str = "picture.jpg", owner=None) -> Image:
                  message=f"a worker to finish embedding image #{image.pk}")
         image.refresh_from_db()
     assert image.state == Image.State.INDEXED, image.error
-    return image
+    # The task that the worker queues for it, run here: the display copy.
+    return make_copies(image)
 
 
 def media_files() -> set[str]:

@@ -96,6 +96,9 @@ def test_upload_by_drag_and_drop_then_search(worker, site, user, browser, tmp_pa
     expect(rows.filter(has=page.get_by_text("cat.jpg", exact=True)).locator(".badge")).to_have_text(
         "Indexed", timeout=60_000)
     expect(rows.first).to_contain_text("cat.jpg")
+    # Stored with a placeholder, then the thumbnail the worker made from the one decode.
+    expect(rows.filter(has_text="shapes.jpg").locator("img.upload-thumb")).to_have_attribute(
+        "src", re.compile(r"/media/thumbs/"), timeout=10_000)
     shot(page, "upload")
 
     page.goto(f"{base}/")

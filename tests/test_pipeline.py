@@ -72,9 +72,11 @@ def test_import_images_waits_for_the_worker_and_summarises(worker, tmp_path):
     (folder / "broken.png").write_bytes(images.png(1)[:200])
     proc = manage("import_images", str(folder), "--wait", check=False)
     assert proc.returncode == 1, proc.stderr
-    assert proc.stdout.strip() == "6 files: 4 stored (4 indexed, 0 failed), 1 duplicates, 1 refused."
-    assert "broken.png: The file is damaged or truncated" in proc.stderr
+    # Its header is sound: stored, then found damaged by the worker's decode.
+    assert proc.stdout.strip() == "6 files: 5 stored (4 indexed, 1 failed), 1 duplicates, 0 refused."
+    assert "failed: broken.png: The file is damaged or truncated" in proc.stderr and "(damaged)" in proc.stderr
     assert Image.objects.filter(state=Image.State.INDEXED).count() == 4
+    assert Image.objects.get(original_name="broken.png").error_code == "damaged"
 
 
 def test_an_edited_copy_of_a_photo_finds_its_original(worker, tmp_path):

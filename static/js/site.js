@@ -340,6 +340,9 @@
               message.append("Looks like an edited copy of ", copyLink);
               message.classList.add("copy-notice");
             }
+            // A placeholder until the worker has made the thumbnail.
+            var thumb = li.querySelector("img.upload-thumb");
+            if (thumb && thumb.getAttribute("src") !== image.thumbnail_url) thumb.src = image.thumbnail_url;
             if (image.state === "indexed" || image.state === "failed") li.dataset.settled = "";
           });
         })

@@ -4,7 +4,7 @@ import pytest
 
 from api.services import api_token_create
 from gallery.models import Image
-from tests.conftest import store
+from tests.conftest import make_copies, store
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def bearer(secret: str) -> dict[str, str]:
 
 def indexed(data: bytes, name: str = "p.jpg", owner=None, **fields) -> Image:
     """A stored image marked indexed (no vector: for tests that do not search)."""
-    image = store(data, name, owner)
+    image = make_copies(store(data, name, owner))
     Image.objects.filter(pk=image.pk).update(state=Image.State.INDEXED, **fields)
     image.refresh_from_db()
     return image

@@ -2,12 +2,13 @@ import io
 import json
 
 import pytest
-from django.test import Client
+from django.test import Client, TestCase
 from django.urls import reverse
 from PIL import Image as PILImage
 
 from api.services import api_token_create, api_token_revoke
 from gallery.models import Image, Tag
+from search.services import image_embed
 from tests import images
 from tests.api.conftest import bearer, indexed
 from tests.conftest import store, upload_file
@@ -154,11 +155,21 @@ class TestImage:
         image.tags.add(Tag.objects.create(name="cats"))
         body = client.get(image_url(image.pk)).json()
         assert body == {
-            "id": image.pk, "original_name": "cat.jpg", "state": "indexed", "error": "", "width": 320, "height": 240,
+            "id": image.pk, "original_name": "cat.jpg", "state": "indexed", "error": "", "error_code": "",
+            "width": 320, "height": 240,
             "byte_size": image.byte_size, "created_at": image.created_at.isoformat(), "tags": ["cats"],
             "url": reverse("gallery:detail", args=[image.pk]), "thumbnail_url": image.thumbnail.url,
             "owner": "alice",
         }
+
+    def test_a_file_the_worker_found_damaged_says_why_with_the_upload_refusal_code(self, client, user, secret):
+        data = images.jpeg(1, size=(640, 480))
+        image = store(data[: len(data) // 2], "cut.jpg", owner=user)
+        with TestCase.captureOnCommitCallbacks(execute=True):
+            image_embed(image_id=image.pk, claim_token="api-test")
+        body = client.get(image_url(image.pk), headers=bearer(secret)).json()
+        assert (body["state"], body["error_code"]) == ("failed", "damaged")
+        assert body["error"].startswith("The file is damaged or truncated and cannot be decoded")
 
     @pytest.mark.parametrize("image_id", ["999", "abc", "-1", "1.5", "99999999999999999999999", "%00"])
     def test_an_unknown_image_is_not_found(self, client, db, image_id):

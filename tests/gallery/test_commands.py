@@ -1,9 +1,11 @@
 import io
+import os
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
+from gallery.management.commands import import_images
 from gallery.models import Image
 from tests import images
 from tests.conftest import store
@@ -97,6 +99,58 @@ class TestImportImages:
     def test_an_unknown_owner_is_an_error(self, db, folder):
         with pytest.raises(CommandError, match="No user named 'nobody'"):
             call_command("import_images", str(folder), "--owner", "nobody")
+
+    def test_a_second_run_skips_what_the_first_stored(self, db, folder):
+        run("import_images", str(folder), "--recursive")
+        status, out, err = run("import_images", str(folder), "--recursive")
+        assert status == 0, err
+        assert out.strip() == "4 files: 0 stored, 1 duplicates, 0 refused, 3 skipped as stored by an earlier import."
+        assert Image.objects.count() == 3
+
+    def test_a_file_known_by_name_size_and_time_is_skipped_without_being_read(self, db, folder):
+        run("import_images", str(folder))
+        path = folder / "b.png"
+        stat = path.stat()
+        with path.open("r+b") as file:  # the same size and time, other contents: not read, so not seen
+            file.seek(stat.st_size - 1)
+            file.write(b"\x00")
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert run("import_images", str(path))[1].strip().endswith("1 skipped as stored by an earlier import.")
+
+    def test_a_file_whose_time_alone_changed_is_skipped_after_hashing_it(self, db, folder):
+        run("import_images", str(folder))
+        os.utime(folder / "a.jpg", ns=(0, 10**18))
+        (folder / "new.jpg").write_bytes(images.jpeg(9))
+        (folder / "same-name-and-size").mkdir()
+        edited = folder / "same-name-and-size" / "b.png"
+        data = bytearray(images.png(2))
+        data[-20] ^= 0xFF  # inside the PNG's last chunk: another file of the same size
+        edited.write_bytes(bytes(data))
+        _, out, _ = run("import_images", str(folder / "a.jpg"), str(folder / "new.jpg"), str(edited))
+        assert out.strip() == "3 files: 2 stored, 0 duplicates, 0 refused, 1 skipped as stored by an earlier import."
+
+    def test_the_walk_holds_no_list_of_the_files(self, db, folder, monkeypatch):
+        """Stored batch by batch as the walk goes: the first batch is stored before the walk ends."""
+        monkeypatch.setattr(import_images, "_FILES_PER_BATCH", 1)
+        seen_when_stored: list[int] = []
+        walked = 0
+        real_walk, real_store = import_images._walk, import_images._store_batch
+
+        def counting_walk(folder, recursive):
+            nonlocal walked
+            for path in real_walk(folder, recursive):
+                walked += 1
+                yield path
+
+        def noting_store(job):
+            seen_when_stored.append(walked)
+            return real_store(job)
+
+        monkeypatch.setattr(import_images, "_walk", counting_walk)
+        monkeypatch.setattr(import_images, "_store_batch", noting_store)
+        run("import_images", str(folder), "--recursive")
+        assert len(seen_when_stored) == 4
+        assert seen_when_stored == sorted(seen_when_stored) and seen_when_stored[0] < walked
 
     def test_waiting_without_a_worker_gives_up_after_the_timeout(self, transactional_db, folder):
         with pytest.raises(CommandError, match="Gave up after 1 s: 0 of 2 images finished"):

@@ -3,21 +3,26 @@ import io
 import re
 import subprocess
 import sys
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
-from django.test import RequestFactory
+from django.test import RequestFactory, TestCase
 from django.urls import reverse
 from PIL import Image as PILImage
 from PIL import PngImagePlugin
 
 from gallery import views
-from gallery.imaging import MAX_FRAMES
+from gallery.copies import images_make_display_copies as make_display_copies
+from gallery.imaging import MAX_FRAMES, ImageRejected, decode_image
 from gallery.models import Image
-from gallery.services import image_upload
-from search.models import Embedding
+from gallery.services import image_upload, images_reembed
+from search.models import Embedding, IndexChange
+from search.services import image_embed
 from tests import images
-from tests.conftest import PROJECT_ROOT, media_files, store, store_indexed, upload_file
+from tests.conftest import PROJECT_ROOT, media_files, store_indexed, upload_file
+from tests.gallery.test_fuzz_decode import SITE_REFUSALS
 
 HOSTILE = images.BENCH_IMAGES.parent / "hostile"
 GENERATED_NAME = re.compile(r"^(originals|display|thumbs)/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{32}\.[a-z]{3,4}$")
@@ -40,6 +45,10 @@ def served(client, url: str) -> bytes:
 
 
 def served_copies(client, image: Image) -> list[bytes]:
+    """The copies the worker makes of an uploaded image, as the site serves them."""
+    embed_queued()
+    make_display_copies(image_ids=[image.pk])
+    image.refresh_from_db()
     return [served(client, image.display.url), served(client, image.thumbnail.url)]
 
 
@@ -58,8 +67,7 @@ class TestRefusedThroughTheWeb:
          "unsupported_format"),
         ("script-as.jpg", b'<?xml version="1.0"?><svg><script>alert(1)</script></svg>', "image/jpeg",
          "unsupported_format"),
-        ("cut.jpg", halved(images.jpeg(1, size=(640, 480))), "image/jpeg", "damaged"),
-        ("cut.png", halved(images.png(1, size=(640, 480))), "image/png", "damaged"),
+        ("cut-header.jpg", images.jpeg(1)[:40], "image/jpeg", "damaged"),
         ("empty.jpg", b"", "image/jpeg", "empty"),
         ("flood.png", images.png_header_claiming(50_000, 50_000), "image/png", "too_many_pixels"),
         ("flood.jpg", images.jpeg_header_claiming(50_000, 50_000), "image/jpeg", "too_many_pixels"),
@@ -77,6 +85,56 @@ class TestRefusedThroughTheWeb:
         [result] = post(alice_client, upload_file("photo.jpg", images.png(3), "text/html")).json()["results"]
         assert result["status"] == "accepted"
         assert Image.objects.get().format == "PNG"
+
+
+def embed_queued() -> None:
+    """What the embedding workers do with every queued image, run in this process (with what each
+    run leaves to do once it commits, such as removing files)."""
+    for image_id in list(Image.objects.filter(state=Image.State.QUEUED).order_by("id").values_list("id", flat=True)):
+        if Image.objects.filter(pk=image_id, state=Image.State.QUEUED).exists():
+            with TestCase.captureOnCommitCallbacks(execute=True):
+                image_embed(image_id=image_id, claim_token=f"test-{image_id}")
+
+
+class TestDamagedFoundByTheWorker:
+    """A file whose header is sound but whose pixels are not is stored, then refused by the
+    worker's decode with the code and reason the upload would have given, and leaves nothing."""
+
+    @pytest.mark.parametrize(("name", "data", "content_type"), [
+        ("cut.jpg", halved(images.jpeg(1, size=(640, 480))), "image/jpeg"),
+        ("cut.png", halved(images.png(1, size=(640, 480))), "image/png"),
+    ])
+    def test_it_fails_with_the_upload_refusal_and_leaves_nothing(self, alice_client, name, data, content_type):
+        with pytest.raises(ImageRejected) as refusal:
+            decode_image(data, max_pixels=60_000_000)
+        before = media_files()
+        [result] = post(alice_client, upload_file(name, data, content_type)).json()["results"]
+        assert result["status"] == "accepted"
+        embed_queued()
+
+        image = Image.objects.get(pk=result["image"]["id"])
+        assert (image.state, image.error_code, image.error) == ("failed", "damaged", refusal.value.message)
+        assert media_files() == before, "its original is removed, and no copy was made"
+        assert not Embedding.objects.exists() and not IndexChange.objects.filter(image_id=image.pk).exists()
+        [shown] = alice_client.get(reverse("gallery:states") + f"?ids={image.pk}").json()["images"]
+        assert (shown["state"], shown["error_code"], shown["error"]) == ("failed", "damaged", refusal.value.message)
+        assert alice_client.get(reverse("gallery:original", args=[image.pk])).status_code == 404
+        page = alice_client.get(reverse("gallery:detail", args=[image.pk])).content.decode()
+        assert "cannot be decoded" in page and "Download original" not in page
+
+    def test_an_image_embedded_before_leaves_search_when_its_file_is_found_damaged(self, db):
+        data = images.jpeg(2, size=(640, 480))
+        before = media_files()
+        image = store_indexed(data)
+        assert Embedding.objects.filter(image=image).exists()
+        Path(image.original.path).write_bytes(halved(data))
+        images_reembed(image_ids=[image.pk])
+        embed_queued()
+        image.refresh_from_db()
+        assert (image.state, image.error_code) == ("failed", "damaged")
+        assert not Embedding.objects.filter(image_id=image.pk).exists()
+        assert IndexChange.objects.filter(image_id=image.pk, kind=IndexChange.Kind.REMOVE).exists()
+        assert media_files() == before
 
 
 class TestBombsStayBounded:
@@ -225,7 +283,7 @@ class TestOddButAccepted:
 
     @pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
     def test_an_animation_is_shown_by_its_first_frame(self, db, fmt):
-        image = store(images.animation(fmt, 12), f"moving.{fmt.lower()}")
+        image = store_indexed(images.animation(fmt, 12), f"moving.{fmt.lower()}")
         red, _, blue = PILImage.open(image.display.path).convert("RGB").getpixel((16, 16))
         assert red > 200 and blue < 60
 
@@ -267,12 +325,14 @@ class TestNames:
         response = alice_client.post(reverse("gallery:upload"), {"files": [upload_file(given, images.jpeg(8))]})
         image = Image.objects.get()
         assert image.original_name == shown
+        embed_queued()
+        make_display_copies(image_ids=[image.pk])
+        image.refresh_from_db()
         for field in (image.original, image.display, image.thumbnail):
             assert GENERATED_NAME.match(field.name), field.name
         for body in (response.content.decode(),
                      alice_client.get(reverse("gallery:detail", args=[image.pk])).content.decode()):
             assert "<img src=x" not in body
-        Image.objects.filter(pk=image.pk).update(state=Image.State.INDEXED)
         assert "<img src=x" not in alice_client.get(reverse("gallery:index")).content.decode()
 
     def test_a_nul_byte_never_reaches_a_path(self, db):
@@ -283,7 +343,9 @@ class TestNames:
 
 
 @pytest.mark.skipif(not HOSTILE.is_dir(), reason="needs ../shared/bench/hostile beside the project")
-def test_every_hostile_file_is_stored_or_refused_with_a_reason(db):
+@pytest.mark.timeout(1200)
+def test_every_hostile_file_is_stored_or_refused_with_a_reason(db, settings):
+    settings.LOOKALIKE_EMBED_BATCH_SIZE = 32
     outcomes: dict[str, int] = {}
     for path in sorted(p for p in HOSTILE.rglob("*") if p.is_file()):
         with path.open("rb") as source:
@@ -293,6 +355,16 @@ def test_every_hostile_file_is_stored_or_refused_with_a_reason(db):
             assert result.code and result.message, path.name
         outcomes[result.status] = outcomes.get(result.status, 0) + 1
     assert outcomes.get("accepted", 0) > 100 and outcomes.get("refused", 0) > 100, outcomes
-    for image in Image.objects.all():
+    # Then through the worker's decode: each is embedded, or refused by it as an upload would be.
+    embed_queued()
+    make_display_copies(image_ids=list(Image.objects.values_list("id", flat=True)))
+    settled = Counter(Image.objects.values_list("state", flat=True))
+    assert set(settled) <= {Image.State.INDEXED, Image.State.FAILED}, settled
+    assert settled[Image.State.INDEXED] > 100, settled
+    for image in Image.objects.filter(state=Image.State.FAILED):
+        assert image.error_code in SITE_REFUSALS and image.error, image.original_name
+        assert not (image.original or image.thumbnail or image.display)
+    for image in Image.objects.filter(state=Image.State.INDEXED):
+        assert Embedding.objects.filter(image=image).count() == 1
         for copy in (image.display, image.thumbnail):
             assert PILImage.open(copy.path).format == "JPEG"

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gallery.imaging import ImageRejected, decode_image, encode_jpeg, open_for_embedding, served_copies
+from gallery.imaging import (
+    ImageRejected,
+    decode_image,
+    display_jpeg,
+    encode_jpeg,
+    read_header,
+    thumbnail_jpeg,
+)
 from tests import images
 
 LIMIT = 60_000_000
@@ -113,6 +120,10 @@ def test_the_served_copy_has_no_metadata_and_no_trailing_payload():
         assert copy.endswith(b"\xff\xd9")
 
 
+def served_copies(picture: Image.Image) -> tuple[bytes, bytes]:
+    return display_jpeg(picture), thumbnail_jpeg(picture)
+
+
 def test_a_re_encoded_copy_is_no_larger_than_asked():
     copy = encode_jpeg(images.picture(1, size=(3000, 1000)), max_side=400)
     assert Image.open(io.BytesIO(copy)).size == (400, 133)
@@ -132,13 +143,49 @@ def test_a_small_picture_is_served_at_its_own_size():
     assert Image.open(io.BytesIO(display)).size == Image.open(io.BytesIO(thumbnail)).size == (320, 240)
 
 
-def test_a_large_jpeg_is_opened_for_embedding_at_a_reduced_scale(tmp_path):
+def test_the_worker_decodes_a_large_jpeg_at_the_smallest_scale_that_covers_the_thumbnail_and_the_model(tmp_path):
     path = tmp_path / "large.jpg"
-    path.write_bytes(images.jpeg(1, size=(1600, 1200)))
-    image = open_for_embedding(str(path), min_side=224)
-    assert image.mode == "RGB"
-    assert min(image.size) >= 224
-    assert image.size[0] < 1600
+    path.write_bytes(images.jpeg(1, size=(4000, 3000)))
+    decoded = decode_image(path, max_pixels=LIMIT, max_side=400, min_side=224)
+    assert decoded.image.mode == "RGB"
+    assert decoded.image.size == (500, 375), "an eighth: the largest reduction whose sides still cover 400 x 300"
+    assert (decoded.width, decoded.height) == (4000, 3000)
+    narrow = decode_image(images.jpeg(2, size=(4000, 500)), max_pixels=LIMIT, max_side=400, min_side=224)
+    assert narrow.image.size == (2000, 250), "a half: the short side must still cover the model's 224"
+
+
+def test_a_missing_file_is_unreadable(tmp_path):
+    with pytest.raises(ImageRejected) as error:
+        decode_image(tmp_path / "gone.jpg", max_pixels=LIMIT)
+    assert error.value.code == "unreadable"
+
+
+class TestTheHeaderAlone:
+    def test_it_gives_the_format_and_the_upright_size_without_decoding(self):
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        header = read_header(images.encode(images.picture(1), "JPEG", exif=exif.tobytes()), max_pixels=LIMIT)
+        assert (header.format, header.width, header.height) == ("JPEG", 240, 320)
+
+    @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+    def test_a_file_cut_after_its_header_passes_it_and_is_refused_as_damaged_when_decoded(self, fmt):
+        data = images.encode(images.picture(1, size=(640, 480)), fmt)
+        cut = data[: len(data) // 2]
+        assert read_header(cut, max_pixels=LIMIT).width == 640
+        assert rejected(cut).code == "damaged"
+
+    @pytest.mark.parametrize(("data", "code"), [
+        (b"", "empty"),
+        (b"MZ\x90\x00 a program" * 10, "not_an_image"),
+        (images.encode(images.picture(1), "BMP"), "unsupported_format"),
+        (images.jpeg(1)[:40], "damaged"),
+        (images.png_header_claiming(50_000, 50_000), "too_many_pixels"),
+        (images.animation("GIF", 1001, size=(8, 8)), "too_many_frames"),
+    ])
+    def test_what_a_header_shows_is_refused_with_the_codes_of_a_full_decode(self, data, code):
+        with pytest.raises(ImageRejected) as error:
+            read_header(data, max_pixels=LIMIT)
+        assert error.value.code == code == rejected(data).code
 
 
 def test_a_multi_picture_jpeg_from_a_camera_is_a_jpeg():

@@ -8,15 +8,18 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import models
 
+from gallery.imaging import THUMBNAIL_MAX_SIDE, THUMBNAIL_QUALITY, decode_image, jpeg_orientation, thumbnail_jpeg
 from search.backbones import BACKBONES, WeightsMissing, descriptor_identity, get_backbone
 from search.embedding import (
     Embedder,
     WeightsRejected,
+    encode_jpegs,
     fold_batch_norms,
     gem,
     install_weights,
     load_trunk,
     resolve_device,
+    upright,
 )
 from tests import images
 
@@ -225,3 +228,40 @@ def test_folding_the_batch_norms_keeps_the_output_and_leaves_none():
     assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
     assert torch.allclose(before, after, atol=1e-3, rtol=1e-3)
     assert torch.nn.functional.cosine_similarity(before.flatten(1), after.flatten(1)).min() > 0.99999
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_photo_decoded_on_the_device_is_turned_upright_as_pillow_turns_it(orientation):
+    pixels = np.random.default_rng(orientation).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    picture = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    picture.info["exif"] = exif.tobytes()
+    with_pillow = np.asarray(ImageOps.exif_transpose(picture))
+    on_device = upright(torch.from_numpy(pixels).permute(2, 0, 1), orientation).permute(1, 2, 0).numpy()
+    assert np.array_equal(on_device, with_pillow)
+
+
+def test_the_device_path_gives_what_the_pillow_path_gives(tmp_path):
+    """Run on the CPU here; on a CUDA machine the same calls decode, shrink and encode on the GPU."""
+    embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=tmp_path, jpeg_decoder="torchvision")
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    blobs = [images.encode(images.picture(n, size=(1200, 900)), "JPEG", quality=90, exif=exif.tobytes())
+             for n in (1, 2)]
+    decoded = embedder.decode_jpegs(blobs, [jpeg_orientation(blob) for blob in blobs])
+    pictures = [decode_image(blob, max_pixels=10**8, max_side=THUMBNAIL_MAX_SIDE, min_side=224).image for blob in blobs]
+    assert [tuple(d.shape[1:]) for d in decoded] == [(1200, 900)] * 2
+
+    on_device = embedder.describe_decoded(decoded, gallery=True)
+    with_pillow = embedder.describe(pictures, gallery=True)
+    assert (np.sum(on_device.vectors * with_pillow.vectors, axis=1) > 0.98).all()
+
+    for encoded, picture in zip(encode_jpegs(decoded, max_side=THUMBNAIL_MAX_SIDE, quality=THUMBNAIL_QUALITY),
+                                pictures, strict=True):
+        thumbnail = Image.open(io.BytesIO(encoded))
+        expected = Image.open(io.BytesIO(thumbnail_jpeg(picture)))
+        assert thumbnail.format == "JPEG" and thumbnail.size == expected.size == (300, 400)
+        assert not thumbnail.getexif()
+        error = np.mean((np.asarray(thumbnail, dtype=float) - np.asarray(expected, dtype=float)) ** 2)
+        assert 10 * np.log10(255**2 / error) > 30

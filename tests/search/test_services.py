@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from django.db import connection, transaction
 from django.utils import timezone
+from PIL import Image as PILImage
 
-from gallery.imaging import open_for_embedding
+from gallery.imaging import decode_image
 from gallery.models import Image
 from gallery.services import image_delete
 from search import generations, runtime, selectors, services
@@ -67,10 +68,10 @@ class TestImageEmbed:
         outcome = services.image_embed(image_id=stored[0].pk, claim_token="run-5")
         assert sorted(outcome.indexed) == [stored[1].pk, stored[2].pk]
 
-    def test_an_unreadable_copy_fails_that_image_only(self, db, settings):
+    def test_an_unreadable_original_fails_that_image_only(self, db, settings):
         settings.LOOKALIKE_EMBED_MAX_ATTEMPTS = 1
         broken, fine = store(images.jpeg(1), "broken.jpg"), store(images.jpeg(2), "fine.jpg")
-        os.remove(broken.display.path)
+        os.remove(broken.original.path)
         outcome = services.image_embed(image_id=broken.pk, claim_token="run-4")
         assert outcome.indexed == [fine.pk]
         broken.refresh_from_db()
@@ -111,22 +112,40 @@ class TestImageEmbed:
         outcome = services.image_embed(image_id=stored[0].pk, claim_token="run-6")
         assert sorted(outcome.indexed) == [image.pk for image in stored]
         pillow = Embedder(runtime.embedder().backbone, weights_dir=runtime.weights_dir())
-        with_pillow = pillow.embed([open_for_embedding(image.display.path, min_side=224) for image in stored],
-                                   gallery=True)
+        pictures = [decode_image(image.original.path, max_pixels=10**8, max_side=400, min_side=224).image
+                    for image in stored]
+        with_pillow = pillow.embed(pictures, gallery=True)
         agreement = [Embedding.objects.get(image=image).as_array() @ expected
                      for image, expected in zip(stored, with_pillow, strict=True)]
         assert min(agreement) > 0.95, agreement
 
-    def test_a_damaged_copy_under_the_device_decoder_fails_that_image_only(self, db, device_decoder):
+    def test_a_damaged_original_under_the_device_decoder_fails_that_image_only(self, db, device_decoder):
         broken, fine = store(images.jpeg(1), "broken.jpg"), store(images.jpeg(2), "fine.jpg")
-        with open(broken.display.path, "r+b") as copy:
-            copy.truncate(300)
+        with open(broken.original.path, "r+b") as original:
+            original.truncate(300)
         outcome = services.image_embed(image_id=broken.pk, claim_token="run-7")
         assert outcome.indexed == [fine.pk]
         broken.refresh_from_db()
-        # Its first failure: back in the queue for a later attempt, with the reason kept.
-        assert broken.state == Image.State.QUEUED and "could not be read" in broken.error
-        assert broken.retry_after is not None
+        # Pillow, which the batch falls back to, names the damage: refused for good, as at upload.
+        assert (broken.state, broken.error_code) == (Image.State.FAILED, "damaged")
+        assert broken.error.startswith("The file is damaged")
+
+    def test_the_device_decoder_makes_the_thumbnails_there_and_turns_photos_upright(self, db, device_decoder):
+        exif = PILImage.Exif()
+        exif[0x0112] = 6
+        sideways = images.picture(4, size=(640, 480))
+        turned = store(images.encode(sideways, "JPEG", quality=95, exif=exif.tobytes()), "turned.jpg")
+        png = store(images.png(5), "other.png")
+        services.image_embed(image_id=turned.pk, claim_token="run-8")
+        turned.refresh_from_db()
+        png.refresh_from_db()
+        assert turned.state == png.state == Image.State.INDEXED
+        thumbnail = PILImage.open(turned.thumbnail.path)
+        assert thumbnail.size == (300, 400)
+        expected = sideways.transpose(PILImage.Transpose.ROTATE_270).resize((300, 400), PILImage.Resampling.BILINEAR)
+        difference = np.abs(np.asarray(thumbnail.convert("RGB"), dtype=float) - np.asarray(expected, dtype=float))
+        assert difference.mean() < 6
+        assert PILImage.open(png.thumbnail.path).size == (320, 240)
 
     def test_missing_weights_fail_the_batch_with_the_command_to_run(self, db, settings, tmp_path):
         settings.LOOKALIKE_BACKBONE = "resnet50"

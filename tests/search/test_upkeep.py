@@ -95,7 +95,7 @@ class TestRetries:
                                                                            django_capture_on_commit_callbacks):
         settings.LOOKALIKE_EMBED_RETRY_SECONDS = 10
         image = store(images.jpeg(1), "broken.jpg")
-        os.remove(image.display.path)
+        os.remove(image.original.path)
         delays = []
         for attempt in (1, 2, 3):
             started = timezone.now()
@@ -131,7 +131,8 @@ class TestRetries:
         assert outcome.indexed == [batch[0].pk]
         assert list(Image.objects.filter(pk__in=[batch[1].pk, batch[2].pk]).values_list("state", flat=True)) == [
             Image.State.QUEUED, Image.State.QUEUED]
-        assert len(sent) == 4  # one embedding task for each of the two, the index writer and tag suggestions
+        # one embedding task for each of the two, the index writer, tag suggestions and the display copy
+        assert len(sent) == 5
 
     def test_retrying_failed_images_starts_their_attempts_afresh(self, db, django_capture_on_commit_callbacks):
         failed, indexed = store(images.jpeg(1)), store_indexed(images.jpeg(2), "ok.jpg")

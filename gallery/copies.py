@@ -1,0 +1,181 @@
+"""The worker's side of storing an image: each original decoded once, and the served copies made
+from those pixels. The upload only stored the original (``gallery.services.images_upload``).
+
+The embedding worker decodes a batch of originals at the reduced scale that the thumbnail and
+the model need (``originals_decode``), writes each thumbnail from those pixels, and hands the
+pixels on to the model. The display copy needs a finer decode, so it is made afterwards by a
+task queued behind the embeddings (``images_make_display_copies``); until it exists, pages show
+the thumbnail.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Protocol
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from PIL.Image import Image as Picture
+
+from gallery.imaging import (
+    DISPLAY_MAX_SIDE,
+    THUMBNAIL_MAX_SIDE,
+    THUMBNAIL_QUALITY,
+    ImageRejected,
+    decode_image,
+    display_jpeg,
+    jpeg_orientation,
+    read_header,
+    thumbnail_jpeg,
+)
+from gallery.models import Image
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodedBatch:
+    # image id -> its pixels, upright, covering the thumbnail's size and ``min_side`` on both
+    # sides: a Pillow image, or, decoded on the embedder's device, a uint8 tensor (channels first)
+    pictures: dict[int, Picture | torch.Tensor] = field(default_factory=dict)
+    # image id -> why its file is refused: found damaged only now, with an upload refusal's code
+    damaged: dict[int, ImageRejected] = field(default_factory=dict)
+    # image id -> why it could not be read this time (worth another try)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+class DeviceDecoder(Protocol):
+    """An embedder that decodes JPEGs on its device (``search.embedding.Embedder``)."""
+    device: torch.device
+
+    def decode_jpegs(self, blobs: Sequence[bytes], orientations: Sequence[int] = ()) -> list[torch.Tensor]: ...
+
+
+def copy_name(original: str, kind: str) -> str:
+    """Where a served copy of this original lives: the original's generated name in ``kind``'s folder.
+    One name per image, so a batch that runs again after its worker died overwrites its copies."""
+    path = PurePosixPath(original)
+    return str(PurePosixPath(kind, *path.parts[1:-1], f"{path.stem}.jpg"))
+
+
+def delete_files(names: list[str]) -> None:
+    for name in names:
+        try:
+            default_storage.delete(name)
+        except OSError:
+            log.warning("Could not delete %s", name, exc_info=True)
+
+
+def _write(name: str, payload: bytes) -> str:
+    default_storage.delete(name)
+    return default_storage.save(name, ContentFile(payload))
+
+
+def originals_decode(images: list[Image], *, min_side: int, on_device: DeviceDecoder | None = None) -> DecodedBatch:
+    """Decode each image's original once, at the smallest scale that covers the thumbnail and
+    ``min_side``, and write the thumbnail of each image that lacks one from those pixels.
+
+    With ``on_device``, the JPEGs are decoded on the embedder's device in batches, and their
+    thumbnails are shrunk and encoded there too, so that the host only reads bytes; other
+    formats, and a batch the device decoder refuses, are decoded by Pillow (which then tells
+    which file is damaged, and why).
+    """
+    batch = DecodedBatch()
+    thumbnails: dict[int, bytes] = {}
+    by_pillow = images
+    if on_device is not None:
+        jpegs = [image for image in images if image.format == "JPEG"]
+        try:
+            decoded = _decode_on_device(jpegs, on_device)
+        except (RuntimeError, OSError, ImageRejected):
+            log.warning("Decoding a batch on %s failed; decoding it with Pillow to find the bad file",
+                        on_device.device)
+        else:
+            by_pillow = [image for image in images if image.format != "JPEG"]
+            batch.pictures.update(zip([image.pk for image in jpegs], decoded, strict=True))
+            lacking = [(image.pk, pixels) for image, pixels in zip(jpegs, decoded, strict=True) if not image.thumbnail]
+            thumbnails.update(_encoded_on_device(lacking))
+    for image in by_pillow:
+        try:
+            with default_storage.open(image.original.name, "rb") as original:
+                picture = decode_image(original, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS,
+                                       max_side=THUMBNAIL_MAX_SIDE, min_side=min_side).image
+        except ImageRejected as rejection:
+            batch.damaged[image.pk] = rejection
+            continue
+        except OSError as exc:  # a missing or unreadable stored file: the disk, not the image
+            batch.failed[image.pk] = f"The stored original could not be read: {exc}"
+            continue
+        batch.pictures[image.pk] = picture
+        if not image.thumbnail:
+            thumbnails[image.pk] = thumbnail_jpeg(picture)
+    _store_thumbnails([image for image in images if image.pk in thumbnails], thumbnails)
+    return batch
+
+
+def _decode_on_device(jpegs: list[Image], decoder: DeviceDecoder) -> list[torch.Tensor]:
+    blobs = []
+    for image in jpegs:
+        with default_storage.open(image.original.name, "rb") as original:
+            blobs.append(original.read())
+    # The header checks of the upload, again: the stored file is not trusted to be what was checked.
+    for blob in blobs:
+        read_header(blob, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS)
+    return decoder.decode_jpegs(blobs, [jpeg_orientation(blob) for blob in blobs])
+
+
+def _encoded_on_device(pictures: list[tuple[int, torch.Tensor]]) -> dict[int, bytes]:
+    from search.embedding import encode_jpegs
+
+    encoded = encode_jpegs([pixels for _, pixels in pictures], max_side=THUMBNAIL_MAX_SIDE,
+                           quality=THUMBNAIL_QUALITY)
+    return dict(zip([image_id for image_id, _ in pictures], encoded, strict=True))
+
+
+def _store_thumbnails(images: list[Image], thumbnails: dict[int, bytes]) -> None:
+    for image in images:
+        image.thumbnail.name = _write(copy_name(image.original.name, "thumbs"), thumbnails[image.pk])
+    if images:
+        Image.objects.bulk_update(images, ["thumbnail"])
+
+
+def image_picture(image: Image) -> Picture:
+    """A stored image's pixels at the display copy's scale: from that copy once it is made, else
+    from the original."""
+    with default_storage.open(image.display.name or image.original.name, "rb") as file:
+        return decode_image(file, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS, max_side=DISPLAY_MAX_SIDE).image
+
+
+def queue_display_copies(image_ids: Collection[int]) -> None:
+    """Ask a worker to make these images' display copies once the current transaction commits.
+    The task goes to the back of the queue, behind the embeddings already waiting."""
+    from gallery.tasks import make_display_copies
+
+    if image_ids:
+        ids = sorted(image_ids)
+        transaction.on_commit(lambda: make_display_copies.delay(ids), robust=True)
+
+
+def images_make_display_copies(*, image_ids: Collection[int]) -> int:
+    """Make the display copies that these images still lack, from their originals; how many were made.
+    Running it twice is harmless: both write the same copy under the same name."""
+    made = 0
+    for image in Image.objects.filter(id__in=list(image_ids), display="").exclude(state=Image.State.FAILED):
+        try:
+            with default_storage.open(image.original.name, "rb") as original:
+                decoded = decode_image(original, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS,
+                                       max_side=DISPLAY_MAX_SIDE)
+        except (ImageRejected, OSError):
+            # The embedding worker decides what a bad file means; pages keep showing the thumbnail.
+            log.warning("Could not make the display copy of image #%d", image.pk, exc_info=True)
+            continue
+        name = _write(copy_name(image.original.name, "display"), display_jpeg(decoded.image))
+        made += Image.objects.filter(pk=image.pk, display="").update(display=name)
+    return made
