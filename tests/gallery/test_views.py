@@ -181,7 +181,9 @@ class TestConcurrentUploads:
         assert Counter((r["status"], r["code"]) for r in answers) == {
             ("accepted", ""): 5, ("refused", "quota_exceeded"): 15}
         assert Image.objects.filter(owner=user).count() == 5
-        assert len(media_files() - before) == 5, "the originals of refused uploads are deleted"
+        # Originals only: a worker left running by an earlier test may already make the copies.
+        originals = {path for path in media_files() - before if path.startswith("originals/")}
+        assert len(originals) == 5, "the originals of refused uploads are deleted"
 
 
 class TestStates:
