@@ -200,7 +200,7 @@ def test_search_says_what_went_wrong_and_when_nothing_matches(site, halves_galle
     page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
     page.goto(f"{site.url}/search/")
     page.get_by_label("or search by the address of a picture").fill("http://127.0.0.1:1/secret.jpg")
-    page.get_by_role("button", name="Search", exact=True).click()
+    page.get_by_role("button", name="Search by address").click()
     expect(page.get_by_role("alert")).to_contain_text("only public addresses are fetched")
     shot(page, "phone-search-error")
 
@@ -217,7 +217,7 @@ def test_search_says_what_went_wrong_and_when_nothing_matches(site, halves_galle
     expect(page.get_by_role("heading", name="No matches with these filters")).to_be_visible()
     page.get_by_label("Tags").fill("")
     page.get_by_label("Minimum similarity").select_option("90%")
-    page.get_by_role("button", name="Search", exact=True).click()
+    page.get_by_role("button", name="Search by address").click()
     expect(page.locator("[data-search-progress]")).to_have_text(re.compile(r"^\d+ matches, best \d+%$"))
     expect(page.get_by_role("heading", name="No matches with these filters")).to_have_count(0)
     scores = page.locator("[data-result-grid] .score").all_inner_texts()
