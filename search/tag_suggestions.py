@@ -168,10 +168,6 @@ def tag_suggestions_make(*, image_ids: Collection[int], voters: _Voters | None =
     images = list(Image.objects.filter(pk__in=list(image_ids), state=Image.State.INDEXED).select_related("owner"))
     vectors = changelog.vectors_for(reader.identity, [image.pk for image in images])
     images = [image for image in images if image.pk in vectors]
-    existing = _names_by_image(Image.tags.through.objects.filter(image_id__in=[i.pk for i in images])
-                               .values_list("image_id", "tag__name"))
-    rejected = _names_by_image(TagSuggestion.objects.filter(image__in=images, rejected=True)
-                               .values_list("image_id", "tag__name"))
     voted: dict[int, list[tuple[str, float]]] = {}
     unvoted = []
     for image in images:
@@ -183,6 +179,14 @@ def tag_suggestions_make(*, image_ids: Collection[int], voters: _Voters | None =
     cold = _cold_start(unvoted)
     suggested = applied = 0
     with transaction.atomic():
+        # One run at a time per image (the embed's own and a job's may overlap): each replaces the
+        # open suggestions the one before it committed, and sees the tags and rejections as they are now.
+        list(Image.objects.select_for_update().filter(pk__in=[i.pk for i in images]).order_by("pk")
+             .values_list("pk", flat=True))
+        existing = _names_by_image(Image.tags.through.objects.filter(image_id__in=[i.pk for i in images])
+                                   .values_list("image_id", "tag__name"))
+        rejected = _names_by_image(TagSuggestion.objects.filter(image__in=images, rejected=True)
+                                   .values_list("image_id", "tag__name"))
         for image in images:
             made, source = (voted[image.pk], TagSuggestion.Source.NEIGHBOURS) if image.pk in voted \
                 else (cold.get(image.pk, []), TagSuggestion.Source.CLASSIFIER)
