@@ -328,3 +328,31 @@ def picture_server(settings) -> Iterator[PictureServer]:
     server = PictureServer()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def s3_gateway() -> dict[str, str]:
+    """The settings of the single-node Ceph S3 gateway (bin/ceph-gateway), started if it is not running."""
+    started = subprocess.run([str(PROJECT_ROOT / "bin" / "ceph-gateway"), "start"], capture_output=True, text=True,
+                             timeout=300)
+    assert started.returncode == 0, f"bin/ceph-gateway start failed:\n{started.stdout}\n{started.stderr}"
+    return dict(line.split("=", 1) for line in started.stdout.splitlines() if line.startswith("LOOKALIKE_S3_"))
+
+
+@pytest.fixture
+def s3_bucket(s3_gateway, settings) -> Iterator[str]:
+    """A new, empty bucket on the gateway, which the settings name for this test; removed after it."""
+    from config.object_store import object_store_client
+
+    for name, value in s3_gateway.items():
+        setattr(settings, name, value)
+    bucket = settings.LOOKALIKE_S3_BUCKET = f"test-{uuid.uuid4().hex[:12]}"
+    object_store_client.cache_clear()
+    client = object_store_client()
+    client.create_bucket(Bucket=bucket)
+    yield bucket
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=item["Key"])
+    client.delete_bucket(Bucket=bucket)
+    object_store_client.cache_clear()

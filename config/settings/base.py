@@ -10,6 +10,7 @@ from kombu import Queue
 
 from config.env import (
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_list,
@@ -145,6 +146,19 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
+
+# An S3-compatible object store (Amazon S3, Ceph's RADOS Gateway, MinIO, ...) that every host
+# shares. With a bucket set, uploads, their copies and the index snapshots live in it, so web
+# processes and workers on different hosts need no shared folder; without one, under DATA_DIR.
+LOOKALIKE_S3_BUCKET = env_optional("LOOKALIKE_S3_BUCKET")
+# Unset: Amazon S3 itself.
+LOOKALIKE_S3_ENDPOINT_URL = env_optional("LOOKALIKE_S3_ENDPOINT_URL")
+LOOKALIKE_S3_REGION = env_str("LOOKALIKE_S3_REGION", "us-east-1")
+# Unset: boto3's own search for credentials (an instance role, ~/.aws, AWS_* variables).
+LOOKALIKE_S3_ACCESS_KEY_ID = env_optional("LOOKALIKE_S3_ACCESS_KEY_ID")
+LOOKALIKE_S3_SECRET_ACCESS_KEY = env_optional("LOOKALIKE_S3_SECRET_ACCESS_KEY")
+# "path" for most self-hosted servers, which have no wildcard DNS name per bucket.
+LOOKALIKE_S3_ADDRESSING_STYLE = env_choice("LOOKALIKE_S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto")
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"

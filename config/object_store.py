@@ -1,0 +1,32 @@
+"""The S3 client of this process, for the object store that the settings name (LOOKALIKE_S3_*)."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from django.conf import settings
+
+
+def object_store_configured() -> bool:
+    return bool(settings.LOOKALIKE_S3_BUCKET)
+
+
+def object_store_client_options() -> dict[str, Any]:
+    """What ``boto3.client("s3", ...)`` and django-storages' S3 backend are both given."""
+    return {
+        "endpoint_url": settings.LOOKALIKE_S3_ENDPOINT_URL,
+        "region_name": settings.LOOKALIKE_S3_REGION,
+        "aws_access_key_id": settings.LOOKALIKE_S3_ACCESS_KEY_ID,
+        "aws_secret_access_key": settings.LOOKALIKE_S3_SECRET_ACCESS_KEY,
+    }
+
+
+@functools.cache
+def object_store_client() -> Any:
+    """One client per process: boto3 clients are thread-safe, and making one costs milliseconds."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(signature_version="s3v4", s3={"addressing_style": settings.LOOKALIKE_S3_ADDRESSING_STYLE},
+                    retries={"max_attempts": 5, "mode": "standard"})
+    return boto3.client("s3", config=config, **object_store_client_options())
