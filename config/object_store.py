@@ -4,7 +4,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
+
+# What a read or write of the store raises when the store refuses it or cannot be reached, besides
+# the OSError of a local file: botocore's own errors (no connection, timeouts, access denied, ...).
+STORE_ERRORS: tuple[type[Exception], ...] = (OSError, BotoCoreError, ClientError)
 
 
 def object_store_configured() -> bool:
@@ -21,12 +26,18 @@ def object_store_client_options() -> dict[str, Any]:
     }
 
 
+def object_store_config() -> Any:
+    """The botocore configuration of every client of the store: signature v4, the addressing
+    style of the settings, and retries of what a busy or restarting store answers."""
+    from botocore.config import Config
+
+    return Config(signature_version="s3v4", s3={"addressing_style": settings.LOOKALIKE_S3_ADDRESSING_STYLE},
+                  retries={"max_attempts": 5, "mode": "standard"})
+
+
 @functools.cache
 def object_store_client() -> Any:
     """One client per process: boto3 clients are thread-safe, and making one costs milliseconds."""
     import boto3
-    from botocore.config import Config
 
-    config = Config(signature_version="s3v4", s3={"addressing_style": settings.LOOKALIKE_S3_ADDRESSING_STYLE},
-                    retries={"max_attempts": 5, "mode": "standard"})
-    return boto3.client("s3", config=config, **object_store_client_options())
+    return boto3.client("s3", config=object_store_config(), **object_store_client_options())
