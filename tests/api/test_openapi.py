@@ -8,7 +8,7 @@ import jsonschema_rs
 import pytest
 import schemathesis
 from django.conf import settings as django_settings
-from django.test import Client
+from django.test import Client, override_settings
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -108,6 +108,15 @@ def search_by_url_while_fetches_are_at_their_limit(client, world):
     return response
 
 
+def upload_while_the_media_storage_refuses_writes(client, world):
+    blocked = django_settings.DATA_DIR / "a-file-not-a-folder"
+    blocked.write_bytes(b"")
+    with override_settings(MEDIA_ROOT=blocked / "media"):
+        response = upload_as(client, world, upload_file("new.jpg", images.jpeg(8)))
+    assert json.loads(response.content)["results"][0]["code"] == "store_unavailable"
+    return response
+
+
 def session_client(user, *, csrf: bool = False) -> Client:
     browser = Client(enforce_csrf_checks=csrf)
     browser.force_login(user)
@@ -128,6 +137,7 @@ SCENARIOS = {
     ("POST", IMAGES, 415): [lambda client, w: upload_as(client, w, upload_file("a.txt", b"text", "text/plain"))],
     ("POST", IMAGES, 429): [lambda client, w: [upload_as(client, w, upload_file(f"{i}.jpg", images.jpeg(10 + i)))
                                                for i in range(3)][-1]],
+    ("POST", IMAGES, 503): [upload_while_the_media_storage_refuses_writes],
     ("GET", IMAGE, 200): [lambda client, w: client.get(image_path(w.theirs))],
     ("GET", IMAGE, 401): [lambda client, w: client.get(image_path(w.theirs), headers=bearer("lka_wrong"))],
     ("GET", IMAGE, 404): [lambda client, w: client.get(IMAGE.replace("{image_id}", "987654"))],

@@ -1,7 +1,10 @@
 import io
+import tracemalloc
 
+import numpy as np
 import pytest
 from django.core.files.storage import default_storage
+from PIL import Image as PILImage
 
 from gallery import services
 from gallery.models import Image
@@ -93,6 +96,21 @@ class TestUpload:
         assert results[0].message == STORE_UNAVAILABLE_MESSAGE
         assert Image.objects.count() == 0
         assert media_files() == before
+
+    def test_a_large_file_is_stored_in_chunks_without_being_held_whole(self, db):
+        noise = np.random.default_rng(2).integers(0, 256, (2900, 2900, 3), dtype=np.uint8)
+        data = images.encode(PILImage.fromarray(noise), "PNG", compress_level=1)
+        assert len(data) > 24 * 1024 * 1024
+        tracemalloc.start()
+        try:
+            result = upload(data, "noise.png")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert result.status == "accepted", result.message
+        # In memory up to FILE_UPLOAD_MAX_MEMORY_SIZE (4 MiB), in a temporary file beyond, copied a MiB at a time.
+        assert peak < 8 * 1024 * 1024, f"{peak / 2**20:.1f} MiB"
+        assert result.image.original.read() == data
 
     @pytest.mark.parametrize(("given", "shown"), [
         ("../../etc/passwd.jpg", "passwd.jpg"),
