@@ -28,11 +28,13 @@ def object_store_client_options() -> dict[str, Any]:
 
 def object_store_config() -> Any:
     """The botocore configuration of every client of the store: signature v4, the addressing
-    style of the settings, and retries of what a busy or restarting store answers."""
+    style of the settings, and retries of what a busy or restarting store answers. A store that
+    does not answer at all is given up on after 5 attempts of 5 s each, not botocore's 60 s: an
+    upload waiting on it is refused within about half a minute."""
     from botocore.config import Config
 
     return Config(signature_version="s3v4", s3={"addressing_style": settings.LOOKALIKE_S3_ADDRESSING_STYLE},
-                  retries={"max_attempts": 5, "mode": "standard"})
+                  retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5)
 
 
 @functools.cache
