@@ -13,20 +13,21 @@ from django.conf import settings
 from django.utils.encoding import filepath_to_uri
 from storages.backends.s3 import S3Storage
 
-from config.object_store import object_store_config
+from config.object_store import object_store_client_options, object_store_config
 
 
 class MediaStorage(S3Storage):
     """Made again whenever STORAGES changes; it reads the LOOKALIKE_S3_* settings as it is made."""
 
     def get_default_settings(self) -> dict[str, Any]:
+        client = object_store_client_options()
         return {
             **super().get_default_settings(),
             "bucket_name": settings.LOOKALIKE_S3_BUCKET,
-            "endpoint_url": settings.LOOKALIKE_S3_ENDPOINT_URL,
-            "region_name": settings.LOOKALIKE_S3_REGION,
-            "access_key": settings.LOOKALIKE_S3_ACCESS_KEY_ID,
-            "secret_key": settings.LOOKALIKE_S3_SECRET_ACCESS_KEY,
+            "endpoint_url": client["endpoint_url"],
+            "region_name": client["region_name"],
+            "access_key": client["aws_access_key_id"],
+            "secret_key": client["aws_secret_access_key"],
             "addressing_style": settings.LOOKALIKE_S3_ADDRESSING_STYLE,
             "signature_version": "s3v4",
             "client_config": object_store_config(),
