@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from config.env import (
     env_bool,
@@ -237,7 +237,10 @@ def celery_queues(*, embed: str, index: str, background: str) -> tuple[tuple[Que
         "gallery.make_display_copies": background,
         "search.suggest_tags": background,
     }
-    return (Queue(embed), Queue(index), Queue(background)), {task: {"queue": queue} for task, queue in routes.items()}
+    # Each queue with an exchange and key of its own: unnamed, Celery would bind all three to the
+    # default queue's exchange and key, and a message sent there would reach every queue.
+    queues = tuple(Queue(name, Exchange(name), routing_key=name) for name in (embed, index, background))
+    return queues, {task: {"queue": queue} for task, queue in routes.items()}
 
 
 LOOKALIKE_EMBED_QUEUE = env_queue("LOOKALIKE_EMBED_QUEUE", "embed")

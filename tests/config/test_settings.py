@@ -135,6 +135,11 @@ class TestQueues:
             assert app.amqp.router.route({}, task)["queue"].name == getattr(settings, setting), task
         assert settings.CELERY_TASK_DEFAULT_QUEUE == settings.LOOKALIKE_BACKGROUND_QUEUE
 
+    def test_no_message_sent_to_one_queue_reaches_another(self, settings):
+        bindings = {(queue.exchange.name, queue.routing_key) for queue in settings.CELERY_TASK_QUEUES}
+        assert bindings == {(queue.name, queue.name) for queue in settings.CELERY_TASK_QUEUES}
+        assert len(bindings) == 3
+
     def test_the_queue_settings_choose_where_each_task_goes(self, tmp_path):
         import json
 
