@@ -21,12 +21,22 @@ def object_store_client_options() -> dict[str, Any]:
     }
 
 
-@functools.cache
-def object_store_client() -> Any:
-    """One client per process: boto3 clients are thread-safe, and making one costs milliseconds."""
+def _client(**config: Any) -> Any:
     import boto3
     from botocore.config import Config
 
-    config = Config(signature_version="s3v4", s3={"addressing_style": settings.LOOKALIKE_S3_ADDRESSING_STYLE},
-                    retries={"max_attempts": 5, "mode": "standard"})
-    return boto3.client("s3", config=config, **object_store_client_options())
+    return boto3.client("s3", config=Config(signature_version="s3v4", s3={
+        "addressing_style": settings.LOOKALIKE_S3_ADDRESSING_STYLE}, **config), **object_store_client_options())
+
+
+@functools.cache
+def object_store_client() -> Any:
+    """One client per process: boto3 clients are thread-safe, and making one costs milliseconds."""
+    return _client(retries={"max_attempts": 5, "mode": "standard"})
+
+
+@functools.cache
+def snapshot_store_client() -> Any:
+    """The client of the index snapshots. A search may wait for its poll of the store, so a store that
+    does not answer costs it seconds, not minutes: short timeouts, one retry (see search.index)."""
+    return _client(connect_timeout=2, read_timeout=20, retries={"total_max_attempts": 2, "mode": "standard"})

@@ -30,6 +30,8 @@ WHITENOISE_AUTOREFRESH = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ["LOOKALIKE_TEST_QUEUE"]
 LOOKALIKE_INDEX_QUEUE, CELERY_TASK_QUEUES, CELERY_TASK_ROUTES = celery_queues(CELERY_TASK_DEFAULT_QUEUE)
 LOOKALIKE_SNAPSHOT_INTERVAL = 0.2
+# Each query asks the object store for the newest snapshot: tests see a publish at once.
+LOOKALIKE_SNAPSHOT_POLL_SECONDS = 0.0
 # Cache keys of this session's own (a Redis may be shared); a test may pass another prefix to
 # the processes it starts through LOOKALIKE_TEST_CACHE_PREFIX.
 CACHES["default"]["KEY_PREFIX"] = os.environ.get("LOOKALIKE_TEST_CACHE_PREFIX") or os.environ["LOOKALIKE_TEST_QUEUE"]

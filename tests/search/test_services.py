@@ -1,5 +1,4 @@
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -20,10 +19,11 @@ from search import generations, runtime, selectors, services
 from search.changelog import last_seq, record_changes
 from search.embedding import Embedder
 from search.identity import IndexIdentity
-from search.index import HnswIndex, IndexMismatch, SnapshotStore
+from search.index import HnswIndex, IndexMismatch
 from search.models import Embedding, IndexChange, local_features_array
 from tests import images
 from tests.conftest import store, store_indexed
+from tests.search.conftest import damage
 
 
 class TestImageEmbed:
@@ -164,12 +164,11 @@ class TestImageEmbed:
 
 
 @pytest.fixture
-def snapshot_store(clean_index):
+def snapshot_store(request, store_kind, clean_index):
+    """The active generation's store: a local folder, or the S3 gateway with a bucket of this test's."""
+    if store_kind == "gateway":
+        request.getfixturevalue("s3_bucket")
     return runtime.snapshot_store()
-
-
-def current(store):
-    return json.loads(store.pointer.read_text())
 
 
 class TestIndexSync:
@@ -228,7 +227,7 @@ class TestIndexSync:
 
     def test_the_scheduled_run_tries_again_while_another_process_writes(self, db, snapshot_store):
         store_indexed(images.jpeg(1))
-        with snapshot_store.writer_lock() as held:
+        with generations.active().writer_lock() as held:
             assert held
             busy = services.index_sync(deferred=True)
         assert busy.status == "deferred"
@@ -246,7 +245,7 @@ class TestIndexSync:
 
     def test_a_second_writer_backs_off(self, db, snapshot_store):
         store_indexed(images.jpeg(1))
-        with snapshot_store.writer_lock() as held:
+        with generations.active().writer_lock() as held:
             assert held
             assert services.index_sync().status == "busy"
         assert services.index_sync().status == "published"
@@ -258,7 +257,7 @@ class TestIndexSync:
         first = services.index_sync().meta
         # Another process publishes the next snapshot, which this process must then read from disk.
         other = snapshot_store.publish(snapshot_store.load(first, params), applied_seq=first.applied_seq)
-        (snapshot_store.root / other.snapshot_id / "index.hnsw").write_bytes(b"\x00" * 64)
+        damage(snapshot_store, other.snapshot_id)
         store_indexed(images.jpeg(2))
         result = services.index_sync()
         assert result.status == "published"
@@ -270,7 +269,7 @@ class TestIndexSync:
             self, db, snapshot_store, caplog):
         stored = store_indexed(images.jpeg(1))
         first = services.index_sync().meta
-        (snapshot_store.root / first.snapshot_id / "index.hnsw").write_bytes(b"\x00" * 64)
+        damage(snapshot_store, first.snapshot_id)
         assert services.index_sync().status == "up_to_date", "an ordinary run does not read the files"
         result = services.index_sync(verify=True)
         assert result.status == "published"
@@ -304,7 +303,7 @@ def test_rebuild_publishes_every_vector(db, clean_index):
 
 
 def test_rebuild_waits_for_the_writer_and_then_gives_up(db, clean_index):
-    with runtime.snapshot_store().writer_lock():
+    with generations.active().writer_lock():
         started = time.monotonic()
         with pytest.raises(TimeoutError, match="writer lock"):
             services.index_rebuild(wait_seconds=0.5)
@@ -348,7 +347,7 @@ def test_index_sync_keeps_to_the_generation_whose_lock_it_took(db, clean_index, 
     store_indexed(images.jpeg(1))
     services.index_sync()
     before = generations.active()
-    original_lock = SnapshotStore.writer_lock
+    original_lock = generations.Generation.writer_lock
 
     @contextmanager
     def switch_generations_once_locked(self):
@@ -358,7 +357,7 @@ def test_index_sync_keeps_to_the_generation_whose_lock_it_took(db, clean_index, 
                                                         ef_construction=200))
             yield is_writer
 
-    monkeypatch.setattr(SnapshotStore, "writer_lock", switch_generations_once_locked)
+    monkeypatch.setattr(generations.Generation, "writer_lock", switch_generations_once_locked)
     services.index_sync()
     assert before.store.read_meta().identity == before.identity
 
