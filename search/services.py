@@ -451,10 +451,13 @@ def _load_writer_index(generation: generations.Generation, meta: SnapshotMeta) -
     if cached and cached[0] == meta.snapshot_id:
         return cached[1]
     try:
-        return generation.store.load(meta, generation.params)
+        index = generation.store.load(meta, generation.params)
     except SnapshotCorrupt as exc:
         log.error("Rebuilding the index from the database: %s", exc)
         return None
+    # This process took over from another writer, or started afresh: it goes on from the last publish.
+    log.info("Continuing from index snapshot %s (change %d)", meta.snapshot_id, meta.applied_seq)
+    return index
 
 
 def _claim_deferred_run(store: Snapshots, wait: float, *, scheduled_run: bool) -> bool:

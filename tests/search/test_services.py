@@ -1,9 +1,13 @@
 import dataclasses
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +26,7 @@ from search.identity import IndexIdentity
 from search.index import HnswIndex, IndexMismatch
 from search.models import Embedding, IndexChange, local_features_array
 from tests import images
-from tests.conftest import store, store_indexed
+from tests.conftest import PROJECT_ROOT, process_env, store, store_indexed, wait_for
 from tests.search.conftest import damage
 
 
@@ -308,6 +312,77 @@ def test_rebuild_waits_for_the_writer_and_then_gives_up(db, clean_index):
         with pytest.raises(TimeoutError, match="writer lock"):
             services.index_rebuild(wait_seconds=0.5)
         assert time.monotonic() - started >= 0.5
+
+
+# A writer that publishes, says so, and goes on holding the lock (as if in the middle of its work).
+_HOLD_THE_LOCK = """
+import time
+from search import generations, services
+generation = generations.active()
+with generation.writer_lock() as held:
+    assert held
+    meta = services._sync_as_writer(generation, verify=False, deferred=False).meta
+    print("published", meta.snapshot_id, flush=True)
+    time.sleep(600)
+"""
+_TAKE_OVER = """
+import time
+from search import services
+while (result := services.index_sync()).status == "busy":
+    print("busy", flush=True)
+    time.sleep(0.2)
+print(result.status, result.meta.snapshot_id, flush=True)
+"""
+
+
+def _shell(code: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "manage.py", "shell", "-c", code], cwd=PROJECT_ROOT, env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_a_writer_killed_while_holding_the_lock_is_taken_over_from_its_last_snapshot(
+        request, store_kind, transactional_db, clean_index, monkeypatch, tmp_path):
+    env = process_env()
+    if store_kind == "gateway":
+        request.getfixturevalue("s3_bucket")
+        from django.conf import settings
+
+        env.update({name: str(getattr(settings, name)) for name in dir(settings) if name.startswith("LOOKALIKE_S3_")})
+    # No sync task: a worker left running by an earlier test would write the index itself.
+    monkeypatch.setattr(services, "queue_index_sync", lambda **kwargs: None)
+    first = [store_indexed(images.jpeg(i), f"{i}.jpg") for i in range(2)]
+    other_host = dict(env)
+    if store_kind == "gateway" and connection.vendor == "postgresql":
+        # Another machine: nothing of the index on its disk but what it downloads.
+        other_host["DATA_DIR"] = str(tmp_path / "other-host")
+    holder = _shell(_HOLD_THE_LOCK, env, tmp_path / "holder.log")
+    successor = None
+    try:
+        published = wait_for(lambda: [line.split()[1] for line in (tmp_path / "holder.log").read_text().splitlines()
+                                      if line.startswith("published ")], 120, message="the first writer to publish")
+        later = [store_indexed(images.jpeg(i), f"{i}.jpg") for i in range(2, 4)]
+        successor = _shell(_TAKE_OVER, other_host, tmp_path / "successor.log")
+        wait_for(lambda: "busy" in (tmp_path / "successor.log").read_text(), 120,
+                 message="the second writer to be refused")
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(30)
+        assert successor.wait(120) == 0, (tmp_path / "successor.log").read_text()
+    finally:
+        for process in (holder, successor):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
+    out = (tmp_path / "successor.log").read_text()
+    assert f"Continuing from index snapshot {published[0]}" in out
+    assert "Rebuilding" not in out
+    status, snapshot_id = out.strip().splitlines()[-1].split()
+    assert status == "published"
+    meta = runtime.snapshot_store().read_meta()
+    assert (meta.snapshot_id, meta.applied_seq, meta.count, meta.deleted) == (snapshot_id, last_seq(), 4, 0)
+    index = runtime.snapshot_store().load(meta, runtime.index_params())
+    assert index.ids() == {image.pk for image in first + later}
+    if other_host["DATA_DIR"] != env["DATA_DIR"]:
+        assert published[0] in os.listdir(tmp_path / "other-host" / "var" / "index-cache" / generations.active().name)
 
 
 class TestMalformedVectors:
