@@ -75,6 +75,9 @@ class IndexReader:
         self.source = source
         self.on_unusable_snapshot = on_unusable_snapshot
         self._lock = threading.Lock()
+        # Held while a snapshot is read (and downloaded): not ``_lock``, so that the other threads
+        # go on searching the snapshot in use meanwhile.
+        self._loading = threading.Lock()
         self._signature: str | None = None
         self._index: HnswIndex | None = None
         self.meta: SnapshotMeta | None = None
@@ -89,10 +92,15 @@ class IndexReader:
 
     def refresh(self) -> None:
         """Load a newer snapshot if one was published, then read the changes after it."""
+        signature = self.store.pointer_signature()
+        # One thread loads; the others wait for it only when there is no snapshot in use yet.
+        if signature != self._signature and self._loading.acquire(blocking=self._index is None):
+            try:
+                if signature != self._signature:
+                    self._load_snapshot(signature)
+            finally:
+                self._loading.release()
         with self._lock:
-            signature = self.store.pointer_signature()
-            if signature != self._signature:
-                self._load_snapshot(signature)
             self._read_changes()
 
     def _load_snapshot(self, signature: str | None) -> None:
@@ -112,17 +120,18 @@ class IndexReader:
                 # A newer snapshot replaced this one while it was being read; take that one.
                 return self._load_snapshot(self.store.pointer_signature())
             self._signature = signature
-            if self._index is not None:
-                log.error("Keeping index snapshot %s: the newer one is unusable: %s",
-                          self.meta.snapshot_id if self.meta else "?", exc)
+            if self._index is not None and self.meta is not None:
+                log.error("Keeping index snapshot %s: the newer one is unusable: %s", self.meta.snapshot_id, exc)
             else:
-                self._use_snapshot(None, None)
+                with self._lock:
+                    self._use_snapshot(None, None)
                 log.error("Ignoring the index snapshot and searching the database rows instead: %s", exc)
             if self.on_unusable_snapshot:
                 self.on_unusable_snapshot(str(exc))
             return
-        self._signature = signature
-        self._use_snapshot(meta, index)
+        with self._lock:
+            self._signature = signature
+            self._use_snapshot(meta, index)
 
     def _use_snapshot(self, meta: SnapshotMeta | None, index: HnswIndex | None) -> None:
         self.meta, self._index = meta, index

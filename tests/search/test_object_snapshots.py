@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 
 import boto3
@@ -198,7 +199,7 @@ def test_a_reader_polls_the_store_at_most_once_per_interval_and_asks_with_the_et
     client.meta.events.register("before-parameter-build.s3.GetObject", count_pointer_reads)
     client.meta.events.register("after-call.s3.GetObject", lambda http_response, **_: answers.append(
         http_response.status_code))
-    reader = IndexReader(store_on(bucket, tmp_path / "cache-b", client=client, poll_seconds=0.5), IDENTITY, PARAMS,
+    reader = IndexReader(store_on(bucket, tmp_path / "cache-b", client=client, poll_seconds=3), IDENTITY, PARAMS,
                          source)
     for _ in range(20):
         reader.search(vectors[:1], 1, visible=everything)
@@ -209,10 +210,43 @@ def test_a_reader_polls_the_store_at_most_once_per_interval_and_asks_with_the_et
     source.publish(writer)
     reader.refresh()
     assert reader.meta == first, "a publish is seen at the next poll, not before"
-    time.sleep(0.6)
+    time.sleep(3.1)
     reader.refresh()
     assert reader.meta.applied_seq == 11
     answers.clear()
-    time.sleep(0.6)
+    time.sleep(3.1)
     reader.refresh()
     assert answers == [304], "an unchanged pointer costs a conditional GET and no body"
+
+
+def test_other_threads_search_the_snapshot_in_use_while_one_downloads_the_next(world):
+    source, writer, reader, _ = world
+    vectors = unit_vectors(11)
+    source.add_all(vectors[:10])
+    source.publish(writer)
+    reader.refresh()
+    served = reader.meta
+    source.add(11, vectors[10])
+    source.publish(writer)
+    downloading, finish = threading.Event(), threading.Event()
+
+    def hold_the_download(params, **_kwargs):
+        if params.get("Key", "").startswith(writer.prefix) and params["Key"] != writer.pointer_key:
+            downloading.set()
+            assert finish.wait(30)
+
+    client = reader.store.client
+    client.meta.events.register("before-parameter-build.s3", hold_the_download)
+    loader = threading.Thread(target=reader.refresh)
+    try:
+        loader.start()
+        assert downloading.wait(30)
+        started = time.monotonic()
+        assert top_ids(reader, vectors[10]) == [11]
+        assert time.monotonic() - started < 5, "the search did not wait for the download"
+        assert reader.meta == served
+    finally:
+        finish.set()
+        loader.join(30)
+        client.meta.events.unregister("before-parameter-build.s3", hold_the_download)
+    assert reader.meta.snapshot_id == writer.read_meta().snapshot_id
