@@ -1,6 +1,7 @@
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -297,6 +298,21 @@ class TestIndexSync:
         result = services.index_sync()
         assert result.meta.backbone_version == identity.backbone_version
         assert result.meta.count == 1
+
+
+def test_a_writer_that_cannot_reach_the_object_store_tries_again_later(db, clean_index, s3_bucket, settings,
+                                                                       caplog):
+    from config.object_store import snapshot_store_client
+
+    store_indexed(images.jpeg(1))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        settings.LOOKALIKE_S3_ENDPOINT_URL = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    snapshot_store_client.cache_clear()
+    result = services.index_sync()
+    assert (result.status, result.retry_in) == ("deferred", 10.0)
+    assert "Could not publish the index, trying again in 10 s" in caplog.text
+    assert not list(settings.INDEX_CACHE_DIR.rglob("*.tmp"))
 
 
 def test_rebuild_publishes_every_vector(db, clean_index):
