@@ -32,11 +32,10 @@ def closed_port_client():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = snapshot_store_client()
     return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="default",
                         aws_access_key_id="unused", aws_secret_access_key="unused",
                         config=Config(connect_timeout=1, retries={"total_max_attempts": 1},
-                                      s3={"addressing_style": "path"})), client
+                                      s3={"addressing_style": "path"})), snapshot_store_client()
 
 
 @pytest.fixture
@@ -47,6 +46,18 @@ def world(bucket, tmp_path):
     reader_store = store_on(bucket, tmp_path / "cache-b")
     reader = IndexReader(reader_store, IDENTITY, PARAMS, source, on_unusable_snapshot=reports.append)
     return source, store_on(bucket, tmp_path / "cache-a"), reader, reports
+
+
+def serve_one_then_publish_another(source, writer, reader):
+    """Images 1-10 in a snapshot the reader serves, then image 11 in a newer one; the vectors of 1-12."""
+    vectors = unit_vectors(12)
+    source.add_all(vectors[:10])
+    source.publish(writer)
+    reader.refresh()
+    served = reader.meta
+    source.add(11, vectors[10])
+    source.publish(writer)
+    return vectors, served
 
 
 def test_a_reader_on_another_host_downloads_verifies_and_serves_the_newest_snapshot(world):
@@ -62,15 +73,9 @@ def test_a_reader_on_another_host_downloads_verifies_and_serves_the_newest_snaps
 
 def test_a_corrupt_object_is_logged_and_the_reader_keeps_serving_its_snapshot(world, caplog):
     source, writer, reader, reports = world
-    vectors = unit_vectors(12)
-    source.add_all(vectors[:10])
-    source.publish(writer)
-    reader.refresh()
-    served = reader.meta
-    source.add_all(vectors)  # images 1..12 again: 11 and 12 are new
-    source.publish(writer)
+    vectors, served = serve_one_then_publish_another(source, writer, reader)
     damage(writer, writer.read_meta().snapshot_id)
-    assert top_ids(reader, vectors[11]) == [12], "the tail from the change log covers what the snapshot lacks"
+    assert top_ids(reader, vectors[10]) == [11], "the tail from the change log covers what the snapshot lacks"
     assert top_ids(reader, vectors[2]) == [3]
     assert reader.meta == served
     assert len(reports) == 1
@@ -81,13 +86,7 @@ def test_a_corrupt_object_is_logged_and_the_reader_keeps_serving_its_snapshot(wo
 
 def test_an_unreachable_store_is_logged_and_the_reader_keeps_serving_then_catches_up(world, caplog):
     source, writer, reader, _ = world
-    vectors = unit_vectors(12)
-    source.add_all(vectors[:10])
-    source.publish(writer)
-    reader.refresh()
-    served = reader.meta
-    source.add(11, vectors[10])
-    source.publish(writer)
+    vectors, served = serve_one_then_publish_another(source, writer, reader)
     dead, alive = closed_port_client()
     reader.store.client = dead
     with caplog.at_level(logging.WARNING):
@@ -106,13 +105,7 @@ def test_an_unreachable_store_is_logged_and_the_reader_keeps_serving_then_catche
 
 def test_a_download_that_fails_midway_keeps_the_snapshot_in_use_and_is_tried_again(world, caplog):
     source, writer, reader, reports = world
-    vectors = unit_vectors(11)
-    source.add_all(vectors[:10])
-    source.publish(writer)
-    reader.refresh()
-    served = reader.meta
-    source.add(11, vectors[10])
-    source.publish(writer)
+    _, served = serve_one_then_publish_another(source, writer, reader)
     dead, alive = closed_port_client()
 
     def go_away_during_the_download(params, **_kwargs):
@@ -221,13 +214,7 @@ def test_a_reader_polls_the_store_at_most_once_per_interval_and_asks_with_the_et
 
 def test_other_threads_search_the_snapshot_in_use_while_one_downloads_the_next(world):
     source, writer, reader, _ = world
-    vectors = unit_vectors(11)
-    source.add_all(vectors[:10])
-    source.publish(writer)
-    reader.refresh()
-    served = reader.meta
-    source.add(11, vectors[10])
-    source.publish(writer)
+    vectors, served = serve_one_then_publish_another(source, writer, reader)
     downloading, finish = threading.Event(), threading.Event()
 
     def hold_the_download(params, **_kwargs):
