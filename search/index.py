@@ -456,7 +456,11 @@ class ObjectSnapshotStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self._prune_bucket(keep={snapshot_id} | ({previous} if previous else set()))
+        try:
+            self._prune_bucket(keep={snapshot_id} | ({previous} if previous else set()))
+        except (BotoCoreError, ClientError) as exc:
+            # Published all the same; the next publish removes what this one left.
+            log.warning("Could not remove older snapshots from %s: %s", self._where(self.prefix), exc)
         self._prune_cache(keep={snapshot_id})
         return meta
 
@@ -496,6 +500,7 @@ class ObjectSnapshotStore:
     def _download(self, meta: SnapshotMeta) -> Path:
         """Download the snapshot into a staging folder and verify it; the caller renames it into place."""
         from botocore.exceptions import BotoCoreError, ClientError
+        from s3transfer.exceptions import RetriesExceededError
 
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".{meta.snapshot_id}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
@@ -509,7 +514,7 @@ class ObjectSnapshotStore:
                     if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
                         raise SnapshotCorrupt(f"{self._where(key)} is missing") from exc
                     raise SnapshotUnavailable(f"could not download {self._where(key)}: {exc}") from exc
-                except BotoCoreError as exc:
+                except (BotoCoreError, RetriesExceededError) as exc:
                     raise SnapshotUnavailable(f"could not download {self._where(key)}: {exc}") from exc
             try:
                 _verify_folder(staging, meta)
