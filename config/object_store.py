@@ -26,15 +26,17 @@ def object_store_client_options() -> dict[str, Any]:
     }
 
 
-def object_store_config() -> Any:
+def object_store_config(**overrides: Any) -> Any:
     """The botocore configuration of every client of the store: signature v4, the addressing
     style of the settings, and retries of what a busy or restarting store answers. A store that
     does not answer at all is given up on after 5 attempts of 5 s each, not botocore's 60 s: an
     upload waiting on it is refused within about half a minute."""
     from botocore.config import Config
 
+    options: dict[str, Any] = {"retries": {"max_attempts": 5, "mode": "standard"}, "connect_timeout": 5,
+                               **overrides}
     return Config(signature_version="s3v4", s3={"addressing_style": settings.LOOKALIKE_S3_ADDRESSING_STYLE},
-                  retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5)
+                  **options)
 
 
 @functools.cache
@@ -43,3 +45,14 @@ def object_store_client() -> Any:
     import boto3
 
     return boto3.client("s3", config=object_store_config(), **object_store_client_options())
+
+
+@functools.cache
+def snapshot_store_client() -> Any:
+    """The client of the index snapshots. A search may wait for its poll of the store, so a store that
+    does not answer costs it seconds, not minutes: short timeouts, one retry (see search.index)."""
+    import boto3
+
+    config = object_store_config(connect_timeout=2, read_timeout=20,
+                                 retries={"total_max_attempts": 2, "mode": "standard"})
+    return boto3.client("s3", config=config, **object_store_client_options())

@@ -12,7 +12,7 @@ from django.utils import timezone
 from jobs.models import Job
 from search import changelog, generations, latency
 from search.identity import IndexIdentity
-from search.index import HnswIndex, SnapshotCorrupt, exact_search
+from search.index import HnswIndex, SnapshotCorrupt, SnapshotUnavailable, exact_search
 from search.models import Embedding, IndexChange
 
 RECALL_K = 10
@@ -94,7 +94,7 @@ def index_health(*, sample: int = 100) -> IndexHealth:
             problem = f"the snapshot holds {meta.identity.describe()} vectors"
         else:
             problem = "no snapshot has been published yet"
-    except SnapshotCorrupt as exc:
+    except (SnapshotCorrupt, SnapshotUnavailable) as exc:
         problem = str(exc)
     applied = meta.applied_seq if meta else 0
     first_behind = IndexChange.objects.filter(seq__gt=applied).order_by("seq").values_list("created_at",

@@ -71,3 +71,25 @@ class IndexChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.seq}: {self.kind} {self.image_id}"
+
+
+class ActiveGeneration(models.Model):
+    """The index generation that serves searches (see ``search.generations``): at most one row."""
+
+    ONLY_ID = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=ONLY_ID)
+    name = models.CharField(max_length=128)
+    backbone = models.CharField(max_length=64)
+    m = models.PositiveIntegerField()
+    ef_construction = models.PositiveIntegerField()
+    # The identity the generation replaced, whose vectors a finished reindex may not have purged yet.
+    replaced_backbone = models.CharField(max_length=64, blank=True)
+    replaced_version = models.CharField(max_length=128, blank=True)
+    activated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="one_active_generation")]
+
+    def __str__(self) -> str:
+        return f"index generation {self.name}"

@@ -6,6 +6,9 @@ database through a ``ChangeSource``. Each query searches both, so a freshly inde
 found by every process as soon as its row is committed. Results are then filtered by the
 caller's ``visible`` function, over-fetching until enough remain, so that a deleted or hidden
 image disappears from results at once, before the writer has removed it from the index.
+
+A newer snapshot that cannot be had (the object store is unreachable, or it is damaged) is
+logged and the reader goes on with the one it has: the tail keeps its results current.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from search.index import (
     IndexMismatch,
     SnapshotCorrupt,
     SnapshotMeta,
-    SnapshotStore,
+    Snapshots,
+    SnapshotUnavailable,
     exact_search,
 )
 
@@ -63,7 +67,7 @@ class Hit:
 class IndexReader:
     """Answers nearest-neighbour queries for one process. Safe to share between threads."""
 
-    def __init__(self, store: SnapshotStore, identity: IndexIdentity, params: HnswParams,
+    def __init__(self, store: Snapshots, identity: IndexIdentity, params: HnswParams,
                  source: ChangeSource, *, on_unusable_snapshot: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.identity = identity
@@ -71,7 +75,10 @@ class IndexReader:
         self.source = source
         self.on_unusable_snapshot = on_unusable_snapshot
         self._lock = threading.Lock()
-        self._signature: tuple[int, int, int] | None = None
+        # Held while a snapshot is read (and downloaded): not ``_lock``, so that the other threads
+        # go on searching the snapshot in use meanwhile.
+        self._loading = threading.Lock()
+        self._signature: str | None = None
         self._index: HnswIndex | None = None
         self.meta: SnapshotMeta | None = None
         self._tail_seq = 0
@@ -85,14 +92,18 @@ class IndexReader:
 
     def refresh(self) -> None:
         """Load a newer snapshot if one was published, then read the changes after it."""
+        signature = self.store.pointer_signature()
+        # One thread loads; the others wait for it only when there is no snapshot in use yet.
+        if signature != self._signature and self._loading.acquire(blocking=self._index is None):
+            try:
+                if signature != self._signature:
+                    self._load_snapshot(signature)
+            finally:
+                self._loading.release()
         with self._lock:
-            signature = self.store.pointer_signature()
-            if signature != self._signature:
-                self._load_snapshot(signature)
             self._read_changes()
 
-    def _load_snapshot(self, signature: tuple[int, int, int] | None) -> None:
-        self._signature = signature
+    def _load_snapshot(self, signature: str | None) -> None:
         try:
             meta = self.store.read_meta()
             if meta is not None and meta.identity != self.identity:
@@ -100,16 +111,27 @@ class IndexReader:
                 raise IndexMismatch(f"{self.store.root} holds {meta.identity.describe()} vectors, "
                                     f"not {self.identity.describe()}")
             index = self.store.load(meta, self.params) if meta else None
+        except SnapshotUnavailable as exc:
+            # The signature stays the old one, so that the next poll tries again.
+            log.warning("Keeping the index snapshot in use: %s", exc)
+            return
         except (SnapshotCorrupt, IndexMismatch) as exc:
             if self.store.pointer_signature() != signature:
                 # A newer snapshot replaced this one while it was being read; take that one.
                 return self._load_snapshot(self.store.pointer_signature())
-            self._use_snapshot(None, None)
-            log.error("Ignoring the index snapshot and searching the database rows instead: %s", exc)
+            self._signature = signature
+            if self._index is not None and self.meta is not None:
+                log.error("Keeping index snapshot %s: the newer one is unusable: %s", self.meta.snapshot_id, exc)
+            else:
+                with self._lock:
+                    self._use_snapshot(None, None)
+                log.error("Ignoring the index snapshot and searching the database rows instead: %s", exc)
             if self.on_unusable_snapshot:
                 self.on_unusable_snapshot(str(exc))
             return
-        self._use_snapshot(meta, index)
+        with self._lock:
+            self._signature = signature
+            self._use_snapshot(meta, index)
 
     def _use_snapshot(self, meta: SnapshotMeta | None, index: HnswIndex | None) -> None:
         self.meta, self._index = meta, index

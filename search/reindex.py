@@ -1,7 +1,7 @@
 """Reindexing without taking search down: build a whole new index generation in the background,
 check it, then switch every process to it at once (see ``search.generations``).
 
-The run (a ``jobs`` runner) holds the writer lock of the new generation's folder, so it is the
+The run (a ``jobs`` runner) holds the writer lock of the new generation, so it is the
 one writer of that index while the current generation goes on answering searches and taking
 changes through ``index_sync``. It works in batches and records a checkpoint after each, with a
 partial snapshot every few batches, so that a run whose worker was killed resumes from there:
@@ -12,7 +12,12 @@ partial snapshot every few batches, so that a run whose worker was killed resume
 3. catch up: replay the change log from the position read before the build and reconcile the
    index with the vectors in the database, so that what changed during the build is in it;
 4. self-check: sampled images must find themselves first and the counts must match the database;
-5. publish, then replace ``ACTIVE.json``; the old backbone's vectors are removed afterwards.
+5. publish, then name the new generation active in the database; the old backbone's vectors are
+   removed afterwards.
+
+The partial snapshots stay on the machine that runs the job (``INDEX_DIR/.build-<name>``): a run
+resumed on another host finds none there and builds the index again from the first image (the
+embedding, whose checkpoint is in the database, is not repeated).
 
 A failed or cancelled run leaves the current generation serving and says why in the job.
 """
@@ -126,10 +131,9 @@ class _Progress:
 def reindex_run(run: JobRun) -> str:
     """The runner of reindex jobs (see the module docstring); returns the summary."""
     target = _target(run.job)
-    store = target.store
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
-        with store.writer_lock() as is_writer:
+        with target.writer_lock() as is_writer:
             if is_writer:
                 try:
                     summary = _run_as_writer(run, target)
@@ -146,7 +150,7 @@ def reindex_run(run: JobRun) -> str:
             return summary
         run.step()
         if time.monotonic() > deadline:
-            raise RuntimeError(f"another run held the writer lock of {store.root} for {LOCK_WAIT_SECONDS:.0f} s")
+            raise RuntimeError(f"another run held the writer lock of {target.name} for {LOCK_WAIT_SECONDS:.0f} s")
         time.sleep(0.5)
 
 
@@ -184,7 +188,7 @@ def _run_as_writer(run: JobRun, target: Generation) -> str:
         requeued = images_requeue_unembedded()
     log.info("Index generation %s is now in service: %d vectors of %s", target.name, meta.count, identity.describe())
     shutil.rmtree(_partial_store(target).root, ignore_errors=True)
-    _prune_generations(keep={target.name, current.name})
+    generations.prune(keep={target.name, current.name})
     purged = _purge_vectors_other_than(target) if reembed else 0
     return (f"Generation {target.name} in service: {meta.count} vectors of {identity.describe()}, "
             f"M={target.m}, ef_construction={target.ef_construction}; self-check: {checked}"
@@ -312,18 +316,10 @@ def _purge_vectors_other_than(target: Generation) -> int:
     return total
 
 
-def _prune_generations(*, keep: set[str]) -> None:
-    """Delete the folders of older generations. The one just replaced stays for the readers that
-    are still searching it, until the next reindex."""
-    for folder in settings.INDEX_DIR.iterdir():
-        if folder.is_dir() and not folder.name.startswith(".") and folder.name not in keep:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
 def _discard(target: Generation) -> None:
     """Leave the current generation as it was: drop the unfinished index and its vectors."""
     shutil.rmtree(_partial_store(target).root, ignore_errors=True)
     if generations.active().name != target.name:
-        shutil.rmtree(target.store.root, ignore_errors=True)
+        target.store.remove()
         if target.identity != runtime.index_identity():
             Embedding.objects.of(target.identity).delete()

@@ -16,7 +16,7 @@ from search import generations
 from search.backbones import get_backbone
 from search.changelog import DatabaseChangeSource
 from search.identity import IndexIdentity
-from search.index import HnswParams, SnapshotStore
+from search.index import HnswParams, Snapshots
 from search.reader import IndexReader
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def index_params() -> HnswParams:
     return generations.active().params
 
 
-def snapshot_store() -> SnapshotStore:
+def snapshot_store() -> Snapshots:
     return generations.active().store
 
 

@@ -26,7 +26,7 @@ from gallery.models import Image
 from search import changelog, copy_notices, generations, runtime
 from search.backbones import WeightsMissing
 from search.identity import IndexIdentity
-from search.index import HnswIndex, IndexMismatch, SnapshotCorrupt, SnapshotMeta, SnapshotStore
+from search.index import HnswIndex, IndexMismatch, SnapshotCorrupt, SnapshotMeta, Snapshots, SnapshotUnavailable
 from search.models import Embedding, IndexChange
 from search.reader import resolve_changes
 from search.tag_suggestions import queue_tag_suggestions
@@ -349,6 +349,7 @@ _writer_index: dict[Path, tuple[str, HnswIndex]] = {}
 _DEFER_FILE = "deferred-until"
 _APPLY_CHUNK = 5000
 _BUSY_RETRY_SECONDS = 1.0
+_STORE_RETRY_SECONDS = 10.0
 
 
 def index_sync(*, verify: bool = False, deferred: bool = False) -> IndexSyncResult:
@@ -362,14 +363,19 @@ def index_sync(*, verify: bool = False, deferred: bool = False) -> IndexSyncResu
     """
     # Read once: a reindex may switch generations meanwhile, and this run writes the folder it locked.
     generation = generations.active()
-    with generation.store.writer_lock() as is_writer:
+    with generation.writer_lock() as is_writer:
         if not is_writer:
             if deferred:
                 # The writer may have left the changes to this run, seeing it scheduled: try again.
                 return IndexSyncResult("deferred", retry_in=_BUSY_RETRY_SECONDS)
             # The writer re-checks the log after releasing the lock, so nothing is missed.
             return IndexSyncResult("busy")
-        result = _sync_as_writer(generation, verify=verify, deferred=deferred)
+        try:
+            result = _sync_as_writer(generation, verify=verify, deferred=deferred)
+        except SnapshotUnavailable as exc:
+            # Readers cover the changes from the database meanwhile; nothing was published half.
+            log.error("Could not publish the index, trying again in %.0f s: %s", _STORE_RETRY_SECONDS, exc)
+            return IndexSyncResult("deferred", retry_in=_STORE_RETRY_SECONDS)
     # A change committed while this run held the lock found it busy and gave up: run again.
     if result.status in ("published", "up_to_date") and result.meta and changelog.last_seq() > result.meta.applied_seq:
         queue_index_sync()
@@ -424,7 +430,7 @@ def _snapshot_spacing(meta: SnapshotMeta) -> float:
     return max(interval, 5 * meta.publish_seconds) if interval > 0 else 0.0
 
 
-def _usable_meta(store: SnapshotStore, identity: IndexIdentity, latest_seq: int) -> SnapshotMeta | None:
+def _usable_meta(store: Snapshots, identity: IndexIdentity, latest_seq: int) -> SnapshotMeta | None:
     try:
         meta = store.read_meta()
     except SnapshotCorrupt as exc:
@@ -445,15 +451,20 @@ def _load_writer_index(generation: generations.Generation, meta: SnapshotMeta) -
     if cached and cached[0] == meta.snapshot_id:
         return cached[1]
     try:
-        return generation.store.load(meta, generation.params)
+        index = generation.store.load(meta, generation.params)
     except SnapshotCorrupt as exc:
         log.error("Rebuilding the index from the database: %s", exc)
         return None
+    # This process took over from another writer, or started afresh: it goes on from the last publish.
+    log.info("Continuing from index snapshot %s (change %d)", meta.snapshot_id, meta.applied_seq)
+    return index
 
 
-def _claim_deferred_run(store: SnapshotStore, wait: float, *, scheduled_run: bool) -> bool:
+def _claim_deferred_run(store: Snapshots, wait: float, *, scheduled_run: bool) -> bool:
     """True when the caller should schedule a later run; False when one is already scheduled."""
     marker = store.root / _DEFER_FILE
+    # With an object store the marker is this machine's: another host's run may schedule one more.
+    store.root.mkdir(parents=True, exist_ok=True)
     try:
         scheduled = float(marker.read_text())
     except (FileNotFoundError, ValueError):
@@ -465,7 +476,7 @@ def _claim_deferred_run(store: SnapshotStore, wait: float, *, scheduled_run: boo
     return True
 
 
-def _publish(store: SnapshotStore, index: HnswIndex, applied_seq: int) -> SnapshotMeta:
+def _publish(store: Snapshots, index: HnswIndex, applied_seq: int) -> SnapshotMeta:
     meta = store.publish(index, applied_seq=applied_seq)
     _writer_index[store.root] = (meta.snapshot_id, index)
     log.info("Published index snapshot %s: %d vectors, %d deleted, in %.2f s", meta.snapshot_id, meta.count,
@@ -507,7 +518,7 @@ def _as_writer(work: Callable[[generations.Generation], T], wait_seconds: float)
     while True:
         # Read again on each try: a reindex may have switched generations while this one waited.
         generation = generations.active()
-        with generation.store.writer_lock() as is_writer:
+        with generation.writer_lock() as is_writer:
             if is_writer:
                 return work(generation)
         if time.monotonic() > deadline:

@@ -111,6 +111,7 @@ def empty_index_folder() -> None:
     from search import runtime
 
     shutil.rmtree(settings.INDEX_DIR, ignore_errors=True)
+    shutil.rmtree(settings.INDEX_CACHE_DIR, ignore_errors=True)
     # A rolled-back test database hands out the same ids and sequence numbers again, which a
     # reader kept from an earlier test would take for rows it has already read.
     runtime.drop_index_reader()
@@ -122,6 +123,7 @@ def clean_index() -> Iterator[Path]:
     empty_index_folder()
     yield settings.INDEX_DIR
     shutil.rmtree(settings.INDEX_DIR, ignore_errors=True)
+    shutil.rmtree(settings.INDEX_CACHE_DIR, ignore_errors=True)
 
 
 def manage(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
@@ -358,12 +360,13 @@ def s3_gateway() -> dict[str, str]:
 @pytest.fixture
 def s3_bucket(s3_gateway, settings) -> Iterator[str]:
     """A new, empty bucket on the gateway, which the settings name for this test; removed after it."""
-    from config.object_store import object_store_client
+    from config.object_store import object_store_client, snapshot_store_client
 
     for name, value in s3_gateway.items():
         setattr(settings, name, value)
     bucket = settings.LOOKALIKE_S3_BUCKET = f"test-{uuid.uuid4().hex[:12]}"
     object_store_client.cache_clear()
+    snapshot_store_client.cache_clear()
     client = object_store_client()
     client.create_bucket(Bucket=bucket)
     yield bucket
@@ -372,6 +375,7 @@ def s3_bucket(s3_gateway, settings) -> Iterator[str]:
             client.delete_object(Bucket=bucket, Key=item["Key"])
     client.delete_bucket(Bucket=bucket)
     object_store_client.cache_clear()
+    snapshot_store_client.cache_clear()
 
 
 @pytest.fixture

@@ -32,6 +32,8 @@ DATA_DIR = env_path("DATA_DIR", BASE_DIR)
 MEDIA_ROOT = DATA_DIR / "media"
 VAR_DIR = DATA_DIR / "var"
 INDEX_DIR = VAR_DIR / "index"
+# With an object store: this machine's copies of the index snapshots downloaded from it.
+INDEX_CACHE_DIR = VAR_DIR / "index-cache"
 # Lock files that count the searches by URL in flight, across the web processes of this machine.
 URL_FETCH_SLOTS_DIR = VAR_DIR / "url-fetches"
 TORCH_HOME = env_path("TORCH_HOME", VAR_DIR / "torch")
@@ -298,6 +300,8 @@ LOOKALIKE_INDEX_M = env_int("LOOKALIKE_INDEX_M", 16, minimum=2)
 LOOKALIKE_INDEX_EF_CONSTRUCTION = env_int("LOOKALIKE_INDEX_EF_CONSTRUCTION", 200, minimum=1)
 LOOKALIKE_INDEX_EF_SEARCH = env_int("LOOKALIKE_INDEX_EF_SEARCH", 256, minimum=1)
 LOOKALIKE_SNAPSHOT_INTERVAL = env_float("LOOKALIKE_SNAPSHOT_INTERVAL", 2.0, minimum=0.0)
+# With an object store: how often each process asks it whether a newer index snapshot is out.
+LOOKALIKE_SNAPSHOT_POLL_SECONDS = env_float("LOOKALIKE_SNAPSHOT_POLL_SECONDS", 2.0, minimum=0.0)
 LOOKALIKE_EMBED_LEASE_SECONDS = env_int("LOOKALIKE_EMBED_LEASE_SECONDS", 600, minimum=1)
 # Rate limits per signed-in user, or per client address for anonymous requests ("0" turns one off).
 LOOKALIKE_RATE_LIMIT_SEARCH = env_rate("LOOKALIKE_RATE_LIMIT_SEARCH", "60/minute")

@@ -31,6 +31,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 LOOKALIKE_SNAPSHOT_INTERVAL = 0.2
+# Each query asks the object store for the newest snapshot: tests see a publish at once.
+LOOKALIKE_SNAPSHOT_POLL_SECONDS = 0.0
 # Cache keys of this session's own (a Redis may be shared); a test may pass another prefix to
 # the processes it starts through LOOKALIKE_TEST_CACHE_PREFIX.
 CACHES["default"]["KEY_PREFIX"] = os.environ.get("LOOKALIKE_TEST_CACHE_PREFIX") or os.environ["LOOKALIKE_TEST_QUEUE"]

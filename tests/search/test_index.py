@@ -14,6 +14,7 @@ from search.index import (
     SnapshotStore,
     exact_search,
 )
+from tests.search.conftest import damage, published_ids, write_pointer
 
 IDENTITY = IndexIdentity("test-backbone", "v1", 16)
 PARAMS = HnswParams(m=8, ef_construction=64, ef_search=32)
@@ -85,62 +86,64 @@ class TestHnswIndex:
 
 
 class TestSnapshotStore:
-    def test_it_publishes_and_loads_an_identical_index(self, tmp_path):
+    """On a local folder and on the S3 gateway (see tests/search/conftest.py)."""
+
+    def test_it_publishes_and_loads_an_identical_index(self, make_store):
         index, ids, vectors = filled_index()
         index.remove([int(ids[0])])
-        store = SnapshotStore(tmp_path)
+        store = make_store()
         meta = store.publish(index, applied_seq=42)
         assert store.read_meta() == meta
         assert (meta.applied_seq, meta.count, meta.deleted, meta.dim) == (42, len(ids) - 1, 1, 16)
-        loaded = store.load(meta, PARAMS)
+        elsewhere = make_store(host="b")
+        assert elsewhere.read_meta() == meta
+        loaded = elsewhere.load(meta, PARAMS)
         assert loaded.ids() == index.ids()
         assert loaded.deleted_count == 1
         assert loaded.search(vectors[1:2], k=1)[0][0, 0] == ids[1]
 
-    def test_it_reads_no_meta_before_the_first_snapshot(self, tmp_path):
-        assert SnapshotStore(tmp_path / "missing").read_meta() is None
+    def test_it_reads_no_meta_before_the_first_snapshot(self, make_store):
+        assert make_store().read_meta() is None
 
-    def test_it_keeps_the_previous_snapshot_and_prunes_older_ones(self, tmp_path):
-        store = SnapshotStore(tmp_path)
+    def test_it_keeps_the_previous_snapshot_and_prunes_older_ones(self, make_store):
+        store = make_store()
         index, _, _ = filled_index()
         metas = [store.publish(index, applied_seq=seq) for seq in (1, 2, 3, 4)]
-        folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-        assert folders == sorted(m.snapshot_id for m in metas[-2:])
+        assert published_ids(store) == sorted(m.snapshot_id for m in metas[-2:])
 
-    def test_it_detects_a_corrupted_index_file(self, tmp_path):
-        store = SnapshotStore(tmp_path)
+    def test_it_detects_a_corrupted_index_file(self, make_store):
+        store = make_store()
         meta = store.publish(filled_index()[0], applied_seq=1)
-        path = tmp_path / meta.snapshot_id / "index.hnsw"
+        path = store.root / meta.snapshot_id / "index.hnsw"
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
-        path.write_bytes(bytes(data))
+        damage(store, meta.snapshot_id, data=bytes(data))
         with pytest.raises(SnapshotCorrupt, match="checksum"):
-            store.load(meta, PARAMS)
+            make_store(host="b").load(meta, PARAMS)
 
-    def test_it_detects_a_truncated_index_file(self, tmp_path):
-        store = SnapshotStore(tmp_path)
+    def test_it_detects_a_truncated_index_file(self, make_store):
+        store = make_store()
         meta = store.publish(filled_index()[0], applied_seq=1)
-        path = tmp_path / meta.snapshot_id / "index.hnsw"
-        path.write_bytes(path.read_bytes()[:100])
+        damage(store, meta.snapshot_id, data=(store.root / meta.snapshot_id / "index.hnsw").read_bytes()[:100])
         with pytest.raises(SnapshotCorrupt):
-            store.load(meta, PARAMS)
+            make_store(host="b").load(meta, PARAMS)
 
-    def test_it_detects_a_missing_index_file(self, tmp_path):
-        store = SnapshotStore(tmp_path)
+    def test_it_detects_a_missing_index_file(self, make_store):
+        store = make_store()
         meta = store.publish(filled_index()[0], applied_seq=1)
-        (tmp_path / meta.snapshot_id / "index.hnsw").unlink()
+        damage(store, meta.snapshot_id, data=None)
         with pytest.raises(SnapshotCorrupt, match="missing"):
-            store.load(meta, PARAMS)
+            make_store(host="b").load(meta, PARAMS)
 
-    @pytest.mark.parametrize("content", ["", "{not json", json.dumps({"format_version": 99}),
+    @pytest.mark.parametrize("content", ["", "{not json", "[]", json.dumps({"format_version": 99}),
                                          json.dumps({"format_version": 1, "unexpected": True})])
-    def test_it_reports_unreadable_metadata_as_corrupt(self, tmp_path, content):
-        (tmp_path / "CURRENT.json").write_text(content)
+    def test_it_reports_unreadable_metadata_as_corrupt(self, make_store, content):
+        write_pointer(make_store(), content)
         with pytest.raises(SnapshotCorrupt):
-            SnapshotStore(tmp_path).read_meta()
+            make_store().read_meta()
 
-    def test_a_failed_publish_leaves_the_previous_snapshot_current(self, tmp_path):
-        store = SnapshotStore(tmp_path)
+    def test_a_failed_publish_leaves_the_previous_snapshot_current(self, make_store):
+        store = make_store()
         index, _, _ = filled_index()
         before = store.publish(index, applied_seq=1)
 
@@ -153,8 +156,8 @@ class TestSnapshotStore:
         with pytest.raises(OSError, match="disk full"):
             store.publish(broken, applied_seq=2)
         assert store.read_meta() == before
-        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-        store.load(before, PARAMS)
+        assert not [p for p in store.root.iterdir() if p.name.endswith(".tmp")]
+        make_store(host="b").load(before, PARAMS)
 
     def test_a_staging_folder_left_by_a_killed_writer_is_cleared_by_the_next_publish(self, tmp_path):
         store = SnapshotStore(tmp_path)
@@ -164,8 +167,8 @@ class TestSnapshotStore:
         meta = store.publish(filled_index()[0], applied_seq=8)
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["CURRENT.json", meta.snapshot_id])
 
-    def test_the_pointer_signature_changes_with_each_publish(self, tmp_path):
-        store = SnapshotStore(tmp_path)
+    def test_the_pointer_signature_changes_with_each_publish(self, make_store):
+        store = make_store()
         assert store.pointer_signature() is None
         store.publish(filled_index()[0], applied_seq=1)
         first = store.pointer_signature()

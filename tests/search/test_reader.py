@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from search.identity import IndexIdentity
-from search.index import HnswIndex, IndexMismatch, SnapshotStore
+from search.index import HnswIndex, IndexMismatch, Snapshots
 from search.reader import Change, IndexReader
+from tests.search.conftest import damage
 from tests.search.test_index import IDENTITY, PARAMS, unit_vectors
 
 
@@ -34,7 +35,7 @@ class MemorySource:
     def vectors(self, image_ids):
         return {i: self.rows[i] for i in image_ids if i in self.rows}
 
-    def publish(self, store: SnapshotStore) -> None:
+    def publish(self, store: Snapshots) -> None:
         index = HnswIndex(IDENTITY, PARAMS)
         ids = np.fromiter(self.rows, dtype=np.int64)
         index.upsert(ids, np.stack([self.rows[i] for i in ids]))
@@ -46,11 +47,11 @@ def everything(ids: set[int]) -> set[int]:
 
 
 @pytest.fixture
-def setup(tmp_path):
+def setup(make_store):
+    """The change source, the writer's store, and a reader (on another host, on the gateway)."""
     source = MemorySource()
-    store = SnapshotStore(tmp_path)
-    reader = IndexReader(store, IDENTITY, PARAMS, source)
-    return source, store, reader
+    reader = IndexReader(make_store(host="reader"), IDENTITY, PARAMS, source)
+    return source, make_store(), reader
 
 
 def top_ids(reader, vector, k=1, **kwargs):
@@ -134,15 +135,14 @@ def test_it_leaves_out_excluded_ids_per_query(setup):
     assert top_ids(reader, vectors[0], k=1, exclude=[[1]]) != [1]
 
 
-def test_a_corrupt_snapshot_falls_back_to_the_database_rows_and_reports_it(setup):
+def test_a_corrupt_snapshot_falls_back_to_the_database_rows_and_reports_it(setup, make_store):
     source, store, _ = setup
     reports = []
-    reader = IndexReader(store, IDENTITY, PARAMS, source, on_unusable_snapshot=reports.append)
+    reader = IndexReader(make_store(host="reader"), IDENTITY, PARAMS, source, on_unusable_snapshot=reports.append)
     vectors = unit_vectors(10)
     source.add_all(vectors)
     source.publish(store)
-    snapshot = store.root / store.read_meta().snapshot_id / "index.hnsw"
-    snapshot.write_bytes(b"garbage")
+    damage(store, store.read_meta().snapshot_id, data=b"garbage")
     assert top_ids(reader, vectors[6]) == [7]
     assert reader.meta is None
     assert len(reports) == 1
@@ -151,10 +151,10 @@ def test_a_corrupt_snapshot_falls_back_to_the_database_rows_and_reports_it(setup
     assert len(reports) == 1, "a corrupt snapshot is reported once, not on every query"
 
 
-def test_a_snapshot_of_other_vectors_is_never_searched_and_is_reported(setup):
+def test_a_snapshot_of_other_vectors_is_never_searched_and_is_reported(setup, make_store):
     source, store, _ = setup
     reports = []
-    reader = IndexReader(store, IDENTITY, PARAMS, source, on_unusable_snapshot=reports.append)
+    reader = IndexReader(make_store(host="reader"), IDENTITY, PARAMS, source, on_unusable_snapshot=reports.append)
     vectors = unit_vectors(3)
     source.add_all(vectors[:2])
     other = HnswIndex(IndexIdentity("test-backbone", "v9", 16), PARAMS)

@@ -1,10 +1,14 @@
 import dataclasses
-import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +24,11 @@ from search import generations, runtime, selectors, services
 from search.changelog import last_seq, record_changes
 from search.embedding import Embedder
 from search.identity import IndexIdentity
-from search.index import HnswIndex, IndexMismatch, SnapshotStore
+from search.index import HnswIndex, IndexMismatch
 from search.models import Embedding, IndexChange, local_features_array
 from tests import images
-from tests.conftest import store, store_indexed
+from tests.conftest import PROJECT_ROOT, process_env, store, store_indexed, wait_for
+from tests.search.conftest import damage
 
 
 class TestImageEmbed:
@@ -164,12 +169,11 @@ class TestImageEmbed:
 
 
 @pytest.fixture
-def snapshot_store(clean_index):
+def snapshot_store(request, store_kind, clean_index):
+    """The active generation's store: a local folder, or the S3 gateway with a bucket of this test's."""
+    if store_kind == "gateway":
+        request.getfixturevalue("s3_bucket")
     return runtime.snapshot_store()
-
-
-def current(store):
-    return json.loads(store.pointer.read_text())
 
 
 class TestIndexSync:
@@ -228,7 +232,7 @@ class TestIndexSync:
 
     def test_the_scheduled_run_tries_again_while_another_process_writes(self, db, snapshot_store):
         store_indexed(images.jpeg(1))
-        with snapshot_store.writer_lock() as held:
+        with generations.active().writer_lock() as held:
             assert held
             busy = services.index_sync(deferred=True)
         assert busy.status == "deferred"
@@ -246,7 +250,7 @@ class TestIndexSync:
 
     def test_a_second_writer_backs_off(self, db, snapshot_store):
         store_indexed(images.jpeg(1))
-        with snapshot_store.writer_lock() as held:
+        with generations.active().writer_lock() as held:
             assert held
             assert services.index_sync().status == "busy"
         assert services.index_sync().status == "published"
@@ -258,7 +262,7 @@ class TestIndexSync:
         first = services.index_sync().meta
         # Another process publishes the next snapshot, which this process must then read from disk.
         other = snapshot_store.publish(snapshot_store.load(first, params), applied_seq=first.applied_seq)
-        (snapshot_store.root / other.snapshot_id / "index.hnsw").write_bytes(b"\x00" * 64)
+        damage(snapshot_store, other.snapshot_id)
         store_indexed(images.jpeg(2))
         result = services.index_sync()
         assert result.status == "published"
@@ -270,7 +274,7 @@ class TestIndexSync:
             self, db, snapshot_store, caplog):
         stored = store_indexed(images.jpeg(1))
         first = services.index_sync().meta
-        (snapshot_store.root / first.snapshot_id / "index.hnsw").write_bytes(b"\x00" * 64)
+        damage(snapshot_store, first.snapshot_id)
         assert services.index_sync().status == "up_to_date", "an ordinary run does not read the files"
         result = services.index_sync(verify=True)
         assert result.status == "published"
@@ -296,6 +300,21 @@ class TestIndexSync:
         assert result.meta.count == 1
 
 
+def test_a_writer_that_cannot_reach_the_object_store_tries_again_later(db, clean_index, s3_bucket, settings,
+                                                                       caplog):
+    from config.object_store import snapshot_store_client
+
+    store_indexed(images.jpeg(1))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        settings.LOOKALIKE_S3_ENDPOINT_URL = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    snapshot_store_client.cache_clear()
+    result = services.index_sync()
+    assert (result.status, result.retry_in) == ("deferred", 10.0)
+    assert "Could not publish the index, trying again in 10 s" in caplog.text
+    assert not list(settings.INDEX_CACHE_DIR.rglob("*.tmp"))
+
+
 def test_rebuild_publishes_every_vector(db, clean_index):
     stored = [store_indexed(images.jpeg(i), f"{i}.jpg") for i in range(4)]
     meta = services.index_rebuild()
@@ -304,11 +323,82 @@ def test_rebuild_publishes_every_vector(db, clean_index):
 
 
 def test_rebuild_waits_for_the_writer_and_then_gives_up(db, clean_index):
-    with runtime.snapshot_store().writer_lock():
+    with generations.active().writer_lock():
         started = time.monotonic()
         with pytest.raises(TimeoutError, match="writer lock"):
             services.index_rebuild(wait_seconds=0.5)
         assert time.monotonic() - started >= 0.5
+
+
+# A writer that publishes, says so, and goes on holding the lock (as if in the middle of its work).
+_HOLD_THE_LOCK = """
+import time
+from search import generations, services
+generation = generations.active()
+with generation.writer_lock() as held:
+    assert held
+    meta = services._sync_as_writer(generation, verify=False, deferred=False).meta
+    print("published", meta.snapshot_id, flush=True)
+    time.sleep(600)
+"""
+_TAKE_OVER = """
+import time
+from search import services
+while (result := services.index_sync()).status == "busy":
+    print("busy", flush=True)
+    time.sleep(0.2)
+print(result.status, result.meta.snapshot_id, flush=True)
+"""
+
+
+def _shell(code: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "manage.py", "shell", "-c", code], cwd=PROJECT_ROOT, env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_a_writer_killed_while_holding_the_lock_is_taken_over_from_its_last_snapshot(
+        request, store_kind, transactional_db, clean_index, monkeypatch, tmp_path):
+    env = process_env()
+    if store_kind == "gateway":
+        request.getfixturevalue("s3_bucket")
+        from django.conf import settings
+
+        env.update({name: str(getattr(settings, name)) for name in dir(settings) if name.startswith("LOOKALIKE_S3_")})
+    # No sync task: a worker left running by an earlier test would write the index itself.
+    monkeypatch.setattr(services, "queue_index_sync", lambda **kwargs: None)
+    first = [store_indexed(images.jpeg(i), f"{i}.jpg") for i in range(2)]
+    other_host = dict(env)
+    if store_kind == "gateway" and connection.vendor == "postgresql":
+        # Another machine: nothing of the index on its disk but what it downloads.
+        other_host["DATA_DIR"] = str(tmp_path / "other-host")
+    holder = _shell(_HOLD_THE_LOCK, env, tmp_path / "holder.log")
+    successor = None
+    try:
+        published = wait_for(lambda: [line.split()[1] for line in (tmp_path / "holder.log").read_text().splitlines()
+                                      if line.startswith("published ")], 120, message="the first writer to publish")
+        later = [store_indexed(images.jpeg(i), f"{i}.jpg") for i in range(2, 4)]
+        successor = _shell(_TAKE_OVER, other_host, tmp_path / "successor.log")
+        wait_for(lambda: "busy" in (tmp_path / "successor.log").read_text(), 120,
+                 message="the second writer to be refused")
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(30)
+        assert successor.wait(120) == 0, (tmp_path / "successor.log").read_text()
+    finally:
+        for process in (holder, successor):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
+    out = (tmp_path / "successor.log").read_text()
+    assert f"Continuing from index snapshot {published[0]}" in out
+    assert "Rebuilding" not in out
+    status, snapshot_id = out.strip().splitlines()[-1].split()
+    assert status == "published"
+    meta = runtime.snapshot_store().read_meta()
+    assert (meta.snapshot_id, meta.applied_seq, meta.count, meta.deleted) == (snapshot_id, last_seq(), 4, 0)
+    index = runtime.snapshot_store().load(meta, runtime.index_params())
+    assert index.ids() == {image.pk for image in first + later}
+    if other_host["DATA_DIR"] != env["DATA_DIR"]:
+        assert published[0] in os.listdir(tmp_path / "other-host" / "var" / "index-cache" / generations.active().name)
 
 
 class TestMalformedVectors:
@@ -348,7 +438,7 @@ def test_index_sync_keeps_to_the_generation_whose_lock_it_took(db, clean_index, 
     store_indexed(images.jpeg(1))
     services.index_sync()
     before = generations.active()
-    original_lock = SnapshotStore.writer_lock
+    original_lock = generations.Generation.writer_lock
 
     @contextmanager
     def switch_generations_once_locked(self):
@@ -358,7 +448,7 @@ def test_index_sync_keeps_to_the_generation_whose_lock_it_took(db, clean_index, 
                                                         ef_construction=200))
             yield is_writer
 
-    monkeypatch.setattr(SnapshotStore, "writer_lock", switch_generations_once_locked)
+    monkeypatch.setattr(generations.Generation, "writer_lock", switch_generations_once_locked)
     services.index_sync()
     assert before.store.read_meta().identity == before.identity
 
