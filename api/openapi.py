@@ -83,7 +83,8 @@ _SCHEMAS: dict[str, Any] = {
             "original_name": {"type": "string"},
             "status": {"type": "string", "enum": ["accepted", "duplicate", "refused"]},
             "code": {"type": "string", "description": "`accepted`, `duplicate`, or why the file was refused: "
-                     "`empty`, `not_an_image`, `unsupported_format`, `damaged`, `too_many_pixels`, `too_large`."},
+                     "`empty`, `not_an_image`, `unsupported_format`, `damaged`, `too_many_pixels`, `too_large`, "
+                     "`store_unavailable` (the media store could not take the upload: nothing of it was stored)."},
             "message": {"type": "string"},
             "id": {"type": ["integer", "null"], "description": "The new image, or the one this file duplicates: "
                    "always one you may see, since a file identical only to images you may not see is stored as "
@@ -231,6 +232,8 @@ def _paths(max_k: int, max_files: int, max_bytes: int) -> dict[str, Any]:
                     "415": _json(_ref("UploadResults"), "Every file was refused, the first for not being an "
                                  "image of an accepted type."),
                     "429": _RATE_LIMITED,
+                    "503": _json(_ref("UploadResults"), "The media store could not take the upload "
+                                 "(`store_unavailable`): nothing of it was stored; send it again later."),
                 },
             },
         },

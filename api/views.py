@@ -80,7 +80,10 @@ def images(request: HttpRequest) -> JsonResponse:
         raise ApiError(400, "missing_image", 'Send one or more files in the multipart form field "image".')
     results = gallery_services.images_upload(uploads=[(f.name, f) for f in files], owner=request.user)
     stored = any(result.status != "refused" for result in results)
-    status = 202 if stored else REFUSAL_STATUS.get(results[0].code, 400)
+    if any(result.code == "store_unavailable" for result in results):
+        status = 503  # nothing of the upload was stored: all of it may be sent again
+    else:
+        status = 202 if stored else REFUSAL_STATUS.get(results[0].code, 400)
     return JsonResponse({"results": [_upload_result(result) for result in results]}, status=status)
 
 
@@ -92,7 +95,7 @@ def _visible_image(request: HttpRequest, image_id: str) -> Image | None:
 def recommendations_json(picked: list[recommendations.Recommendation]) -> JsonResponse:
     return JsonResponse({"results": [
         {"id": r.image.pk, "original_name": r.image.original_name, "score": round(r.score, 4),
-         "url": reverse("gallery:detail", args=[r.image.pk]), "thumbnail_url": r.image.thumbnail.url}
+         "url": reverse("gallery:detail", args=[r.image.pk]), "thumbnail_url": r.image.thumbnail_url}
         for r in picked]})
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
+
+# What a read or write of the store raises when the store refuses it or cannot be reached, besides
+# the OSError of a local file: botocore's own errors (no connection, timeouts, access denied, ...).
+STORE_ERRORS: tuple[type[Exception], ...] = (OSError, BotoCoreError, ClientError)
 
 
 def object_store_configured() -> bool:
@@ -21,22 +26,30 @@ def object_store_client_options() -> dict[str, Any]:
     }
 
 
-def _client(**config: Any) -> Any:
-    import boto3
+def object_store_config(**overrides: Any) -> Any:
+    """The botocore configuration of every client of the store: signature v4, the addressing
+    style of the settings, and retries of what a busy or restarting store answers."""
     from botocore.config import Config
 
-    return boto3.client("s3", config=Config(signature_version="s3v4", s3={
-        "addressing_style": settings.LOOKALIKE_S3_ADDRESSING_STYLE}, **config), **object_store_client_options())
+    options: dict[str, Any] = {"retries": {"max_attempts": 5, "mode": "standard"}, **overrides}
+    return Config(signature_version="s3v4", s3={"addressing_style": settings.LOOKALIKE_S3_ADDRESSING_STYLE},
+                  **options)
 
 
 @functools.cache
 def object_store_client() -> Any:
     """One client per process: boto3 clients are thread-safe, and making one costs milliseconds."""
-    return _client(retries={"max_attempts": 5, "mode": "standard"})
+    import boto3
+
+    return boto3.client("s3", config=object_store_config(), **object_store_client_options())
 
 
 @functools.cache
 def snapshot_store_client() -> Any:
     """The client of the index snapshots. A search may wait for its poll of the store, so a store that
     does not answer costs it seconds, not minutes: short timeouts, one retry (see search.index)."""
-    return _client(connect_timeout=2, read_timeout=20, retries={"total_max_attempts": 2, "mode": "standard"})
+    import boto3
+
+    config = object_store_config(connect_timeout=2, read_timeout=20,
+                                 retries={"total_max_attempts": 2, "mode": "standard"})
+    return boto3.client("s3", config=config, **object_store_client_options())

@@ -21,6 +21,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from PIL.Image import Image as Picture
 
+from config.object_store import STORE_ERRORS
 from gallery.imaging import (
     DISPLAY_MAX_SIDE,
     THUMBNAIL_MAX_SIDE,
@@ -66,11 +67,13 @@ def copy_name(original: str, kind: str) -> str:
 
 
 def delete_files(names: list[str]) -> None:
+    """Delete files whose rows are gone or were never made. One that the storage will not delete
+    (the object store unreachable, say) is logged and left: nothing names it, so nothing serves it."""
     for name in names:
         try:
             default_storage.delete(name)
-        except OSError:
-            log.warning("Could not delete %s", name, exc_info=True)
+        except STORE_ERRORS:
+            log.warning("Could not delete %s; it stays in the media storage, unused", name, exc_info=True)
 
 
 def _write(name: str, payload: bytes) -> str:
@@ -94,7 +97,7 @@ def originals_decode(images: list[Image], *, min_side: int, on_device: DeviceDec
         jpegs = [image for image in images if image.format == "JPEG"]
         try:
             decoded = _decode_on_device(jpegs, on_device)
-        except (RuntimeError, OSError, ImageRejected):
+        except (RuntimeError, ImageRejected, *STORE_ERRORS):
             log.warning("Decoding a batch on %s failed; decoding it with Pillow to find the bad file",
                         on_device.device)
         else:
@@ -110,13 +113,13 @@ def originals_decode(images: list[Image], *, min_side: int, on_device: DeviceDec
         except ImageRejected as rejection:
             batch.damaged[image.pk] = rejection
             continue
-        except OSError as exc:  # a missing or unreadable stored file: the disk, not the image
+        except STORE_ERRORS as exc:  # a missing or unreadable stored file: the storage, not the image
             batch.failed[image.pk] = f"The stored original could not be read: {exc}"
             continue
         batch.pictures[image.pk] = picture
         if not image.thumbnail:
             thumbnails[image.pk] = thumbnail_jpeg(picture)
-    _store_thumbnails([image for image in images if image.pk in thumbnails], thumbnails)
+    _store_thumbnails([image for image in images if image.pk in thumbnails], thumbnails, batch)
     return batch
 
 
@@ -139,11 +142,19 @@ def _encoded_on_device(pictures: list[tuple[int, torch.Tensor]]) -> dict[int, by
     return dict(zip([image_id for image_id, _ in pictures], encoded, strict=True))
 
 
-def _store_thumbnails(images: list[Image], thumbnails: dict[int, bytes]) -> None:
+def _store_thumbnails(images: list[Image], thumbnails: dict[int, bytes], batch: DecodedBatch) -> None:
+    """Write the thumbnails; an image whose thumbnail the storage does not take fails this attempt."""
+    stored = []
     for image in images:
-        image.thumbnail.name = _write(copy_name(image.original.name, "thumbs"), thumbnails[image.pk])
-    if images:
-        Image.objects.bulk_update(images, ["thumbnail"])
+        try:
+            image.thumbnail.name = _write(copy_name(image.original.name, "thumbs"), thumbnails[image.pk])
+        except STORE_ERRORS as exc:
+            batch.pictures.pop(image.pk, None)
+            batch.failed[image.pk] = f"The thumbnail could not be written: {exc}"
+            continue
+        stored.append(image)
+    if stored:
+        Image.objects.bulk_update(stored, ["thumbnail"])
 
 
 def image_picture(image: Image) -> Picture:
@@ -172,7 +183,7 @@ def images_make_display_copies(*, image_ids: Collection[int]) -> int:
             with default_storage.open(image.original.name, "rb") as original:
                 decoded = decode_image(original, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS,
                                        max_side=DISPLAY_MAX_SIDE)
-        except (ImageRejected, OSError):
+        except (ImageRejected, *STORE_ERRORS):
             # The embedding worker decides what a bad file means; pages keep showing the thumbnail.
             log.warning("Could not make the display copy of image #%d", image.pk, exc_info=True)
             continue

@@ -6,22 +6,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import unicodedata
 import uuid
 import zlib
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import IO, BinaryIO, Protocol
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.files.base import ContentFile
+from django.core.files.base import File
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.template.defaultfilters import filesizeformat
 
+from config.object_store import STORE_ERRORS
 from gallery.copies import delete_files
 from gallery.imaging import ImageRejected, read_header
 from gallery.models import Image, Tag
@@ -36,9 +39,14 @@ _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "A
 # Any constant works; with the uploader's id it names the PostgreSQL advisory lock that orders
 # one uploader's stores.
 _UPLOAD_LOCK_KEY = zlib.crc32(b"lookalike.uploads") & 0x7FFFFFFF
-# Checked files held in memory before one query finds the duplicates among them and they are
-# written: few queries per batch, and each file read only once, in bounded memory.
+# Checked files held (each in memory up to FILE_UPLOAD_MAX_MEMORY_SIZE, in a temporary file beyond)
+# before one query finds the duplicates among them and they are written: few queries per batch, and
+# each file read from its sender only once.
 _HELD_BYTES = 64 * 1024 * 1024
+# Uploads are read, hashed and copied this much at a time.
+_CHUNK_BYTES = 1024 * 1024
+STORE_UNAVAILABLE_MESSAGE = ("The media store could not be reached or refused the file, so nothing from this upload "
+                             "was stored. Try again in a moment.")
 
 
 @dataclass(frozen=True)
@@ -91,9 +99,8 @@ class FileOnDisk:
             return cls(path, None, None)
         return cls(path, stat.st_size, stat.st_mtime_ns)
 
-    def read(self, size: int, /) -> bytes:
-        with self.path.open("rb") as source:
-            return source.read(size)
+    def open(self) -> BinaryIO:
+        return self.path.open("rb")
 
 
 def images_already_stored(*, files: Sequence[FileOnDisk], owner: AbstractBaseUser | None) -> dict[Path, int]:
@@ -118,7 +125,8 @@ def images_already_stored(*, files: Sequence[FileOnDisk], owner: AbstractBaseUse
             stored[file.path] = same_time
         elif alike:
             try:
-                digest = hashlib.sha256(file.read(file.size or 0)).hexdigest()
+                with file.open() as source:
+                    digest = hashlib.file_digest(source, "sha256").hexdigest()
             except OSError:
                 continue  # the upload says why it cannot be read
             same_contents = next((image_id for image_id, _, stored_digest in alike if stored_digest == digest), None)
@@ -191,16 +199,22 @@ class _Accepted:
     written: list[str] = field(default_factory=list)  # its files in storage, so far
 
 
+class _StoreFailed(Exception):
+    """Writing an original to the media store failed: the upload stores nothing."""
+
+
 def image_upload(*, source: Readable, original_name: str, owner: AbstractBaseUser | None) -> UploadResult:
     """Validate, store and queue one uploaded file. Nothing is stored for a refused file."""
     return images_upload(uploads=[(original_name, source)], owner=owner)[0]
 
 
-def images_upload(*, uploads: Sequence[tuple[str, Readable]], owner: AbstractBaseUser | None) -> list[UploadResult]:
+def images_upload(*, uploads: Sequence[tuple[str, Readable | FileOnDisk]],
+                  owner: AbstractBaseUser | None) -> list[UploadResult]:
     """Check, store and queue uploaded files, given as (name, contents): one result each, in order.
 
-    The store step is light: each file is read once, hashed, checked as far as its header
-    allows (type, pixel and frame counts: ``read_header``) and written as it came. Nothing is
+    The store step is light: each file is read once, in chunks, hashed, checked as far as its
+    header allows (type, pixel and frame counts: ``read_header``) and streamed to the media
+    storage as it came (in parts, for a large file in the object store). Nothing is
     decoded or re-encoded here: the embedding worker decodes each original once, makes its
     thumbnail and vectors from the same pixels, and marks a file that only then turns out
     damaged failed with the reason an upload refusal would give. The rows of a batch are
@@ -210,7 +224,9 @@ def images_upload(*, uploads: Sequence[tuple[str, Readable]], owner: AbstractBas
     is not stored again but named as its duplicate. A file whose only stored copies the uploader
     may not see (another user's hidden, awaiting or unfinished upload) is stored as theirs, as a
     new file would be, so that the answer tells them nothing about those images. ``owner`` None
-    is an import by the operator, who may see every image. Only one file is held in memory at a time.
+    is an import by the operator, who may see every image. When the media storage cannot take
+    an original (the object store unreachable, say), every file that would have been stored is
+    refused with ``store_unavailable`` and nothing of the upload is kept.
     """
     names = [clean_original_name(original_name) for original_name, _ in uploads]
     results: dict[int, UploadResult] = {}
@@ -218,33 +234,49 @@ def images_upload(*, uploads: Sequence[tuple[str, Readable]], owner: AbstractBas
     first_of: dict[str, int] = {}
     copy_of: dict[int, int] = {}  # a later copy of a file in this batch -> the first one's position
     accepted: list[_Accepted] = []
-    held: list[tuple[_Accepted, bytes]] = []  # checked, waiting for the duplicate look-up
+    held: list[tuple[_Accepted, IO[bytes]]] = []  # checked, waiting for the duplicate look-up
     try:
         for position, (_, source) in enumerate(uploads):
             name = names[position]
             try:
-                data = _read(source)
-                digest = hashlib.sha256(data).hexdigest()
-                if digest in first_of:
-                    copy_of[position] = first_of[digest]  # judged with the first copy, below
-                    continue
-                first_of[digest] = position
-                header = read_header(data, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS)
+                spooled, digest, size = _spool(source)
             except ImageRejected as rejection:
                 results[position] = UploadResult.refused(name, rejection)
                 continue
+            if digest in first_of:
+                spooled.close()
+                copy_of[position] = first_of[digest]  # judged with the first copy, below
+                continue
+            first_of[digest] = position
+            try:
+                header = read_header(spooled, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS)
+            except ImageRejected as rejection:
+                spooled.close()
+                results[position] = UploadResult.refused(name, rejection)
+                continue
             mtime_ns = source.mtime_ns if isinstance(source, FileOnDisk) else None
-            held.append((_Accepted(position, name, digest, header.format, header.width, header.height, len(data),
-                                   mtime_ns), data))
+            held.append((_Accepted(position, name, digest, header.format, header.width, header.height, size,
+                                   mtime_ns), spooled))
             if sum(item.byte_size for item, _ in held) >= _HELD_BYTES:
                 _write_new(held, owner, quota, results, accepted)
                 held = []
         _write_new(held, owner, quota, results, accepted)
         results |= _store(accepted, owner)
+    except _StoreFailed:
+        log.exception("The media storage could not take an upload's original; nothing of the upload is kept")
+        for item in accepted:
+            delete_files(item.written)
+        refusal = ImageRejected("store_unavailable", STORE_UNAVAILABLE_MESSAGE)
+        for position in range(len(uploads)):
+            if position not in results and position not in copy_of:
+                results[position] = UploadResult.refused(names[position], refusal)
     except BaseException:
         for item in accepted:
             delete_files(item.written)
         raise
+    finally:
+        for _, spooled in held:
+            spooled.close()
     for position, first_position in copy_of.items():
         first = results[first_position]
         if first.image is None:  # the first copy was refused: so is this one
@@ -254,16 +286,24 @@ def images_upload(*, uploads: Sequence[tuple[str, Readable]], owner: AbstractBas
     return [results[position] for position in range(len(uploads))]
 
 
-def _write_new(held: list[tuple[_Accepted, bytes]], owner: AbstractBaseUser | None, quota: _Quota,
+def _write_new(held: list[tuple[_Accepted, IO[bytes]]], owner: AbstractBaseUser | None, quota: _Quota,
                results: dict[int, UploadResult], accepted: list[_Accepted]) -> None:
     """Write the originals of the held files that are neither duplicates (one query for them all)
-    nor past the quota, adding them to ``accepted``; the others' results go into ``results``."""
+    nor past the quota, adding them to ``accepted``; the others' results go into ``results``.
+    Each held file is closed once written or judged; ``_StoreFailed`` if the storage refuses one."""
     if not held:
         return
-    data_of = {item.position: data for item, data in held}
-    for item in _new_within_quota([item for item, _ in held], owner, quota, results):
-        accepted.append(item)
-        item.written.append(_write_original(data_of[item.position], item.format))
+    spooled_of = {item.position: spooled for item, spooled in held}
+    try:
+        for item in _new_within_quota([item for item, _ in held], owner, quota, results):
+            accepted.append(item)
+            try:
+                item.written.append(_write_original(spooled_of[item.position], item.format))
+            except STORE_ERRORS as exc:
+                raise _StoreFailed from exc
+    finally:
+        for spooled in spooled_of.values():
+            spooled.close()
 
 
 def _new_within_quota(items: list[_Accepted], owner: AbstractBaseUser | None, quota: _Quota,
@@ -286,18 +326,45 @@ def _new_within_quota(items: list[_Accepted], owner: AbstractBaseUser | None, qu
     return new
 
 
-def _read(source: Readable) -> bytes:
+@contextmanager
+def _reading(source: Readable | FileOnDisk) -> Iterator[Readable]:
+    if isinstance(source, FileOnDisk):
+        with source.open() as opened:
+            yield opened
+    else:
+        yield source
+
+
+def _spool(source: Readable | FileOnDisk) -> tuple[IO[bytes], str, int]:
+    """A copy of an upload, its SHA-256 and its size, read once in chunks: in memory up to
+    FILE_UPLOAD_MAX_MEMORY_SIZE, in a temporary file beyond; refused as soon as it passes the limit."""
+    limit = settings.LOOKALIKE_MAX_UPLOAD_BYTES
+    spooled = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE)
+    digest = hashlib.sha256()
+    size = 0
     try:
-        return read_limited(source, settings.LOOKALIKE_MAX_UPLOAD_BYTES)
+        with _reading(source) as stream:
+            while chunk := stream.read(_CHUNK_BYTES):
+                size += len(chunk)
+                if size > limit:
+                    raise ImageRejected("too_large", file_too_large_message(limit))
+                digest.update(chunk)
+                spooled.write(chunk)
     except OSError as exc:
+        spooled.close()
         raise ImageRejected("unreadable", f"The file cannot be read: {exc.strerror or exc}.") from None
+    except BaseException:
+        spooled.close()
+        raise
+    spooled.seek(0)
+    return spooled, digest.hexdigest(), size
 
 
-def _write_original(data: bytes, image_format: str) -> str:
-    """The original as sent, under a generated name: the one file the store step writes."""
+def _write_original(spooled: IO[bytes], image_format: str) -> str:
+    """The original as sent, under a generated name: the one file the store step writes, streamed."""
     stem = uuid.uuid4().hex
     return default_storage.save(f"originals/{stem[:2]}/{stem[2:4]}/{stem}{_EXTENSIONS[image_format]}",
-                                ContentFile(data))
+                                File(spooled))
 
 
 def _copies_seen_by(owner: AbstractBaseUser | None, digests: Iterable[str]) -> dict[str, Image]:

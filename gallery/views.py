@@ -1,6 +1,7 @@
 """Gallery pages: browse, open, upload, delete, and the state feed that upload pages poll."""
 from __future__ import annotations
 
+import logging
 import mimetypes
 from pathlib import PurePosixPath
 
@@ -8,21 +9,26 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import TooManyFilesSent
+from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import content_disposition_header
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from api.ratelimit import RateLimited, rate_limit_hit, too_many_requests_page
+from config.object_store import STORE_ERRORS
 from config.request_body import max_body
 from gallery import selectors, services
 from gallery.access import viewer_required
 from gallery.models import Image
 from gallery.uploads import FileSizeLimit
 from search import copy_notices, recommendations
+
+log = logging.getLogger(__name__)
 
 GALLERY_PAGE_SIZE = 48
 # The folders of the copies that are served, and the field of the image that names each copy.
@@ -111,13 +117,15 @@ def _upload(request: HttpRequest, files: list[UploadedFile]) -> HttpResponse:
     if not files:
         return _upload_error(request, "no_files", "Choose one or more images to upload.", 400)
     results = services.images_upload(uploads=[(f.name, f) for f in files], owner=request.user)
+    # Nothing of an upload that the media store could not take was stored: all of it may be sent again.
+    status = 503 if any(r.code == "store_unavailable" for r in results) else 200
     if _wants_json(request):
         return JsonResponse({"results": [
             {"name": r.original_name, "status": r.status, "code": r.code, "message": r.message,
              "image": image_json(r.image) if r.image else None}
             for r in results
-        ]})
-    return render(request, "gallery/upload.html", {"results": results})
+        ]}, status=status)
+    return render(request, "gallery/upload.html", {"results": results}, status=status)
 
 
 def _upload_error(request: HttpRequest, code: str, message: str, status: int) -> HttpResponse:
@@ -156,38 +164,54 @@ def delete(request: HttpRequest, image_id: int) -> HttpResponse:
     return redirect("gallery:index")
 
 
+def _stored_file(name: str) -> FileResponse | HttpResponse:
+    """A stored file, streamed from the media storage (the disk or the object store), typed by its name;
+    404 if it is missing, 503 if the storage cannot be read just now."""
+    try:
+        file = default_storage.open(name, "rb")
+    except FileNotFoundError:
+        raise Http404 from None
+    except STORE_ERRORS:
+        log.warning("Could not read %s from the media storage", name, exc_info=True)
+        return HttpResponse("The picture cannot be read from the media storage just now; try again in a moment.",
+                            status=503, content_type="text/plain; charset=utf-8", headers={"Retry-After": "30"})
+    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return FileResponse(file, content_type=content_type)
+
+
 @login_required
 @require_GET
-def original(request: HttpRequest, image_id: int) -> FileResponse:
+def original(request: HttpRequest, image_id: int) -> HttpResponse:
     image = get_object_or_404(Image, pk=image_id)
     if not selectors.image_can_manage(image=image, user=request.user) or not image.original:
         raise Http404  # a file found damaged is not kept
-    # The type and the extension come from the stored name, which the decoded format chose, never from
-    # the uploaded name: a JPEG uploaded as "x.html" downloads as "x.jpg".
-    stored_extension = PurePosixPath(image.original.name).suffix
-    filename = f"{PurePosixPath(image.original_name).stem}{stored_extension}"
-    response = FileResponse(image.original.open("rb"), as_attachment=True, filename=filename,
-                            content_type=mimetypes.guess_type(image.original.name)[0] or "application/octet-stream")
+    response = _stored_file(image.original.name)
+    if isinstance(response, FileResponse):
+        # The type and the extension come from the stored name, which the decoded format chose, never from
+        # the uploaded name: a JPEG uploaded as "x.html" downloads as "x.jpg".
+        stored_extension = PurePosixPath(image.original.name).suffix
+        filename = f"{PurePosixPath(image.original_name).stem}{stored_extension}"
+        response["Content-Disposition"] = content_disposition_header(True, filename)
     response["X-Content-Type-Options"] = "nosniff"
     return response
 
 
 @require_GET
 @viewer_required
-def media(request: HttpRequest, path: str) -> FileResponse:
+def media(request: HttpRequest, path: str) -> HttpResponse:
     """Serve the re-encoded copies (never the originals) with headers that stop content sniffing,
-    and only to whoever may see their image: to anyone else they do not exist."""
+    and only to whoever may see their image: to anyone else they do not exist. They are streamed
+    from the media storage through the site, in the object store as on disk (README, "Media in the
+    object store")."""
     parts = PurePosixPath(path).parts
     if not parts or parts[0] not in _SERVED_MEDIA or ".." in parts:
         raise Http404
     image = selectors.image_list_visible(user=request.user).filter(**{_SERVED_MEDIA[parts[0]]: path}).first()
     if image is None:
         raise Http404
-    full = settings.MEDIA_ROOT.joinpath(*parts)
-    if not full.is_file():
-        raise Http404
-    content_type = mimetypes.guess_type(full.name)[0] or "application/octet-stream"
-    response = FileResponse(full.open("rb"), content_type=content_type)
+    response = _stored_file(path)
+    if not isinstance(response, FileResponse):
+        return response
     response["X-Content-Type-Options"] = "nosniff"
     response["Content-Disposition"] = "inline"
     response["Cache-Control"] = _PUBLIC_CACHE if selectors.image_visible_to_everyone(image=image) else _PRIVATE_CACHE

@@ -23,6 +23,8 @@ from search import services as search_services
 from tests import images
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+S3_SETTINGS = ("LOOKALIKE_S3_BUCKET", "LOOKALIKE_S3_ENDPOINT_URL", "LOOKALIKE_S3_REGION", "LOOKALIKE_S3_ACCESS_KEY_ID",
+               "LOOKALIKE_S3_SECRET_ACCESS_KEY", "LOOKALIKE_S3_ADDRESSING_STYLE")
 
 
 @pytest.fixture
@@ -89,7 +91,19 @@ def store_indexed(data: bytes, name: str = "picture.jpg", owner=None) -> Image:
 
 
 def media_files() -> set[str]:
-    return {str(p.relative_to(settings.MEDIA_ROOT)) for p in settings.MEDIA_ROOT.rglob("*") if p.is_file()}
+    """The names of every file in the media storage: under MEDIA_ROOT, or in the test's bucket."""
+    from django.core.files.storage import default_storage
+
+    def walk(folder: str) -> Iterator[str]:
+        folders, files = default_storage.listdir(folder)
+        yield from (f"{folder}{name}" for name in files)
+        for name in folders:
+            yield from walk(f"{folder}{name}/")
+
+    try:
+        return set(walk(""))
+    except FileNotFoundError:  # no MEDIA_ROOT yet
+        return set()
 
 
 def empty_index_folder() -> None:
@@ -127,6 +141,8 @@ def process_env() -> dict[str, str]:
     from django.db import connection
 
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings.test", PYTHONUNBUFFERED="1")
+    # The media storage of the test that starts it: the test's bucket, or files under MEDIA_ROOT.
+    env.update({name: str(getattr(settings, name) or "") for name in S3_SETTINGS})
     db = connection.settings_dict
     if db["ENGINE"] == "django.db.backends.postgresql":
         env["DATABASE_URL"] = (f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/"
@@ -360,3 +376,63 @@ def s3_bucket(s3_gateway, settings) -> Iterator[str]:
     client.delete_bucket(Bucket=bucket)
     object_store_client.cache_clear()
     snapshot_store_client.cache_clear()
+
+
+@pytest.fixture
+def s3_media(s3_bucket, settings) -> str:
+    """Media in the test's bucket on the gateway: the default storage is the S3 backend on it."""
+    settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "config.media_storage.MediaStorage"}}
+    return s3_bucket
+
+
+def unreachable_address() -> str:
+    """An address on the loopback where nothing listens."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def change_media_store(settings, **changes: str) -> None:
+    """Change LOOKALIKE_S3_* settings of a test on the bucket, and make the media storage again with them."""
+    for name, value in changes.items():
+        setattr(settings, name, value)
+    settings.STORAGES = {**settings.STORAGES}
+
+
+def refuse_writes(bucket: str, keys: str = "*") -> None:
+    """From now on, the gateway refuses every write to the bucket's objects that ``keys`` matches."""
+    import json
+
+    from config.object_store import object_store_client
+
+    object_store_client().put_bucket_policy(Bucket=bucket, Policy=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
+                       "Resource": f"arn:aws:s3:::{bucket}/{keys}"}],
+    }))
+
+
+@pytest.fixture(params=["local", "s3"])
+def media_storage(request) -> str:
+    """A test that takes it runs twice: with media under MEDIA_ROOT, and in a bucket on the S3 gateway."""
+    if request.param == "s3":
+        request.getfixturevalue("s3_media")
+    return request.param
+
+
+@pytest.fixture
+def media_worker(media_storage, celery_worker_process, transactional_db, clean_index) -> Iterator[Worker]:
+    """The session's worker, reading and writing the media storage of this test: for the bucket, it is
+    started again on it, and on local media once more after the test."""
+    worker = celery_worker_process
+    if media_storage == "local":
+        yield worker
+        return
+    worker.stop()
+    worker.start()  # process_env() names the test's bucket
+    worker.wait_ready()
+    yield worker
+    worker.stop()
+    worker.start(LOOKALIKE_S3_BUCKET="")

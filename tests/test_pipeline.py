@@ -13,7 +13,7 @@ from gallery.models import Image
 from search import runtime
 from search.changelog import last_seq
 from tests import images
-from tests.conftest import manage, upload_file, wait_for
+from tests.conftest import manage, media_files, upload_file, wait_for
 
 pytestmark = pytest.mark.worker
 
@@ -33,12 +33,20 @@ def search_elsewhere(*paths: Path, k: int = 5) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
 
 
-def test_an_upload_is_embedded_by_the_worker_and_found_from_another_process(worker, alice_client, tmp_path):
+def test_an_upload_is_embedded_by_the_worker_and_found_from_another_process(media_worker, alice_client, tmp_path):
+    worker = media_worker
     files = [upload_file(f"shot-{i}.jpg", images.jpeg(i)) for i in range(3)]
     reply = alice_client.post(reverse("gallery:upload"), {"files": files}, HTTP_ACCEPT="application/json").json()
     ids = [r["image"]["id"] for r in reply["results"]]
     wait_until_settled(ids)
     assert states(ids) == {Image.State.INDEXED}, worker.log()[-3000:]
+    # The worker read the originals from the media storage of the test and wrote the copies beside them.
+    wait_for(lambda: not Image.objects.filter(pk__in=ids, display="").exists(), 60, message="the display copies")
+    for image in Image.objects.filter(pk__in=ids):
+        assert {image.original.name, image.thumbnail.name, image.display.name} <= media_files()
+        for url in (image.thumbnail_url, image.display_url):
+            response = alice_client.get(url)
+            assert (response.status_code, response["Content-Type"]) == (200, "image/jpeg"), url
 
     query = tmp_path / "query.jpg"
     query.write_bytes(images.jpeg(1))
@@ -63,7 +71,7 @@ def test_the_state_feed_shows_the_upload_becoming_indexed(worker, alice_client):
     wait_for(lambda: state() == "indexed", 60, message="the state feed to say indexed")
 
 
-def test_import_images_waits_for_the_worker_and_summarises(worker, tmp_path):
+def test_import_images_waits_for_the_worker_and_summarises(media_worker, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     for i in range(4):

@@ -166,7 +166,9 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Uploads and their copies: in the bucket when one is set (config/media_storage.py), else under MEDIA_ROOT.
+    "default": {"BACKEND": "config.media_storage.MediaStorage" if LOOKALIKE_S3_BUCKET
+                else "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 MEDIA_URL = "/media/"

@@ -364,7 +364,9 @@
       fetch(form.action, { method: "POST", body: data, headers: { Accept: "application/json" }, credentials: "same-origin" })
         .then(function (r) { return r.json().then(function (body) { return { ok: r.ok, body: body }; }); })
         .then(function (reply) {
-          if (!reply.ok) {
+          // A refusal of the whole request has a message; an upload the media store could not take
+          // (503) still says, file by file, what became of each.
+          if (!reply.ok && !reply.body.results) {
             rows.forEach(function (li) { show(li, { status: "refused", name: li.textContent, message: reply.body.message }); });
             return;
           }

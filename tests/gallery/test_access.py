@@ -78,6 +78,21 @@ def test_the_copies_of_an_upload_awaiting_approval_are_served_to_its_owner_and_s
         assert seen == OWNER_OR_STAFF_404, url
 
 
+def test_served_files_follow_who_may_see_the_image_in_either_media_storage(as_role, user, media_storage):
+    public = store_indexed(images.jpeg(11), "public.jpg", owner=user)
+    hidden = store_indexed(images.jpeg(12), "hidden.jpg", owner=user)
+    waiting = store_indexed(images.jpeg(13), "waiting.jpg", owner=user)
+    Image.objects.filter(pk=hidden.pk).update(hidden=True)
+    Image.objects.filter(pk=waiting.pk).update(hidden=True, awaiting_approval=True)
+    for image, expected in ((public, EVERYONE), (hidden, OWNER_OR_STAFF_404), (waiting, OWNER_OR_STAFF_404)):
+        for url in (image.thumbnail.url, image.display.url):
+            seen = {role: as_role(role).get(url).status_code for role in ROLES}
+            assert seen == expected, f"{image.original_name}: {url}"
+        original = {role: as_role(role).get(reverse("gallery:original", args=[image.pk])).status_code
+                    for role in ROLES}
+        assert original == ORIGINAL, image.original_name
+
+
 def test_the_state_feed_tells_nobody_else_about_a_hidden_image(as_role, pictures):
     url = reverse("gallery:states") + f"?ids={pictures['hidden'].pk}"
     seen = {role: [row["id"] for row in as_role(role).get(url).json()["images"]] for role in ROLES}

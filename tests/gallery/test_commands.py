@@ -8,7 +8,7 @@ from django.core.management import CommandError, call_command
 from gallery.management.commands import import_images
 from gallery.models import Image
 from tests import images
-from tests.conftest import store
+from tests.conftest import media_files, store
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -34,12 +34,15 @@ def folder(tmp_path):
 
 
 class TestImportImages:
-    def test_it_imports_the_files_of_a_folder(self, db, folder):
+    def test_it_imports_the_files_of_a_folder(self, db, folder, media_storage):
         status, out, err = run("import_images", str(folder))
         assert status == 0
         assert out.strip() == "3 files: 2 stored, 1 duplicates, 0 refused."
         assert "duplicate: " in err and "copy-of-a.jpg" in err and "Identical to image #" in err
         assert sorted(Image.objects.values_list("original_name", flat=True)) == ["a.jpg", "b.png"]
+        stored = {image.original.name: image.original.read() for image in Image.objects.all()}
+        assert media_files() == set(stored)
+        assert sorted(stored.values()) == sorted([images.jpeg(1), images.png(2)])
 
     def test_it_descends_into_folders_when_recursive(self, db, folder):
         status, out, _ = run("import_images", str(folder), "--recursive")
@@ -57,7 +60,7 @@ class TestImportImages:
         assert "empty.png: The file is empty." in err
         assert Image.objects.count() == 2
 
-    def test_it_stores_with_several_processes_and_reports_the_same(self, transactional_db, folder):
+    def test_it_stores_with_several_processes_and_reports_the_same(self, transactional_db, folder, media_storage):
         (folder / "notes.jpg").write_text("not a picture")
         status, out, err = run("import_images", str(folder), "--recursive", "--jobs", "3")
         assert status == 1
@@ -100,7 +103,7 @@ class TestImportImages:
         with pytest.raises(CommandError, match="No user named 'nobody'"):
             call_command("import_images", str(folder), "--owner", "nobody")
 
-    def test_a_second_run_skips_what_the_first_stored(self, db, folder):
+    def test_a_second_run_skips_what_the_first_stored(self, db, folder, media_storage):
         run("import_images", str(folder), "--recursive")
         status, out, err = run("import_images", str(folder), "--recursive")
         assert status == 0, err

@@ -4,10 +4,11 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.test import RequestFactory, TestCase
 from django.urls import reverse
 from PIL import Image as PILImage
@@ -50,6 +51,12 @@ def served_copies(client, image: Image) -> list[bytes]:
     make_display_copies(image_ids=[image.pk])
     image.refresh_from_db()
     return [served(client, image.display.url), served(client, image.thumbnail.url)]
+
+
+def stored_picture(name: str) -> PILImage.Image:
+    """A stored file, read through the media storage and opened by Pillow."""
+    with default_storage.open(name, "rb") as file:
+        return PILImage.open(io.BytesIO(file.read()))
 
 
 def upright_picture() -> PILImage.Image:
@@ -104,7 +111,8 @@ class TestDamagedFoundByTheWorker:
         ("cut.jpg", halved(images.jpeg(1, size=(640, 480))), "image/jpeg"),
         ("cut.png", halved(images.png(1, size=(640, 480))), "image/png"),
     ])
-    def test_it_fails_with_the_upload_refusal_and_leaves_nothing(self, alice_client, name, data, content_type):
+    def test_it_fails_with_the_upload_refusal_and_leaves_nothing(self, alice_client, name, data, content_type,
+                                                                 media_storage):
         with pytest.raises(ImageRejected) as refusal:
             decode_image(data, max_pixels=60_000_000)
         before = media_files()
@@ -122,12 +130,13 @@ class TestDamagedFoundByTheWorker:
         page = alice_client.get(reverse("gallery:detail", args=[image.pk])).content.decode()
         assert "cannot be decoded" in page and "Download original" not in page
 
-    def test_an_image_embedded_before_leaves_search_when_its_file_is_found_damaged(self, db):
+    def test_an_image_embedded_before_leaves_search_when_its_file_is_found_damaged(self, db, media_storage):
         data = images.jpeg(2, size=(640, 480))
         before = media_files()
         image = store_indexed(data)
         assert Embedding.objects.filter(image=image).exists()
-        Path(image.original.path).write_bytes(halved(data))
+        default_storage.delete(image.original.name)
+        assert default_storage.save(image.original.name, ContentFile(halved(data))) == image.original.name
         images_reembed(image_ids=[image.pk])
         embed_queued()
         image.refresh_from_db()
@@ -229,7 +238,8 @@ class TestTooManyFiles:
 class TestPayloadsNeverReachABrowser:
     @pytest.mark.parametrize("payload", [b"<html><script>alert(document.cookie)</script></html>",
                                          b"<?php system($_GET['c']); ?>"])
-    def test_a_payload_after_a_valid_png_is_kept_out_of_every_served_copy(self, alice_client, user, payload):
+    def test_a_payload_after_a_valid_png_is_kept_out_of_every_served_copy(self, alice_client, user, payload,
+                                                                          media_storage):
         data = images.png(4) + payload
         [result] = post(alice_client, upload_file("a.php.png", data, "image/png")).json()["results"]
         image = Image.objects.get(pk=result["image"]["id"])
@@ -242,7 +252,7 @@ class TestPayloadsNeverReachABrowser:
         assert original["Content-Disposition"].startswith("attachment")
         assert original["X-Content-Type-Options"] == "nosniff"
 
-    def test_metadata_is_absent_from_every_served_copy(self, alice_client):
+    def test_metadata_is_absent_from_every_served_copy(self, alice_client, media_storage):
         exif = PILImage.Exif()
         exif[0x010F] = "SecretCameraMaker"
         exif[0x8825] = {1: "N", 2: (48.0, 51.0, 24.0), 3: "E", 4: (2.0, 17.0, 40.0)}
@@ -274,17 +284,17 @@ class TestOddButAccepted:
         ("moving.gif", images.animation("GIF", 12), (32, 32)),
         ("moving.webp", images.animation("WEBP", 12), (32, 32)),
     ])
-    def test_it_is_stored_and_embedded(self, db, name, data, size):
+    def test_it_is_stored_and_embedded(self, db, name, data, size, media_storage):
         image = store_indexed(data, name)
         assert (image.width, image.height) == size
         assert Embedding.objects.filter(image=image).count() == 1
         for copy in (image.display, image.thumbnail):
-            assert PILImage.open(copy.path).mode == "RGB"
+            assert stored_picture(copy.name).mode == "RGB"
 
     @pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
     def test_an_animation_is_shown_by_its_first_frame(self, db, fmt):
         image = store_indexed(images.animation(fmt, 12), f"moving.{fmt.lower()}")
-        red, _, blue = PILImage.open(image.display.path).convert("RGB").getpixel((16, 16))
+        red, _, blue = stored_picture(image.display.name).convert("RGB").getpixel((16, 16))
         assert red > 200 and blue < 60
 
 
@@ -301,7 +311,7 @@ class TestOrientation:
         unturned = store_indexed(images.encode(sideways, "JPEG", quality=93), "sideways.jpg")
 
         assert (turned.width, turned.height) == (320, 240)
-        thumb = np.asarray(PILImage.open(turned.thumbnail.path).convert("RGB"), dtype=np.float32)
+        thumb = np.asarray(stored_picture(turned.thumbnail.name).convert("RGB"), dtype=np.float32)
         expected = np.asarray(upright, dtype=np.float32)
         assert thumb.shape == expected.shape
         assert np.abs(thumb - expected).mean() < 8
@@ -367,4 +377,4 @@ def test_every_hostile_file_is_stored_or_refused_with_a_reason(db, settings):
     for image in Image.objects.filter(state=Image.State.INDEXED):
         assert Embedding.objects.filter(image=image).count() == 1
         for copy in (image.display, image.thumbnail):
-            assert PILImage.open(copy.path).format == "JPEG"
+            assert stored_picture(copy.name).format == "JPEG"

@@ -1,14 +1,21 @@
 import io
-import os
 
 import pytest
+from django.core.files.storage import default_storage
 
 from gallery import services
 from gallery.models import Image
-from gallery.services import clean_original_name, image_delete, image_upload, images_upload
+from gallery.services import STORE_UNAVAILABLE_MESSAGE, clean_original_name, image_delete, image_upload, images_upload
 from search.models import Embedding, IndexChange
 from tests import images
-from tests.conftest import media_files, store, store_indexed
+from tests.conftest import (
+    change_media_store,
+    media_files,
+    refuse_writes,
+    store,
+    store_indexed,
+    unreachable_address,
+)
 
 
 def upload(data: bytes, name: str = "photo.jpg", owner=None):
@@ -16,7 +23,7 @@ def upload(data: bytes, name: str = "photo.jpg", owner=None):
 
 
 class TestUpload:
-    def test_it_stores_the_original_alone_and_the_worker_makes_the_copies(self, db, user):
+    def test_it_stores_the_original_alone_and_the_worker_makes_the_copies(self, db, user, media_storage):
         result = upload(images.png(1), "holiday.png", owner=user)
         image = result.image
         assert result.status == "accepted"
@@ -31,7 +38,7 @@ class TestUpload:
         stem = image.original.name.removeprefix("originals/").removesuffix(".png")
         assert (image.thumbnail.name, image.display.name) == (f"thumbs/{stem}.jpg", f"display/{stem}.jpg")
 
-    def test_an_identical_file_is_stored_once_and_named_as_a_duplicate(self, db):
+    def test_an_identical_file_is_stored_once_and_named_as_a_duplicate(self, db, media_storage):
         first = store(images.jpeg(2), "first.jpg")
         before = media_files()
         result = upload(images.jpeg(2), "again.jpg")
@@ -47,7 +54,7 @@ class TestUpload:
         (b"%PDF-1.4 not an image", "unsupported_format"),
         (b"hello, world", "not_an_image"),
     ])
-    def test_a_refused_file_leaves_nothing_behind(self, db, data, code):
+    def test_a_refused_file_leaves_nothing_behind(self, db, data, code, media_storage):
         before = media_files()
         result = upload(data, "bad.jpg")
         assert result.status == "refused"
@@ -63,24 +70,29 @@ class TestUpload:
         assert result.message == "The file is larger than the limit of 1000\xa0bytes."
         assert Image.objects.count() == 0
 
-    def test_a_storage_failure_removes_the_files_already_written(self, db, tmp_path, settings, monkeypatch):
-        settings.MEDIA_ROOT = tmp_path
+    def test_a_storage_failure_refuses_the_upload_and_removes_the_files_already_written(self, db, monkeypatch,
+                                                                                         media_storage):
+        before = media_files()
         real_write = services._write_original
         calls = []
 
-        def write_then_fail(data: bytes, image_format: str) -> str:
+        def write_then_fail(spooled, image_format: str) -> str:
             calls.append(image_format)
             if len(calls) == 2:
                 raise OSError("No space left on device")
-            return real_write(data, image_format)
+            return real_write(spooled, image_format)
 
         monkeypatch.setattr(services, "_write_original", write_then_fail)
-        with pytest.raises(OSError, match="No space"):
-            images_upload(uploads=[("a.jpg", io.BytesIO(images.jpeg(4))), ("b.png", io.BytesIO(images.png(5)))],
-                          owner=None)
+        results = images_upload(uploads=[("a.jpg", io.BytesIO(images.jpeg(4))), ("b.png", io.BytesIO(images.png(5))),
+                                         ("c.jpg", io.BytesIO(images.jpeg(6))), ("bad.jpg", io.BytesIO(b"hello"))],
+                                owner=None)
         assert calls == ["JPEG", "PNG"]
+        assert [(r.original_name, r.status, r.code) for r in results] == [
+            ("a.jpg", "refused", "store_unavailable"), ("b.png", "refused", "store_unavailable"),
+            ("c.jpg", "refused", "store_unavailable"), ("bad.jpg", "refused", "not_an_image")]
+        assert results[0].message == STORE_UNAVAILABLE_MESSAGE
         assert Image.objects.count() == 0
-        assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+        assert media_files() == before
 
     @pytest.mark.parametrize(("given", "shown"), [
         ("../../etc/passwd.jpg", "passwd.jpg"),
@@ -106,7 +118,7 @@ class TestBatchUpload:
     def upload_all(self, files, owner=None):
         return images_upload(uploads=[(name, io.BytesIO(data)) for name, data in files], owner=owner)
 
-    def test_it_answers_each_file_in_order_and_stores_a_repeated_file_once(self, db):
+    def test_it_answers_each_file_in_order_and_stores_a_repeated_file_once(self, db, media_storage):
         before = media_files()
         results = self.upload_all([("a.jpg", images.jpeg(1)), ("bad.jpg", b"hello"), ("b.png", images.png(2)),
                                    ("a-again.jpg", images.jpeg(1))])
@@ -130,7 +142,7 @@ class TestBatchUpload:
         assert all(r.status == "accepted" for r in results)
         assert len(queued) == 3
 
-    def test_a_failure_midway_leaves_nothing_of_the_batch(self, db):
+    def test_a_failure_midway_leaves_nothing_of_the_batch(self, db, media_storage):
         before = media_files()
         with pytest.raises(MemoryError):
             images_upload(uploads=[("a.jpg", io.BytesIO(images.jpeg(1))),
@@ -143,11 +155,12 @@ class TestBatchUpload:
         before = media_files()
         real_write = services._write_original
 
-        def write_while_another_stores(data: bytes, image_format: str) -> str:
+        def write_while_another_stores(spooled, image_format: str) -> str:
             monkeypatch.setattr(services, "_write_original", real_write)
-            if data == images.jpeg(1):
-                store(data, "theirs.jpg")
-            return real_write(data, image_format)
+            spooled.seek(0)
+            if spooled.read() == images.jpeg(1):
+                store(images.jpeg(1), "theirs.jpg")
+            return real_write(spooled, image_format)
 
         monkeypatch.setattr(services, "_write_original", write_while_another_stores)
         results = images_upload(uploads=[("mine.jpg", io.BytesIO(images.jpeg(1))),
@@ -204,16 +217,17 @@ class TestDuplicatesOfImagesTheUploaderMayNotSee:
 
 class TestDelete:
     def test_it_removes_the_row_vectors_and_files_and_logs_the_removal(
-            self, db, django_capture_on_commit_callbacks):
+            self, db, django_capture_on_commit_callbacks, media_storage):
         image = store_indexed(images.jpeg(6))
-        paths = [image.original.path, image.display.path, image.thumbnail.path]
+        names = [image.original.name, image.display.name, image.thumbnail.name]
+        assert all(default_storage.exists(name) for name in names)
         image_id = image.pk
         with django_capture_on_commit_callbacks(execute=True):
             image_delete(image=image)
         assert not Image.objects.exists()
         assert not Embedding.objects.exists()
         assert IndexChange.objects.order_by("-seq").values_list("kind", "image_id").first() == ("remove", image_id)
-        assert not any(os.path.exists(p) for p in paths)
+        assert not any(default_storage.exists(name) for name in names)
 
 
 class TestQuota:
@@ -248,3 +262,53 @@ class TestQuota:
         settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES = 1
         store(images.jpeg(1))
         assert upload(images.jpeg(2)).status == "accepted"
+
+
+class TestObjectStoreFailures:
+    """Media in a bucket on the gateway, and the gateway unreachable or refusing what is asked of it."""
+
+    def test_an_upload_while_the_store_is_unreachable_is_refused_and_leaves_no_row(self, db, s3_media, settings):
+        endpoint = settings.LOOKALIKE_S3_ENDPOINT_URL
+        change_media_store(settings, LOOKALIKE_S3_ENDPOINT_URL=unreachable_address())
+        results = images_upload(uploads=[("a.jpg", io.BytesIO(images.jpeg(1))), ("b.png", io.BytesIO(images.png(2))),
+                                         ("a-again.jpg", io.BytesIO(images.jpeg(1)))], owner=None)
+        assert [(r.original_name, r.status, r.code, r.message) for r in results] == [
+            (name, "refused", "store_unavailable", STORE_UNAVAILABLE_MESSAGE) for name in ("a.jpg", "b.png",
+                                                                                          "a-again.jpg")]
+        assert not Image.objects.exists()
+        change_media_store(settings, LOOKALIKE_S3_ENDPOINT_URL=endpoint)
+        assert media_files() == set()
+
+    def test_an_upload_the_store_refuses_midway_is_refused_after_removing_what_it_wrote(self, db, s3_media,
+                                                                                      monkeypatch):
+        real_write = services._write_original
+        written = []
+
+        def refused_after_the_first(spooled, image_format: str) -> str:
+            if written:
+                refuse_writes(s3_media)
+            written.append(real_write(spooled, image_format))
+            return written[-1]
+
+        monkeypatch.setattr(services, "_write_original", refused_after_the_first)
+        results = images_upload(uploads=[("a.jpg", io.BytesIO(images.jpeg(3))), ("b.jpg", io.BytesIO(images.jpeg(4)))],
+                                owner=None)
+        assert [(r.status, r.code) for r in results] == [("refused", "store_unavailable")] * 2
+        assert len(written) == 1 and not Image.objects.exists()
+        assert media_files() == set(), "the first original, written before the refusal, is removed"
+
+    def test_a_delete_the_store_refuses_removes_the_image_and_leaves_its_files_unserved(
+            self, db, s3_media, settings, client, caplog, django_capture_on_commit_callbacks):
+        image = store_indexed(images.jpeg(5))
+        Image.objects.filter(pk=image.pk).update(state=Image.State.INDEXED)
+        names = {image.original.name, image.thumbnail.name, image.display.name}
+        secret = settings.LOOKALIKE_S3_SECRET_ACCESS_KEY
+        change_media_store(settings, LOOKALIKE_S3_SECRET_ACCESS_KEY="not-the-key")
+        with django_capture_on_commit_callbacks(execute=True):
+            image_delete(image=image)
+        assert not Image.objects.exists()
+        assert IndexChange.objects.order_by("-seq").values_list("kind", flat=True).first() == "remove"
+        assert sum("Could not delete" in record.getMessage() for record in caplog.records) == 3
+        change_media_store(settings, LOOKALIKE_S3_SECRET_ACCESS_KEY=secret)
+        assert media_files() == names, "left in the bucket, where nothing names them"
+        assert client.get(f"/media/{image.thumbnail.name}").status_code == 404

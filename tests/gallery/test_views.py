@@ -3,6 +3,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import connections
 from django.test import Client
 from django.urls import reverse
@@ -10,7 +12,14 @@ from PIL import Image as PILImage
 
 from gallery.models import Image
 from tests import images
-from tests.conftest import make_copies, media_files, store, upload_file
+from tests.conftest import (
+    change_media_store,
+    make_copies,
+    media_files,
+    store,
+    unreachable_address,
+    upload_file,
+)
 
 
 def indexed(data: bytes, name: str = "p.jpg", owner=None) -> Image:
@@ -226,7 +235,7 @@ class TestDelete:
 
 
 class TestFiles:
-    def test_the_owner_downloads_the_original_as_an_attachment(self, alice_client, user):
+    def test_the_owner_downloads_the_original_as_an_attachment(self, alice_client, user, media_storage):
         image = indexed(images.png(1), "mine.png", owner=user)
         response = alice_client.get(reverse("gallery:original", args=[image.pk]))
         assert response.status_code == 200
@@ -254,12 +263,15 @@ class TestFiles:
         client.force_login(other_user)
         assert client.get(reverse("gallery:original", args=[image.pk])).status_code == 404
 
-    def test_copies_are_served_without_content_sniffing(self, client, db):
+    def test_copies_are_served_without_content_sniffing(self, client, db, media_storage):
         image = indexed(images.jpeg(1))
-        response = client.get(image.thumbnail.url)
-        assert response.status_code == 200
-        assert response["Content-Type"] == "image/jpeg"
-        assert response["X-Content-Type-Options"] == "nosniff"
+        for copy in (image.thumbnail, image.display):
+            response = client.get(copy.url)
+            assert response.status_code == 200
+            assert response["Content-Type"] == "image/jpeg"
+            assert response["X-Content-Type-Options"] == "nosniff"
+            with default_storage.open(copy.name, "rb") as stored:
+                assert b"".join(response.streaming_content) == stored.read()
 
     def test_a_copy_everyone_may_see_stays_in_shared_caches_for_minutes_only(self, client, db):
         image = indexed(images.jpeg(1))
@@ -284,14 +296,47 @@ class TestFiles:
         assert response.status_code == 200
         assert response["Cache-Control"] == "private, max-age=3600"
 
-    def test_a_file_that_belongs_to_no_image_is_not_served(self, client, db, settings):
+    def test_a_file_that_belongs_to_no_image_is_not_served(self, client, db, settings, media_storage):
         image = indexed(images.jpeg(1))
-        stray = image.thumbnail.name.replace(".jpg", "-stray.jpg")
-        (settings.MEDIA_ROOT / stray).write_bytes(image.thumbnail.read())
+        stray = default_storage.save(image.thumbnail.name.replace(".jpg", "-stray.jpg"),
+                                     ContentFile(image.thumbnail.read()))
         assert client.get(settings.MEDIA_URL + stray).status_code == 404
 
     @pytest.mark.parametrize("path", ["originals/{name}", "display/../originals/{name}", "", "secret_key"])
-    def test_originals_and_other_files_are_never_served(self, client, db, path):
+    def test_originals_and_other_files_are_never_served(self, client, db, path, media_storage):
         image = indexed(images.jpeg(1))
         name = image.original.name.split("/", 1)[1]
         assert client.get("/media/" + path.format(name=name)).status_code == 404
+
+
+class TestFilesWhenTheStoreFails:
+    """Media in a bucket on the gateway, and the gateway unreachable or refusing the site's key."""
+
+    def test_a_copy_the_store_will_not_give_is_answered_503_with_a_reason(self, alice_client, user, s3_media,
+                                                                          settings):
+        image = indexed(images.jpeg(1), owner=user)
+        change_media_store(settings, LOOKALIKE_S3_SECRET_ACCESS_KEY="not-the-key")
+        for url in (image.thumbnail.url, reverse("gallery:original", args=[image.pk])):
+            response = alice_client.get(url)
+            assert response.status_code == 503, url
+            assert response["Retry-After"] == "30"
+            assert b"cannot be read from the media storage" in response.content
+
+    def test_a_copy_gone_from_the_store_is_not_found(self, client, db, s3_media):
+        image = indexed(images.jpeg(2))
+        default_storage.delete(image.thumbnail.name)
+        assert client.get(image.thumbnail.url).status_code == 404
+
+    def test_an_upload_while_the_store_is_unreachable_is_answered_503_file_by_file(self, alice_client, s3_media,
+                                                                                   settings):
+        change_media_store(settings, LOOKALIKE_S3_ENDPOINT_URL=unreachable_address())
+        response = alice_client.post(reverse("gallery:upload"), {"files": [upload_file("a.jpg", images.jpeg(3))]},
+                                     HTTP_ACCEPT="application/json")
+        assert response.status_code == 503
+        [result] = response.json()["results"]
+        assert (result["status"], result["code"], result["image"]) == ("refused", "store_unavailable", None)
+        assert "nothing from this upload was stored" in result["message"]
+        assert not Image.objects.exists()
+        page = alice_client.post(reverse("gallery:upload"), {"files": [upload_file("a.jpg", images.jpeg(3))]})
+        assert page.status_code == 503
+        assert "nothing from this upload was stored" in page.content.decode()
