@@ -118,15 +118,15 @@ def _fresh_site(work: Path, env: dict[str, str]) -> dict[str, str]:
 
 def import_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs: int,
                 display: bool = False) -> tuple[float, float]:
-    """Timed from when the workers are ready (as `manage.py serve` runs them: one that embeds, one
-    that keeps the index) until the import command has seen every image indexed; with
-    ``display``, also the rate until the last display copy exists (they are made after the embeddings)."""
+    """Timed from when the workers are ready (as `manage.py serve` runs them: one that embeds and runs
+    the background tasks, one that keeps the index) until the import command has seen every image
+    indexed; with ``display``, also the rate until the last display copy exists."""
     env = _fresh_site(work, env)
     # On a GPU, one process owns the device (README, "Sizing"); on the CPU, one per core.
     one_process = ["--concurrency=1"] if env.get("LOOKALIKE_DEVICE", "cpu") != "cpu" else []
     workers = {
-        "embed": ["--queues=celery", "--hostname=embed@%h", *one_process],
-        "index": ["--queues=celery-index", "--pool=solo", "--hostname=index@%h"],
+        "embed": ["--queues=embed,background", "--hostname=embed@%h", *one_process],
+        "index": ["--queues=index", "--pool=solo", "--hostname=index@%h"],
     }
     logs = {name: work / f"{name}-worker.log" for name in workers}
     processes = []

@@ -32,7 +32,7 @@ def _prepare_pool_processes(sender: str, instance: WorkController, **kwargs: obj
 
     # Read by each pool process when it loads the model (they inherit the environment).
     os.environ[WORKER_PROCESSES_ENV] = str(getattr(instance, "concurrency", 1) or 1)
-    if settings.CELERY_TASK_DEFAULT_QUEUE in instance.app.amqp.queues.consume_from:
+    if settings.LOOKALIKE_EMBED_QUEUE in instance.app.amqp.queues.consume_from:
         # A worker that embeds imports torch once, before it forks: its pool processes then share
         # those pages and none spends seconds importing it on its first task. Only the import:
         # a process that has run torch's thread pools cannot safely fork.

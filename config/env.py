@@ -19,9 +19,14 @@ T = TypeVar("T", int, float)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+
+# Every variable the settings have read, so that what a deployment sets can be checked against it.
+NAMES_READ: set[str] = set()
 
 
 def _raw(name: str) -> str | None:
+    NAMES_READ.add(name)
     value = os.environ.get(name, "").strip()
     return value or None
 
@@ -119,6 +124,15 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None:
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_queue(name: str, default: str) -> str:
+    """A Celery queue name, which workers are given in a comma-separated ``--queues`` list."""
+    value = env_str(name, default)
+    if not _QUEUE_NAME.match(value):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a queue name; use letters, digits and . _ : - only, "
+                                   "starting with a letter or digit.")
+    return value
 
 
 def env_path(name: str, default: Path) -> Path:

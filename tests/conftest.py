@@ -157,8 +157,8 @@ class Worker:
         self._log_start = 0
 
     def start(self, *options: str, **env: str) -> None:
-        """Start the worker, with both queues unless ``options`` name others; ``env`` sets environment
-        variables (settings) for this run of it only."""
+        """Start the worker, taking all the site's queues (as one worker of a small site does) unless
+        ``options`` name some; ``env`` sets environment variables (settings) for this run of it only."""
         log = self.log_path.open("ab")
         self._log_start = log.tell()
         self.process = subprocess.Popen(

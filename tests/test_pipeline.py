@@ -1,6 +1,7 @@
 """Uploads going through a real Celery worker process and the real index, searched from other processes."""
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -140,11 +141,19 @@ def test_the_worker_uses_the_broker_this_run_is_configured_for(worker):
     assert connection.vendor == ("postgresql" if os.environ.get("DATABASE_URL") else "sqlite")
 
 
+def tasks_run(log: str) -> set[str]:
+    """The names of the tasks a worker's log shows it received."""
+    return set(re.findall(r"Task ([\w.]+)\[[0-9a-f-]+\] received", log))
+
+
 def loads_torch(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
-def test_an_embedding_worker_never_runs_the_index_writer_and_the_index_writer_publishes(worker, tmp_path):
+def test_each_kind_of_worker_takes_only_the_tasks_of_its_queue(worker, tmp_path):
+    """The workers of docs/scaling.md, each on its own queue: the embedding worker embeds and nothing
+    else, the index writer publishes, the background worker makes the display copy and the tag
+    suggestions."""
     from django.conf import settings
 
     from tests.conftest import Worker, empty_index_folder, store
@@ -154,26 +163,38 @@ def test_an_embedding_worker_never_runs_the_index_writer_and_the_index_writer_pu
     # earlier test after this test's folder was emptied: start again from no snapshot.
     empty_index_folder()
     earlier_log = len(worker.log()) if worker.log_path.exists() else 0
-    worker.start(f"--queues={settings.CELERY_TASK_DEFAULT_QUEUE}", "--hostname=embed@%h")
+    worker.start(f"--queues={settings.LOOKALIKE_EMBED_QUEUE}", "--hostname=embed@%h")
     writer = Worker(tmp_path / "writer.log")
+    background = Worker(tmp_path / "background.log")
     try:
         image = store(images.jpeg(7), "only-embedded.jpg")
         wait_until_settled([image.pk])
         assert states([image.pk]) == {Image.State.INDEXED}
-        # The change waits in the writer's queue: no snapshot holds it yet.
+        # The change waits in the writer's queue and the display copy in the background queue.
         assert runtime.snapshot_store().read_meta() is None
+        image.refresh_from_db()
+        assert image.thumbnail and not image.display
         embedding_log = worker.log()[earlier_log:]
-        assert "Task search.embed_image[" in embedding_log and "Task search.sync_index[" not in embedding_log
+        assert tasks_run(embedding_log) == {"search.embed_image"}
 
         writer.start(f"--queues={settings.LOOKALIKE_INDEX_QUEUE}", "--pool=solo", "--hostname=index@%h")
+        background.start(f"--queues={settings.LOOKALIKE_BACKGROUND_QUEUE}", "--hostname=background@%h")
         meta = wait_for(lambda: (m := runtime.snapshot_store().read_meta()) and m.applied_seq == last_seq() and m,
                         60, message="the index writer to publish")
         assert meta.count == 1
-        assert "Task search.sync_index[" in writer.log() and "Task search.embed_image[" not in writer.log()
+        wait_for(lambda: Image.objects.exclude(display="").filter(pk=image.pk).exists(), 60,
+                 message="the background worker to make the display copy")
+        wait_for(lambda: "Task search.suggest_tags[" in background.log(), 60,
+                 message="the background worker to suggest tags")
+        assert tasks_run(writer.log()) == {"search.sync_index"}
+        taken_in_background = tasks_run(background.log())
+        assert {"gallery.make_display_copies", "search.suggest_tags"} <= taken_in_background
+        assert not {"search.embed_image", "search.sync_index"} & taken_in_background
         # The writer never loads torch; the embedding worker loads it once, before its pool forks.
         assert not loads_torch(writer.process.pid)
         assert loads_torch(worker.process.pid)
     finally:
+        background.stop()
         writer.stop()
         worker.stop()
         worker.start()

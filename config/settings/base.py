@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
 from config.env import (
@@ -18,6 +19,7 @@ from config.env import (
     env_optional,
     env_optional_float,
     env_path,
+    env_queue,
     env_rate,
     env_str,
 )
@@ -225,19 +227,44 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = 120
 
 
-def celery_queues(default_queue: str) -> tuple[str, tuple[Queue, Queue], dict[str, dict[str, str]]]:
-    """The index writer's queue, both queues, and the route to the writer's queue.
+def celery_queues(*, embed: str, index: str, background: str) -> tuple[tuple[Queue, ...], dict[str, dict[str, str]]]:
+    """The site's queues, one for each kind of worker, and the route of every task to its queue.
 
-    The index writer's task has a queue of its own, so that a worker that takes only the default
-    queue (``-Q celery``) embeds images and never loads the index; `manage.py serve` and
-    docker-compose run one worker for each queue. A worker started without ``-Q`` takes both.
+    - ``embed``: ``search.embed_image``. Every embedding worker, on a CPU or a GPU, takes this one
+      queue; each task claims as many queued images as its worker's ``LOOKALIKE_EMBED_BATCH_SIZE``,
+      so a GPU worker that joins takes large batches while CPU workers take small ones, and no
+      sender needs to know which hardware is up.
+    - ``index``: ``search.sync_index``, for the one index writer.
+    - ``background``: everything else (background jobs, upkeep, display copies, tag suggestions),
+      which needs neither the model loaded in advance nor the writer's index, and must not hold a
+      GPU worker's one process.
+
+    A worker started without ``--queues`` takes them all, which suits one small machine.
     """
-    index_queue = f"{default_queue}-index"
-    return index_queue, (Queue(default_queue), Queue(index_queue)), {"search.sync_index": {"queue": index_queue}}
+    names = {"LOOKALIKE_EMBED_QUEUE": embed, "LOOKALIKE_INDEX_QUEUE": index,
+             "LOOKALIKE_BACKGROUND_QUEUE": background}
+    if len(set(names.values())) < len(names):
+        given = ", ".join(f"{setting}={queue}" for setting, queue in names.items())
+        raise ImproperlyConfigured(f"The queues must have three different names ({given}): each kind of worker "
+                                   "takes its own, and a worker may take several with --queues=A,B.")
+    routes = {
+        "search.embed_image": embed,
+        "search.sync_index": index,
+        "jobs.run_job": background,
+        "jobs.upkeep": background,
+        "gallery.make_display_copies": background,
+        "search.suggest_tags": background,
+    }
+    return (Queue(embed), Queue(index), Queue(background)), {task: {"queue": queue} for task, queue in routes.items()}
 
 
-CELERY_TASK_DEFAULT_QUEUE = "celery"
-LOOKALIKE_INDEX_QUEUE, CELERY_TASK_QUEUES, CELERY_TASK_ROUTES = celery_queues(CELERY_TASK_DEFAULT_QUEUE)
+LOOKALIKE_EMBED_QUEUE = env_queue("LOOKALIKE_EMBED_QUEUE", "embed")
+LOOKALIKE_INDEX_QUEUE = env_queue("LOOKALIKE_INDEX_QUEUE", "index")
+LOOKALIKE_BACKGROUND_QUEUE = env_queue("LOOKALIKE_BACKGROUND_QUEUE", "background")
+CELERY_TASK_QUEUES, CELERY_TASK_ROUTES = celery_queues(
+    embed=LOOKALIKE_EMBED_QUEUE, index=LOOKALIKE_INDEX_QUEUE, background=LOOKALIKE_BACKGROUND_QUEUE)
+# A task without a route of its own goes where no GPU worker's one process waits for embeddings.
+CELERY_TASK_DEFAULT_QUEUE = LOOKALIKE_BACKGROUND_QUEUE
 
 # The product.
 LOOKALIKE_BACKBONE = env_str("LOOKALIKE_BACKBONE", "efficientnet_lite0")

@@ -5,13 +5,16 @@ import tempfile
 import uuid
 
 os.environ.setdefault("DATA_DIR", tempfile.mkdtemp(prefix="lookalike-test-"))
-# A queue of this test session's own, so that two sessions sharing a Redis never take each
-# other's tasks.
+# A name of this test session's own, for its queues and cache keys, so that two sessions sharing
+# a Redis never take each other's tasks.
 os.environ.setdefault("LOOKALIKE_TEST_QUEUE", f"lookalike-test-{uuid.uuid4().hex[:12]}")
+# Set in the environment, so that the workers a test starts (which inherit it) take the same queues.
+os.environ.update({f"LOOKALIKE_{kind.upper()}_QUEUE": f"{os.environ['LOOKALIKE_TEST_QUEUE']}-{kind}"
+                   for kind in ("embed", "index", "background")})
 
 from config.env import env_rate
 from config.settings.base import *  # noqa: F403
-from config.settings.base import CACHES, DATABASES, VAR_DIR, celery_queues
+from config.settings.base import CACHES, DATABASES, VAR_DIR
 
 SECRET_KEY = "test-only-secret-key"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -27,8 +30,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
-CELERY_TASK_DEFAULT_QUEUE = os.environ["LOOKALIKE_TEST_QUEUE"]
-LOOKALIKE_INDEX_QUEUE, CELERY_TASK_QUEUES, CELERY_TASK_ROUTES = celery_queues(CELERY_TASK_DEFAULT_QUEUE)
 LOOKALIKE_SNAPSHOT_INTERVAL = 0.2
 # Each query asks the object store for the newest snapshot: tests see a publish at once.
 LOOKALIKE_SNAPSHOT_POLL_SECONDS = 0.0

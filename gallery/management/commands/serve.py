@@ -1,5 +1,6 @@
-"""python manage.py serve: the site, a Celery worker that embeds images and one that keeps the
-index, each in its own processes (used by `make run`)."""
+"""python manage.py serve: the site, a Celery worker that embeds images and runs the background
+tasks, and one that keeps the index, each in its own processes (used by `make run`). On several
+hosts each kind of worker runs on its own: docs/scaling.md."""
 from __future__ import annotations
 
 import os
@@ -24,10 +25,11 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         env = dict(os.environ)
         commands = {
-            # --beat: this one worker also sends the periodic upkeep task.
+            # One machine: the embedding worker takes the background queue too; --beat: it also sends
+            # the periodic upkeep task.
             "worker": [sys.executable, "-m", "celery", "-A", "config", "worker", "--beat", "--loglevel=INFO",
                        f"--concurrency={options['concurrency']}", "--hostname=embed@%h",
-                       f"--queues={settings.CELERY_TASK_DEFAULT_QUEUE}"],
+                       f"--queues={settings.LOOKALIKE_EMBED_QUEUE},{settings.LOOKALIKE_BACKGROUND_QUEUE}"],
             # The only process that loads the index to change it: one task at a time, in the worker itself.
             "index writer": [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
                              "--pool=solo", "--hostname=index@%h", f"--queues={settings.LOOKALIKE_INDEX_QUEUE}"],
