@@ -68,8 +68,13 @@ class IndexReader:
     """Answers nearest-neighbour queries for one process. Safe to share between threads."""
 
     def __init__(self, store: Snapshots, identity: IndexIdentity, params: HnswParams,
-                 source: ChangeSource, *, on_unusable_snapshot: Callable[[str], None] | None = None) -> None:
+                 source: ChangeSource, *, on_unusable_snapshot: Callable[[str], None] | None = None,
+                 load_in_background: bool = False) -> None:
         self.store = store
+        # A web process: a newer snapshot is downloaded and loaded by a thread of its own while every
+        # search goes on with the snapshot in use plus the tail, so that no search waits for the
+        # seconds a large snapshot takes. Without it, the search that notices the snapshot loads it.
+        self.load_in_background = load_in_background
         self.identity = identity
         self.params = params
         self.source = source
@@ -95,13 +100,27 @@ class IndexReader:
         signature = self.store.pointer_signature()
         # One thread loads; the others wait for it only when there is no snapshot in use yet.
         if signature != self._signature and self._loading.acquire(blocking=self._index is None):
-            try:
-                if signature != self._signature:
-                    self._load_snapshot(signature)
-            finally:
-                self._loading.release()
+            if self.load_in_background and self._index is not None:
+                threading.Thread(target=self._load_in_background, args=(signature,), name="index-snapshot-load",
+                                 daemon=True).start()
+            else:
+                self._load_then_release(signature)
         with self._lock:
             self._read_changes()
+
+    def _load_then_release(self, signature: str | None) -> None:
+        try:
+            if signature != self._signature:
+                self._load_snapshot(signature)
+        finally:
+            self._loading.release()
+
+    def _load_in_background(self, signature: str | None) -> None:
+        try:
+            self._load_then_release(signature)
+        except Exception:
+            # Nobody waits on this thread to see it; searches go on with the snapshot in use.
+            log.exception("Could not load the index snapshot; keeping the one in use")
 
     def _load_snapshot(self, signature: str | None) -> None:
         try:

@@ -110,7 +110,7 @@ def index_reader() -> IndexReader:
         if current is None or current[0] != generation:
             identity = generation.identity
             reader = IndexReader(generation.store, identity, generation.params, DatabaseChangeSource(identity),
-                                 on_unusable_snapshot=_ask_writer_to_rebuild)
+                                 on_unusable_snapshot=_ask_writer_to_rebuild, load_in_background=True)
             current = _reader["active"] = (generation, reader)
         return current[1]
 

@@ -13,6 +13,7 @@ from botocore.config import Config
 from config.object_store import snapshot_store_client
 from search.index import ObjectSnapshotStore, SnapshotUnavailable
 from search.reader import IndexReader
+from tests.conftest import wait_for
 from tests.search.conftest import cached_ids, damage, published_ids
 from tests.search.test_index import IDENTITY, PARAMS, unit_vectors
 from tests.search.test_reader import MemorySource, everything, top_ids
@@ -237,3 +238,32 @@ def test_other_threads_search_the_snapshot_in_use_while_one_downloads_the_next(w
         loader.join(30)
         client.meta.events.unregister("before-parameter-build.s3", hold_the_download)
     assert reader.meta.snapshot_id == writer.read_meta().snapshot_id
+
+
+def test_a_web_reader_downloads_the_next_snapshot_in_a_thread_and_no_search_waits_for_it(world):
+    source, writer, reader, _ = world
+    reader.load_in_background = True
+    vectors, served = serve_one_then_publish_another(source, writer, reader)
+    downloading, finish = threading.Event(), threading.Event()
+
+    def hold_the_download(params, **_kwargs):
+        if params.get("Key", "").startswith(writer.prefix) and params["Key"] != writer.pointer_key:
+            downloading.set()
+            assert finish.wait(30)
+
+    client = reader.store.client
+    client.meta.events.register("before-parameter-build.s3", hold_the_download)
+    try:
+        started = time.monotonic()
+        assert top_ids(reader, vectors[10]) == [11], "the tail covers the image the newer snapshot holds"
+        assert downloading.wait(30), "the search started the download"
+        assert top_ids(reader, vectors[3]) == [4]
+        assert time.monotonic() - started < 5, "a search waited for the download"
+        assert reader.meta == served
+    finally:
+        finish.set()
+        client.meta.events.unregister("before-parameter-build.s3", hold_the_download)
+    wait_for(lambda: reader.meta.snapshot_id == writer.read_meta().snapshot_id, timeout=30,
+             message="the loading thread to swap the newer snapshot in")
+    assert reader.tail_size == 0
+    assert top_ids(reader, vectors[10]) == [11]
