@@ -176,10 +176,16 @@ class Worker:
     def busiest_pool_process(self, over: float = 0.5) -> int:
         """The pool process (a child of the worker's main process) that used the most CPU during the
         next ``over`` seconds: the one running a task, when only one is."""
+        use = self.pool_cpu_use(over)
+        return max(use, key=use.__getitem__)
+
+    def pool_cpu_use(self, over: float = 0.5) -> dict[int, int]:
+        """The CPU time (in clock ticks) that each pool process (a child of the worker's main
+        process) used during the next ``over`` seconds."""
         before = self._pool_cpu_times()
         time.sleep(over)
         after = self._pool_cpu_times()
-        return max(after, key=lambda pid: after[pid] - before.get(pid, 0))
+        return {pid: after[pid] - before.get(pid, 0) for pid in after}
 
     def _pool_cpu_times(self) -> dict[int, int]:
         assert self.process is not None

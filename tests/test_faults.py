@@ -104,6 +104,22 @@ class TestKilledWorkers:
         assert "WorkerLostError" in log and "SIGKILL" in log, log[-3000:]
         assert worker.process.poll() is None
 
+    def test_both_pool_processes_killed_at_once_the_batch_runs_again_before_its_lease_ends(self, worker, big_batch):
+        """One pool process embeds the batch while the other waits for a task (on the embedded broker,
+        at the pipe that the pool's processes share): both are killed at once."""
+        wait_until_claimed(big_batch)
+        pool = wait_for(lambda: (use := worker.pool_cpu_use()) and sorted(t > 0 for t in use.values()) == [False, True]
+                        and list(use), 60, message="one pool process to embed while the other waits")
+        for pid in pool:
+            os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        assert Image.objects.filter(pk__in=big_batch, state=Image.State.INDEXED).count() < len(big_batch)
+        assert_one_vector_and_one_index_entry_each(big_batch)
+        print(f"the batch was embedded {time.monotonic() - killed:.1f} s after the kill")
+        log = worker.log()
+        assert "WorkerLostError" in log, log[-3000:]
+        assert worker.process.poll() is None
+
     def test_after_the_whole_worker_is_killed_a_later_run_takes_the_claim_over(self, worker, big_batch):
         """The message may die with the worker (the embedded broker deletes it on delivery; Redis gives
         it back only after its visibility timeout), so the claim's lease is what frees the images:

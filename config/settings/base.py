@@ -221,6 +221,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# The prefork pool, whose processes on the embedded broker wait for a task without holding the lock
+# of the pipe they share: one killed while waiting would stop the worker for good (config/pool.py).
+CELERY_WORKER_POOL = "config.pool:TaskPool"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # A pool process loads the model as it starts (config.celery), which takes seconds on a busy machine:
 # the 4 s Celery gives a process to start would kill it.
