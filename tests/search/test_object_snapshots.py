@@ -5,6 +5,8 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import boto3
 import pytest
@@ -59,6 +61,26 @@ def serve_one_then_publish_another(source, writer, reader):
     source.add(11, vectors[10])
     source.publish(writer)
     return vectors, served
+
+
+@contextmanager
+def held_download(reader, writer) -> Iterator[threading.Event]:
+    """Hold the reader's download of any snapshot file until the block ends; the event is set once
+    a download has started."""
+    downloading, finish = threading.Event(), threading.Event()
+
+    def hold(params, **_kwargs):
+        if params.get("Key", "").startswith(writer.prefix) and params["Key"] != writer.pointer_key:
+            downloading.set()
+            assert finish.wait(30)
+
+    client = reader.store.client
+    client.meta.events.register("before-parameter-build.s3", hold)
+    try:
+        yield downloading
+    finally:
+        finish.set()
+        client.meta.events.unregister("before-parameter-build.s3", hold)
 
 
 def test_a_reader_on_another_host_downloads_verifies_and_serves_the_newest_snapshot(world):
@@ -216,27 +238,15 @@ def test_a_reader_polls_the_store_at_most_once_per_interval_and_asks_with_the_et
 def test_other_threads_search_the_snapshot_in_use_while_one_downloads_the_next(world):
     source, writer, reader, _ = world
     vectors, served = serve_one_then_publish_another(source, writer, reader)
-    downloading, finish = threading.Event(), threading.Event()
-
-    def hold_the_download(params, **_kwargs):
-        if params.get("Key", "").startswith(writer.prefix) and params["Key"] != writer.pointer_key:
-            downloading.set()
-            assert finish.wait(30)
-
-    client = reader.store.client
-    client.meta.events.register("before-parameter-build.s3", hold_the_download)
     loader = threading.Thread(target=reader.refresh)
-    try:
+    with held_download(reader, writer) as downloading:
         loader.start()
         assert downloading.wait(30)
         started = time.monotonic()
         assert top_ids(reader, vectors[10]) == [11]
         assert time.monotonic() - started < 5, "the search did not wait for the download"
         assert reader.meta == served
-    finally:
-        finish.set()
-        loader.join(30)
-        client.meta.events.unregister("before-parameter-build.s3", hold_the_download)
+    loader.join(30)
     assert reader.meta.snapshot_id == writer.read_meta().snapshot_id
 
 
@@ -244,25 +254,13 @@ def test_a_web_reader_downloads_the_next_snapshot_in_a_thread_and_no_search_wait
     source, writer, reader, _ = world
     reader.load_in_background = True
     vectors, served = serve_one_then_publish_another(source, writer, reader)
-    downloading, finish = threading.Event(), threading.Event()
-
-    def hold_the_download(params, **_kwargs):
-        if params.get("Key", "").startswith(writer.prefix) and params["Key"] != writer.pointer_key:
-            downloading.set()
-            assert finish.wait(30)
-
-    client = reader.store.client
-    client.meta.events.register("before-parameter-build.s3", hold_the_download)
-    try:
+    with held_download(reader, writer) as downloading:
         started = time.monotonic()
         assert top_ids(reader, vectors[10]) == [11], "the tail covers the image the newer snapshot holds"
         assert downloading.wait(30), "the search started the download"
         assert top_ids(reader, vectors[3]) == [4]
         assert time.monotonic() - started < 5, "a search waited for the download"
         assert reader.meta == served
-    finally:
-        finish.set()
-        client.meta.events.unregister("before-parameter-build.s3", hold_the_download)
     wait_for(lambda: reader.meta.snapshot_id == writer.read_meta().snapshot_id, timeout=30,
              message="the loading thread to swap the newer snapshot in")
     assert reader.tail_size == 0
