@@ -21,6 +21,14 @@
               at which their display copies are made afterwards (a finer decode, queued behind
               the embeddings).
 
+With ``--store-only`` it runs ``bare`` and ``store`` alone, ``--rounds`` times, one after the
+other in each round (the machine's load moves; the ratio within a round is what counts), and
+also times the import command over one file, ``start``: its fixed cost (the interpreter,
+Django, the database and the broker). ``store, after start-up`` is then the rate of the store
+work itself, (N - 1) files / (time for N - time for one). ``--tree`` runs the import command of
+another checkout as well (e.g. a snapshot of the code before a change: ``git archive``), in the
+same rounds, on the same files.
+
 It prints images per second for each, import / model and store / bare. The worker embeds on
 ``--device`` (``LOOKALIKE_DEVICE``) with ``--batch`` (``LOOKALIKE_EMBED_BATCH_SIZE``); the
 import command stores with ``--jobs`` processes. The site uses SQLite, or the PostgreSQL
@@ -31,6 +39,7 @@ broker at ``--broker-url`` (a Redis database of its own: the run empties it firs
                                      [--device cpu|cuda] [--batch 8] [--jobs 1]
                                      [--database-url postgres://postgres@127.0.0.1:5432/ingest_bench]
                                      [--broker-url redis://127.0.0.1:6379/15]
+    .venv/bin/python bench/ingest.py --store-only [--rounds 5] [--tree /tmp/before] [--jobs 1] ...
 """
 from __future__ import annotations
 
@@ -40,6 +49,7 @@ import io
 import multiprocessing
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,20 +57,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from workers import stop_workers  # noqa: E402
 
-from search.backbones import get_backbone  # noqa: E402
-from search.embedding import Embedder  # noqa: E402
-
 PYTHON = sys.executable
 
 
 def _model_rate_in_one_process(files: list[Path], batch: int, device: str = "cpu") -> float:
+    # Imported here: the store-only mode needs no model.
+    import torch
+
+    from search.backbones import get_backbone
+    from search.embedding import Embedder
+
     if device == "cpu":
         torch.set_num_threads(1)
     embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."), batch_size=batch, device=device)
@@ -93,21 +105,58 @@ def bare_rate(files: list[Path], work: Path) -> float:
     return rate
 
 
-def store_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs: int) -> float:
-    env = _fresh_site(work, env)
+def store_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs: int, tree: Path = ROOT) -> float:
+    env = _fresh_site(work, env, tree)
     started = time.perf_counter()
     subprocess.run([PYTHON, "manage.py", "import_images", str(folder), "--recursive", f"--jobs={jobs}"], env=env,
-                   cwd=ROOT, check=True, capture_output=True)
-    return count / (time.perf_counter() - started)
+                   cwd=tree, check=True, capture_output=True)
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(work, ignore_errors=True)
+    return count / elapsed
 
 
-def _fresh_site(work: Path, env: dict[str, str]) -> dict[str, str]:
+def store_only(folder: Path, files: list[Path], work: Path, env: dict[str, str], jobs: int, rounds: int,
+               trees: list[Path]) -> None:
+    """``bare`` and each tree's ``store`` (over every file, then over one: its start-up), in each round."""
+    single = work / "single"
+    single.mkdir()
+    shutil.copy(files[0], single / files[0].name)
+    count = len(files)
+    bare: list[float] = []
+    rates: dict[Path, list[tuple[float, float]]] = {tree: [] for tree in trees}
+    for round_ in range(rounds):
+        bare.append(bare_rate(sorted(folder.iterdir()), work))
+        line = f"round {round_ + 1}: bare {bare[-1]:7.1f} files/s"
+        for i, tree in enumerate(trees):
+            whole = count / store_rate(folder, count, work / f"store-{i}", env, jobs, tree)
+            start = 1 / store_rate(single, 1, work / f"store-{i}", env, jobs, tree)
+            rates[tree].append((whole, start))
+            line += f" | tree {i}: store {count / whole:7.1f}/s ({whole:.2f} s, start {start:.2f} s)"
+        print(line, flush=True)
+    median_bare = statistics.median(bare)
+    print(f"bare    {median_bare:8.1f} files/s   (read, SHA-256, write to the same disk; one process; "
+          f"median of {rounds})")
+    for i, tree in enumerate(trees):
+        whole_ratios = [count / whole / b for (whole, _), b in zip(rates[tree], bare, strict=True)]
+        work_ratios = [(count - 1) / max(whole - start, 1e-9) / b
+                       for (whole, start), b in zip(rates[tree], bare, strict=True)]
+        print(f"tree {i} ({tree}), {jobs} jobs, {count} files:")
+        print(f"  store                   {statistics.median(count / w for w, _ in rates[tree]):8.1f} images/s  "
+              f"store / bare = {statistics.median(whole_ratios):.2f}  (median of the rounds' ratios; "
+              f"range {min(whole_ratios):.2f}-{max(whole_ratios):.2f})")
+        print(f"  start (one file)        {statistics.median(s for _, s in rates[tree]):8.2f} s")
+        print(f"  store, after start-up   {statistics.median((count - 1) / (w - s) for w, s in rates[tree]):8.1f}"
+              f" images/s  store / bare = {statistics.median(work_ratios):.2f}  "
+              f"(range {min(work_ratios):.2f}-{max(work_ratios):.2f})")
+
+
+def _fresh_site(work: Path, env: dict[str, str], tree: Path = ROOT) -> dict[str, str]:
     env = {k: v for k, v in env.items() if k != "REDIS_URL"}
     env.update(DATA_DIR=str(work / "data"), PYTHONUNBUFFERED="1")
-    subprocess.run([PYTHON, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT, check=True,
+    subprocess.run([PYTHON, "manage.py", "migrate", "--noinput"], env=env, cwd=tree, check=True,
                    capture_output=True)
     if env.get("DATABASE_URL"):
-        subprocess.run([PYTHON, "manage.py", "flush", "--noinput"], env=env, cwd=ROOT, check=True,
+        subprocess.run([PYTHON, "manage.py", "flush", "--noinput"], env=env, cwd=tree, check=True,
                        capture_output=True)
     if env.get("CELERY_BROKER_URL"):
         import redis
@@ -191,6 +240,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="processes of the import command that store files")
     parser.add_argument("--broker-url", help="a Redis database for the broker (emptied first); default: embedded")
     parser.add_argument("--database-url", help="a PostgreSQL database (emptied before each run); default: SQLite")
+    parser.add_argument("--store-only", action="store_true", help="time only the bare loop and the store step")
+    parser.add_argument("--rounds", type=int, default=5, help="with --store-only, rounds of bare and store")
+    parser.add_argument("--tree", action="append", default=[],
+                        help="with --store-only, also the import command of this checkout (repeatable)")
     args = parser.parse_args()
     env = dict(os.environ, LOOKALIKE_DEVICE=args.device, LOOKALIKE_EMBED_BATCH_SIZE=str(args.batch))
     for name in ("CELERY_BROKER_URL", "DATABASE_URL"):
@@ -207,6 +260,10 @@ def main() -> None:
         subset.mkdir()
         for i, path in enumerate(files):
             shutil.copy(path, subset / f"{i:05d}-{path.name}")
+        if args.store_only:
+            trees = [Path(tree).resolve() for tree in args.tree] + [ROOT]
+            store_only(subset, files, work, env, args.jobs, args.rounds, trees)
+            return
         processes = os.cpu_count() or 1
         model = model_rate(files, args.batch, processes, args.device)
         arrangement = f"{processes} processes of one thread" if args.device == "cpu" else args.device

@@ -1,5 +1,7 @@
 import io
 import os
+import re
+from pathlib import PurePosixPath
 
 import pytest
 
@@ -63,16 +65,24 @@ class TestUpload:
         assert result.message == "The file is larger than the limit of 1000\xa0bytes."
         assert Image.objects.count() == 0
 
+    def test_the_originals_of_one_batch_share_a_folder(self, db):
+        results = images_upload(uploads=[("a.jpg", io.BytesIO(images.jpeg(4))), ("b.png", io.BytesIO(images.png(5)))],
+                                owner=None)
+        folders = {PurePosixPath(result.image.original.name).parent for result in results}
+        [folder] = folders
+        assert re.fullmatch(r"originals/[0-9a-f]{2}/[0-9a-f]{2}", str(folder))
+        assert [result.image.original.read() for result in results] == [images.jpeg(4), images.png(5)]
+
     def test_a_storage_failure_removes_the_files_already_written(self, db, tmp_path, settings, monkeypatch):
         settings.MEDIA_ROOT = tmp_path
         real_write = services._write_original
         calls = []
 
-        def write_then_fail(data: bytes, image_format: str) -> str:
+        def write_then_fail(data: bytes, image_format: str, folder: str) -> str:
             calls.append(image_format)
             if len(calls) == 2:
                 raise OSError("No space left on device")
-            return real_write(data, image_format)
+            return real_write(data, image_format, folder)
 
         monkeypatch.setattr(services, "_write_original", write_then_fail)
         with pytest.raises(OSError, match="No space"):
@@ -143,11 +153,11 @@ class TestBatchUpload:
         before = media_files()
         real_write = services._write_original
 
-        def write_while_another_stores(data: bytes, image_format: str) -> str:
+        def write_while_another_stores(data: bytes, image_format: str, folder: str) -> str:
             monkeypatch.setattr(services, "_write_original", real_write)
             if data == images.jpeg(1):
                 store(data, "theirs.jpg")
-            return real_write(data, image_format)
+            return real_write(data, image_format, folder)
 
         monkeypatch.setattr(services, "_write_original", write_while_another_stores)
         results = images_upload(uploads=[("mine.jpg", io.BytesIO(images.jpeg(1))),
