@@ -21,13 +21,15 @@
               at which their display copies are made afterwards (a finer decode, queued behind
               the embeddings).
 
-With ``--store-only`` it runs ``bare`` and ``store`` alone, ``--rounds`` times, one after the
-other in each round (the machine's load moves; the ratio within a round is what counts), and
-also times the import command over one file, ``start``: its fixed cost (the interpreter,
-Django, the database and the broker). ``store, after start-up`` is then the rate of the store
-work itself, (N - 1) files / (time for N - time for one). ``--tree`` runs the import command of
-another checkout as well (e.g. a snapshot of the code before a change: ``git archive``), in the
-same rounds, on the same files.
+With ``--store-only`` it times only ``store``, ``--rounds`` times, each time between two runs
+of ``bare`` (the disk of a shared machine changes speed from one second to the next: the ratio
+takes the mean of the two), and also the import command over one file, ``start``: its fixed
+cost (the interpreter, Django, the database and the broker). It prints store / bare with the
+start included and after it ((N - 1) files / (time for N - time for one)), and the ratio of
+CPU seconds (bare loop / the command's processes, after start-up; the database's and the
+broker's CPU not counted), which waits on neither the disk nor the other programs. ``--tree``
+times the import command of another checkout as well (e.g. a snapshot of the code before a
+change, made with ``git archive``), in the same rounds, on the same files.
 
 It prints images per second for each, import / model and store / bare. The worker embeds on
 ``--device`` (``LOOKALIKE_DEVICE``) with ``--batch`` (``LOOKALIKE_EMBED_BATCH_SIZE``); the
@@ -48,6 +50,7 @@ import hashlib
 import io
 import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -93,61 +96,80 @@ def model_rate(files: list[Path], batch: int, processes: int, device: str) -> fl
 
 def bare_rate(files: list[Path], work: Path) -> float:
     """Read, hash and write each file to the same disk: the floor of any store step."""
+    seconds, _ = _bare_timed(files, work)
+    return len(files) / seconds
+
+
+def _bare_timed(files: list[Path], work: Path) -> tuple[float, float]:
+    """Wall-clock and CPU seconds of the bare loop over ``files``."""
     out = work / "bare"
     out.mkdir(parents=True)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for i, path in enumerate(files):
         data = path.read_bytes()
         hashlib.sha256(data).hexdigest()
         (out / f"{i:06d}").write_bytes(data)
-    rate = len(files) / (time.perf_counter() - started)
+    timed = time.perf_counter() - started, time.process_time() - cpu
     shutil.rmtree(out)
-    return rate
+    return timed
 
 
-def store_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs: int, tree: Path = ROOT) -> float:
+def store_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs: int) -> float:
+    seconds, _ = _store_timed(folder, work, env, jobs)
+    return count / seconds
+
+
+def _store_timed(folder: Path, work: Path, env: dict[str, str], jobs: int, tree: Path = ROOT) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (of the command's processes, not the database's or the broker's)
+    of ``import_images`` over ``folder`` into a fresh site."""
     env = _fresh_site(work, env, tree)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([PYTHON, "manage.py", "import_images", str(folder), "--recursive", f"--jobs={jobs}"], env=env,
                    cwd=tree, check=True, capture_output=True)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     shutil.rmtree(work, ignore_errors=True)
-    return count / elapsed
+    return elapsed, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
 def store_only(folder: Path, files: list[Path], work: Path, env: dict[str, str], jobs: int, rounds: int,
                trees: list[Path]) -> None:
-    """``bare`` and each tree's ``store`` (over every file, then over one: its start-up), in each round."""
+    """Each tree's ``store`` over every file and over one (its start-up), with the bare loop run
+    just before and just after, in each round: the disk of a shared machine changes speed from
+    one second to the next, and the ratio takes the mean of the bare loop's two rates."""
     single = work / "single"
     single.mkdir()
     shutil.copy(files[0], single / files[0].name)
-    count = len(files)
-    bare: list[float] = []
-    rates: dict[Path, list[tuple[float, float]]] = {tree: [] for tree in trees}
+    gallery = sorted(folder.iterdir())
+    count = len(gallery)
+    ratios: dict[Path, dict[str, list[float]]] = {tree: {"store": [], "work": [], "cpu": [], "start": [],
+                                                         "rate": []} for tree in trees}
     for round_ in range(rounds):
-        bare.append(bare_rate(sorted(folder.iterdir()), work))
-        line = f"round {round_ + 1}: bare {bare[-1]:7.1f} files/s"
+        line = f"round {round_ + 1}:"
         for i, tree in enumerate(trees):
-            whole = count / store_rate(folder, count, work / f"store-{i}", env, jobs, tree)
-            start = 1 / store_rate(single, 1, work / f"store-{i}", env, jobs, tree)
-            rates[tree].append((whole, start))
-            line += f" | tree {i}: store {count / whole:7.1f}/s ({whole:.2f} s, start {start:.2f} s)"
+            bare_before, bare_cpu = _bare_timed(gallery, work)
+            whole, whole_cpu = _store_timed(folder, work / f"store-{i}", env, jobs, tree)
+            start, start_cpu = _store_timed(single, work / f"store-{i}", env, jobs, tree)
+            bare_after, _ = _bare_timed(gallery, work)
+            bare = (count / bare_before + count / bare_after) / 2
+            got = ratios[tree]
+            got["store"].append(count / whole / bare)
+            got["work"].append((count - 1) / max(whole - start, 1e-9) / bare)
+            got["cpu"].append(bare_cpu / max(whole_cpu - start_cpu, 1e-9))
+            got["start"].append(start)
+            got["rate"].append(count / whole)
+            line += (f" | tree {i}: bare {count / bare_before:6.0f} and {count / bare_after:6.0f} files/s, "
+                     f"store {count / whole:6.1f}/s ({whole:.2f} s, start {start:.2f} s)")
         print(line, flush=True)
-    median_bare = statistics.median(bare)
-    print(f"bare    {median_bare:8.1f} files/s   (read, SHA-256, write to the same disk; one process; "
-          f"median of {rounds})")
     for i, tree in enumerate(trees):
-        whole_ratios = [count / whole / b for (whole, _), b in zip(rates[tree], bare, strict=True)]
-        work_ratios = [(count - 1) / max(whole - start, 1e-9) / b
-                       for (whole, start), b in zip(rates[tree], bare, strict=True)]
-        print(f"tree {i} ({tree}), {jobs} jobs, {count} files:")
-        print(f"  store                   {statistics.median(count / w for w, _ in rates[tree]):8.1f} images/s  "
-              f"store / bare = {statistics.median(whole_ratios):.2f}  (median of the rounds' ratios; "
-              f"range {min(whole_ratios):.2f}-{max(whole_ratios):.2f})")
-        print(f"  start (one file)        {statistics.median(s for _, s in rates[tree]):8.2f} s")
-        print(f"  store, after start-up   {statistics.median((count - 1) / (w - s) for w, s in rates[tree]):8.1f}"
-              f" images/s  store / bare = {statistics.median(work_ratios):.2f}  "
-              f"(range {min(work_ratios):.2f}-{max(work_ratios):.2f})")
+        got = ratios[tree]
+        print(f"tree {i} ({tree}), {jobs} jobs, {count} files, medians of {rounds} rounds (range):")
+        print(f"  store                  {statistics.median(got['rate']):7.1f} images/s; "
+              f"start {statistics.median(got['start']):.2f} s")
+        for key, what in (("store", "store / bare, start included"), ("work", "store / bare, after start-up"),
+                          ("cpu", "bare CPU s / store CPU s, after start-up")):
+            print(f"  {what:42s} {statistics.median(got[key]):5.2f}  ({min(got[key]):.2f}-{max(got[key]):.2f})")
 
 
 def _fresh_site(work: Path, env: dict[str, str], tree: Path = ROOT) -> dict[str, str]:
