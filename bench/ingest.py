@@ -21,6 +21,16 @@
               at which their display copies are made afterwards (a finer decode, queued behind
               the embeddings).
 
+With ``--store-only`` it times only ``store``, ``--rounds`` times, each time between two runs
+of ``bare`` (the disk of a shared machine changes speed from one second to the next: the ratio
+takes the mean of the two), and also the import command over one file, ``start``: its fixed
+cost (the interpreter, Django, the database and the broker). It prints store / bare with the
+start included and after it ((N - 1) files / (time for N - time for one)), and the ratio of
+CPU seconds (bare loop / the command's processes, after start-up; the database's and the
+broker's CPU not counted), which waits on neither the disk nor the other programs. ``--tree``
+times the import command of another checkout as well (e.g. a snapshot of the code before a
+change, made with ``git archive``), in the same rounds, on the same files.
+
 It prints images per second for each, import / model and store / bare. The worker embeds on
 ``--device`` (``LOOKALIKE_DEVICE``) with ``--batch`` (``LOOKALIKE_EMBED_BATCH_SIZE``); the
 import command stores with ``--jobs`` processes. The site uses SQLite, or the PostgreSQL
@@ -31,6 +41,7 @@ broker at ``--broker-url`` (a Redis database of its own: the run empties it firs
                                      [--device cpu|cuda] [--batch 8] [--jobs 1]
                                      [--database-url postgres://postgres@127.0.0.1:5432/ingest_bench]
                                      [--broker-url redis://127.0.0.1:6379/15]
+    .venv/bin/python bench/ingest.py --store-only [--rounds 5] [--tree /tmp/before] [--jobs 1] ...
 """
 from __future__ import annotations
 
@@ -39,7 +50,9 @@ import hashlib
 import io
 import multiprocessing
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,20 +60,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from workers import stop_workers  # noqa: E402
 
-from search.backbones import get_backbone  # noqa: E402
-from search.embedding import Embedder  # noqa: E402
-
 PYTHON = sys.executable
 
 
 def _model_rate_in_one_process(files: list[Path], batch: int, device: str = "cpu") -> float:
+    # Imported here: the store-only mode needs no model.
+    import torch
+
+    from search.backbones import get_backbone
+    from search.embedding import Embedder
+
     if device == "cpu":
         torch.set_num_threads(1)
     embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."), batch_size=batch, device=device)
@@ -81,33 +96,89 @@ def model_rate(files: list[Path], batch: int, processes: int, device: str) -> fl
 
 def bare_rate(files: list[Path], work: Path) -> float:
     """Read, hash and write each file to the same disk: the floor of any store step."""
+    seconds, _ = _bare_timed(files, work)
+    return len(files) / seconds
+
+
+def _bare_timed(files: list[Path], work: Path) -> tuple[float, float]:
+    """Wall-clock and CPU seconds of the bare loop over ``files``."""
     out = work / "bare"
     out.mkdir(parents=True)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for i, path in enumerate(files):
         data = path.read_bytes()
         hashlib.sha256(data).hexdigest()
         (out / f"{i:06d}").write_bytes(data)
-    rate = len(files) / (time.perf_counter() - started)
+    timed = time.perf_counter() - started, time.process_time() - cpu
     shutil.rmtree(out)
-    return rate
+    return timed
 
 
 def store_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs: int) -> float:
-    env = _fresh_site(work, env)
+    seconds, _ = _store_timed(folder, work, env, jobs)
+    return count / seconds
+
+
+def _store_timed(folder: Path, work: Path, env: dict[str, str], jobs: int, tree: Path = ROOT) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (of the command's processes, not the database's or the broker's)
+    of ``import_images`` over ``folder`` into a fresh site."""
+    env = _fresh_site(work, env, tree)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([PYTHON, "manage.py", "import_images", str(folder), "--recursive", f"--jobs={jobs}"], env=env,
-                   cwd=ROOT, check=True, capture_output=True)
-    return count / (time.perf_counter() - started)
+                   cwd=tree, check=True, capture_output=True)
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    shutil.rmtree(work, ignore_errors=True)
+    return elapsed, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
-def _fresh_site(work: Path, env: dict[str, str]) -> dict[str, str]:
+def store_only(folder: Path, files: list[Path], work: Path, env: dict[str, str], jobs: int, rounds: int,
+               trees: list[Path]) -> None:
+    """Each tree's ``store`` over every file and over one (its start-up), with the bare loop run
+    just before and just after, in each round: the disk of a shared machine changes speed from
+    one second to the next, and the ratio takes the mean of the bare loop's two rates."""
+    single = work / "single"
+    single.mkdir()
+    shutil.copy(files[0], single / files[0].name)
+    gallery = sorted(folder.iterdir())
+    count = len(gallery)
+    ratios: dict[Path, dict[str, list[float]]] = {tree: {"store": [], "work": [], "cpu": [], "start": [],
+                                                         "rate": []} for tree in trees}
+    for round_ in range(rounds):
+        line = f"round {round_ + 1}:"
+        for i, tree in enumerate(trees):
+            bare_before, bare_cpu = _bare_timed(gallery, work)
+            whole, whole_cpu = _store_timed(folder, work / f"store-{i}", env, jobs, tree)
+            start, start_cpu = _store_timed(single, work / f"store-{i}", env, jobs, tree)
+            bare_after, _ = _bare_timed(gallery, work)
+            bare = (count / bare_before + count / bare_after) / 2
+            got = ratios[tree]
+            got["store"].append(count / whole / bare)
+            got["work"].append((count - 1) / max(whole - start, 1e-9) / bare)
+            got["cpu"].append(bare_cpu / max(whole_cpu - start_cpu, 1e-9))
+            got["start"].append(start)
+            got["rate"].append(count / whole)
+            line += (f" | tree {i}: bare {count / bare_before:6.0f} and {count / bare_after:6.0f} files/s, "
+                     f"store {count / whole:6.1f}/s ({whole:.2f} s, start {start:.2f} s)")
+        print(line, flush=True)
+    for i, tree in enumerate(trees):
+        got = ratios[tree]
+        print(f"tree {i} ({tree}), {jobs} jobs, {count} files, medians of {rounds} rounds (range):")
+        print(f"  store                  {statistics.median(got['rate']):7.1f} images/s; "
+              f"start {statistics.median(got['start']):.2f} s")
+        for key, what in (("store", "store / bare, start included"), ("work", "store / bare, after start-up"),
+                          ("cpu", "bare CPU s / store CPU s, after start-up")):
+            print(f"  {what:42s} {statistics.median(got[key]):5.2f}  ({min(got[key]):.2f}-{max(got[key]):.2f})")
+
+
+def _fresh_site(work: Path, env: dict[str, str], tree: Path = ROOT) -> dict[str, str]:
     env = {k: v for k, v in env.items() if k != "REDIS_URL"}
     env.update(DATA_DIR=str(work / "data"), PYTHONUNBUFFERED="1")
-    subprocess.run([PYTHON, "manage.py", "migrate", "--noinput"], env=env, cwd=ROOT, check=True,
+    subprocess.run([PYTHON, "manage.py", "migrate", "--noinput"], env=env, cwd=tree, check=True,
                    capture_output=True)
     if env.get("DATABASE_URL"):
-        subprocess.run([PYTHON, "manage.py", "flush", "--noinput"], env=env, cwd=ROOT, check=True,
+        subprocess.run([PYTHON, "manage.py", "flush", "--noinput"], env=env, cwd=tree, check=True,
                        capture_output=True)
     if env.get("CELERY_BROKER_URL"):
         import redis
@@ -191,6 +262,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="processes of the import command that store files")
     parser.add_argument("--broker-url", help="a Redis database for the broker (emptied first); default: embedded")
     parser.add_argument("--database-url", help="a PostgreSQL database (emptied before each run); default: SQLite")
+    parser.add_argument("--store-only", action="store_true", help="time only the bare loop and the store step")
+    parser.add_argument("--rounds", type=int, default=5, help="with --store-only, rounds of bare and store")
+    parser.add_argument("--tree", action="append", default=[],
+                        help="with --store-only, also the import command of this checkout (repeatable)")
     args = parser.parse_args()
     env = dict(os.environ, LOOKALIKE_DEVICE=args.device, LOOKALIKE_EMBED_BATCH_SIZE=str(args.batch))
     for name in ("CELERY_BROKER_URL", "DATABASE_URL"):
@@ -207,6 +282,10 @@ def main() -> None:
         subset.mkdir()
         for i, path in enumerate(files):
             shutil.copy(path, subset / f"{i:05d}-{path.name}")
+        if args.store_only:
+            trees = [Path(tree).resolve() for tree in args.tree] + [ROOT]
+            store_only(subset, files, work, env, args.jobs, args.rounds, trees)
+            return
         processes = os.cpu_count() or 1
         model = model_rate(files, args.batch, processes, args.device)
         arrangement = f"{processes} processes of one thread" if args.device == "cpu" else args.device

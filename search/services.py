@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from PIL.Image import Image as PILImage
@@ -239,14 +239,44 @@ def embeddings_store(*, identity: IndexIdentity, described: Described) -> None:
         if vector.shape != (identity.dim,):
             raise IndexMismatch(f"the vector of image #{image_id} has {vector.size} values, "
                                 f"{identity.describe()} has {identity.dim}")
+    rows = [(image_id, vector.astype(np.float32).tobytes(), local.astype(np.float16).tobytes())
+            for image_id, (vector, local) in described.items()]
+    if not rows:
+        return
+    if connection.vendor == "postgresql":
+        _embeddings_copy(identity=identity, rows=rows)
+        return
     Embedding.objects.bulk_create(
         [Embedding(image_id=image_id, backbone=identity.backbone, backbone_version=identity.backbone_version,
-                   dim=identity.dim, vector=vector.astype(np.float32).tobytes(),
-                   local_features=local.astype(np.float16).tobytes())
-         for image_id, (vector, local) in described.items()],
+                   dim=identity.dim, vector=vector, local_features=local) for image_id, vector, local in rows],
         update_conflicts=True, unique_fields=["image", "backbone", "backbone_version"],
         update_fields=["dim", "vector", "local_features"],
     )
+
+
+def _embeddings_copy(*, identity: IndexIdentity, rows: list[tuple[int, bytes, bytes]]) -> None:
+    """``embeddings_store``'s upsert on PostgreSQL: the rows go by binary COPY into a temporary
+    table, then into the table by one INSERT ... ON CONFLICT. A row is mostly its 43 kB feature
+    map, which a multi-row INSERT sends as hex text: by ``bench/batch_writes.py`` this writes a
+    batch of 128 about 2.5 times as fast, and a batch of 8 about 1.2 times."""
+    table = Embedding._meta.db_table
+    # The temporary table lives as long as the connection; its rows never outlive the transaction.
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_embeddings (image_id bigint, vector bytea, "
+                       "local_features bytea) ON COMMIT DELETE ROWS")
+        with cursor.cursor.copy("COPY incoming_embeddings (image_id, vector, local_features) "
+                                "FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "bytea", "bytea"])
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(
+            f"INSERT INTO {table} (image_id, backbone, backbone_version, dim, vector, local_features, created_at) "
+            "SELECT image_id, %s, %s, %s, vector, local_features, %s FROM incoming_embeddings "
+            "ON CONFLICT (image_id, backbone, backbone_version) DO UPDATE SET dim = EXCLUDED.dim, "
+            "vector = EXCLUDED.vector, local_features = EXCLUDED.local_features",
+            [identity.backbone, identity.backbone_version, identity.dim, timezone.now()])
+        # A second identity's rows may follow in the same transaction.
+        cursor.execute("DELETE FROM incoming_embeddings")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 import io
+import re
 import tracemalloc
+from pathlib import PurePosixPath
 
 import numpy as np
 import pytest
@@ -73,17 +75,25 @@ class TestUpload:
         assert result.message == "The file is larger than the limit of 1000\xa0bytes."
         assert Image.objects.count() == 0
 
+    def test_the_originals_of_one_batch_share_a_folder(self, db):
+        results = images_upload(uploads=[("a.jpg", io.BytesIO(images.jpeg(4))), ("b.png", io.BytesIO(images.png(5)))],
+                                owner=None)
+        folders = {PurePosixPath(result.image.original.name).parent for result in results}
+        [folder] = folders
+        assert re.fullmatch(r"originals/[0-9a-f]{2}/[0-9a-f]{2}", str(folder))
+        assert [result.image.original.read() for result in results] == [images.jpeg(4), images.png(5)]
+
     def test_a_storage_failure_refuses_the_upload_and_removes_the_files_already_written(self, db, monkeypatch,
                                                                                          media_storage):
         before = media_files()
         real_write = services._write_original
         calls = []
 
-        def write_then_fail(spooled, image_format: str) -> str:
+        def write_then_fail(spooled, image_format: str, folder: str) -> str:
             calls.append(image_format)
             if len(calls) == 2:
                 raise OSError("No space left on device")
-            return real_write(spooled, image_format)
+            return real_write(spooled, image_format, folder)
 
         monkeypatch.setattr(services, "_write_original", write_then_fail)
         results = images_upload(uploads=[("a.jpg", io.BytesIO(images.jpeg(4))), ("b.png", io.BytesIO(images.png(5))),
@@ -173,12 +183,12 @@ class TestBatchUpload:
         before = media_files()
         real_write = services._write_original
 
-        def write_while_another_stores(spooled, image_format: str) -> str:
+        def write_while_another_stores(spooled, image_format: str, folder: str) -> str:
             monkeypatch.setattr(services, "_write_original", real_write)
             spooled.seek(0)
             if spooled.read() == images.jpeg(1):
                 store(images.jpeg(1), "theirs.jpg")
-            return real_write(spooled, image_format)
+            return real_write(spooled, image_format, folder)
 
         monkeypatch.setattr(services, "_write_original", write_while_another_stores)
         results = images_upload(uploads=[("mine.jpg", io.BytesIO(images.jpeg(1))),

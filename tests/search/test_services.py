@@ -401,6 +401,32 @@ def test_a_writer_killed_while_holding_the_lock_is_taken_over_from_its_last_snap
         assert published[0] in os.listdir(tmp_path / "other-host" / "var" / "index-cache" / generations.active().name)
 
 
+class TestEmbeddingsStore:
+    def test_storing_again_replaces_the_vectors_and_each_identity_keeps_its_own(self, db):
+        first, second = store(images.jpeg(1), "1.jpg"), store(images.jpeg(2), "2.jpg")
+        identity = runtime.index_identity()
+        other = dataclasses.replace(identity, backbone_version="other", dim=4)
+        local = np.full((196, 112), 0.5, dtype=np.float16)
+
+        def vector(value: float, dim: int) -> np.ndarray:
+            return np.full(dim, value, dtype=np.float32)
+
+        services.embeddings_store(identity=identity, described={first.pk: (vector(1, identity.dim), local)})
+        with transaction.atomic():
+            services.embeddings_store(identity=identity, described={first.pk: (vector(2, identity.dim), local),
+                                                                    second.pk: (vector(3, identity.dim), local)})
+            services.embeddings_store(identity=other, described={second.pk: (vector(4, 4), local)})
+        rows = {(row.image_id, row.backbone_version): row for row in Embedding.objects.all()}
+        assert set(rows) == {(first.pk, identity.backbone_version), (second.pk, identity.backbone_version),
+                             (second.pk, "other")}
+        assert np.frombuffer(rows[first.pk, identity.backbone_version].vector, np.float32).tolist() == \
+            [2.0] * identity.dim
+        assert np.frombuffer(rows[second.pk, "other"].vector, np.float32).tolist() == [4.0] * 4
+        assert rows[second.pk, "other"].dim == 4
+        assert np.array_equal(local_features_array(rows[second.pk, identity.backbone_version].local_features,
+                                                    channels=112), local)
+
+
 class TestMalformedVectors:
     def test_storing_refuses_a_vector_whose_length_is_not_the_identitys_dimension(self, db):
         image = store(images.jpeg(1))
