@@ -312,10 +312,10 @@ class TestObjectStoreFailures:
         real_write = services._write_original
         written = []
 
-        def refused_after_the_first(spooled, image_format: str) -> str:
+        def refused_after_the_first(spooled, image_format: str, folder: str) -> str:
             if written:
                 refuse_writes(s3_media)
-            written.append(real_write(spooled, image_format))
+            written.append(real_write(spooled, image_format, folder))
             return written[-1]
 
         monkeypatch.setattr(services, "_write_original", refused_after_the_first)
