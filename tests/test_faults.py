@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
 
+from gallery import services as gallery_services
 from gallery.models import Image
 from search import runtime
 from search.changelog import last_seq
@@ -65,16 +67,32 @@ def test_a_writer_killed_while_publishing_leaves_a_snapshot_that_loads(tmp_path)
 BATCH = 96
 
 
-@pytest.fixture
-def big_batch(worker):
+def one_batch(worker, size: int) -> Iterator[list[int]]:
     """Images queued while no worker runs, then a worker that embeds them all in one batch: one run
     that takes seconds, to be killed in the middle of."""
     worker.stop()
-    stored = [store(images.jpeg(200 + i, size=(640, 480)), f"batch-{i}.jpg") for i in range(BATCH)]
-    worker.start(LOOKALIKE_EMBED_BATCH_SIZE=str(BATCH))
+    stored = [store(images.jpeg(200 + i, size=(640, 480)), f"batch-{i}.jpg") for i in range(size)]
+    worker.start(LOOKALIKE_EMBED_BATCH_SIZE=str(size))
     yield [image.pk for image in stored]
     worker.stop()
     worker.start()
+
+
+@pytest.fixture
+def big_batch(worker):
+    yield from one_batch(worker, BATCH)
+
+
+@pytest.fixture
+def lone_batch(worker, monkeypatch):
+    """A batch sent as one task, so that the worker's other pool process has nothing to run and
+    waits for a task all along."""
+    monkeypatch.setattr(gallery_services, "queue_embeddings", lambda ids: None)
+    batch = one_batch(worker, 2 * BATCH)
+    ids = next(batch)
+    embed_image.delay(ids[0])
+    yield ids
+    next(batch, None)
 
 
 def wait_until_claimed(ids: list[int]) -> None:
@@ -104,17 +122,17 @@ class TestKilledWorkers:
         assert "WorkerLostError" in log and "SIGKILL" in log, log[-3000:]
         assert worker.process.poll() is None
 
-    def test_both_pool_processes_killed_at_once_the_batch_runs_again_before_its_lease_ends(self, worker, big_batch):
+    def test_both_pool_processes_killed_at_once_the_batch_runs_again_before_its_lease_ends(self, worker, lone_batch):
         """One pool process embeds the batch while the other waits for a task (on the embedded broker,
         at the pipe that the pool's processes share): both are killed at once."""
-        wait_until_claimed(big_batch)
+        wait_until_claimed(lone_batch)
         pool = wait_for(lambda: (use := worker.pool_cpu_use()) and sorted(t > 0 for t in use.values()) == [False, True]
                         and list(use), 60, message="one pool process to embed while the other waits")
         for pid in pool:
             os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
-        assert Image.objects.filter(pk__in=big_batch, state=Image.State.INDEXED).count() < len(big_batch)
-        assert_one_vector_and_one_index_entry_each(big_batch)
+        assert Image.objects.filter(pk__in=lone_batch, state=Image.State.INDEXED).count() < len(lone_batch)
+        assert_one_vector_and_one_index_entry_each(lone_batch)
         print(f"the batch was embedded {time.monotonic() - killed:.1f} s after the kill")
         log = worker.log()
         assert "WorkerLostError" in log, log[-3000:]
