@@ -20,7 +20,7 @@ from tests import images
 from tests.conftest import store_indexed
 from tests.search.test_words import row
 
-PHOTOS = [("cat", n) for n in range(1, 6)] + [("dog", n) for n in range(1, 11)]
+PHOTOS = [("cat", n) for n in range(1, 13)] + [("dog", n) for n in range(1, 19)]
 
 
 def bench(category: str, number: int, owner=None) -> Image:
@@ -77,7 +77,7 @@ def indexed_photos(descriptors: list[tuple[np.ndarray, np.ndarray]], start: int,
 
 @pytest.fixture
 def photos(db, clean_index, photo_descriptors) -> list[Image]:
-    return indexed_photos(photo_descriptors, 0, 10)
+    return indexed_photos(photo_descriptors, 0, 25)
 
 
 @pytest.fixture
@@ -91,13 +91,13 @@ def test_the_job_scores_every_indexed_image_as_a_percentile_of_the_gallery(photo
 
     rows = {row.image_id: row for row in OutlierScore.objects.all()}
     assert set(rows) == {photo.pk for photo in photos}
-    assert (job.done, job.total, job.phase) == (10, 10, "ranking")
+    assert (job.done, job.total, job.phase) == (25, 25, "ranking")
     for scored_row in rows.values():
         below = sum(other.distance < scored_row.distance for other in rows.values())
-        assert scored_row.score == pytest.approx(100 * below / 9)
+        assert scored_row.score == pytest.approx(100 * below / 24)
         assert 0.0 < scored_row.distance < 2.0
     assert max(r.score for r in rows.values()) == 100.0 and min(r.score for r in rows.values()) == 0.0
-    assert "Scored 10 images" in job.summary
+    assert "Scored 25 images" in job.summary
 
 
 def test_a_planted_odd_image_scores_higher_than_every_photo(photos):
@@ -115,9 +115,9 @@ def test_a_new_image_is_scored_when_embedded_among_the_gallery(scored):
     cat, odd = bench("cat", 20), store_indexed(noise(3), "noise.png")
 
     cat_score, odd_score = OutlierScore.objects.get(image=cat), OutlierScore.objects.get(image=odd)
-    # Ranked among the ten distances the job measured, which stay as they were until it runs again.
+    # Ranked among the distances the job measured, which stay as they were until it runs again.
     below = sum(distance < cat_score.distance for distance, _ in reference.values())
-    assert cat_score.score == pytest.approx(100 * below / 10)
+    assert cat_score.score == pytest.approx(100 * below / 25)
     assert odd_score.score == 100.0 > cat_score.score
     assert {row.image_id: (row.distance, row.score)
             for row in OutlierScore.objects.filter(image_id__in=reference)} == reference
@@ -130,13 +130,13 @@ def test_before_the_first_job_new_images_are_not_scored(photos):
 def test_the_job_measures_every_image_again_after_the_gallery_changed(scored, photo_descriptors):
     before = dict(OutlierScore.objects.values_list("image_id", "distance"))
     # Five more dogs: the dogs' neighbourhoods are denser now.
-    gallery = scored + indexed_photos(photo_descriptors, 10, 15)
+    gallery = scored + indexed_photos(photo_descriptors, 25, 30)
 
     run_job()
 
     after = dict(OutlierScore.objects.values_list("image_id", "distance"))
     assert set(after) == {image.pk for image in gallery}
-    assert all(after[dog.pk] < before[dog.pk] for dog in scored[5:10])
+    assert all(after[dog.pk] < before[dog.pk] for dog in scored[12:25])
     assert OutlierScore.objects.filter(score__isnull=True).count() == 0
 
 
@@ -161,7 +161,7 @@ def test_the_job_forgets_images_that_left_the_index(scored):
     run_job()
 
     assert not OutlierScore.objects.filter(image=gone).exists()
-    assert OutlierScore.objects.count() == 9
+    assert OutlierScore.objects.count() == 24
 
 
 class TestModerationHold:
