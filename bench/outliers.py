@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -162,10 +161,19 @@ def build_snapshot(real: np.ndarray | None, count: int, folder: Path, ef_constru
     return folder
 
 
+def peak_mib() -> float:
+    """This process's peak resident memory. Not ``ru_maxrss``, which a child started by a big parent
+    inherits across fork and exec; the kernel's high-water mark starts again with the new program."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def score_snapshot(folder: Path, k: int) -> None:
     """Score every vector of the snapshot as the job does; prints seconds and peak MiB (a child process)."""
     identity = descriptor_identity(get_backbone("efficientnet_lite0"))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_mib()
     reader = IndexReader(SnapshotStore(folder / "index"), identity, HnswParams(), NoChanges())
     reader.refresh()
     vectors = np.load(folder / "vectors.npy", mmap_mode="r")
@@ -179,7 +187,7 @@ def score_snapshot(folder: Path, k: int) -> None:
         distances[start:start + len(found)] = [found[i] for i in sorted(found)]
     scores = percentile_scores(distances)
     seconds = time.perf_counter() - started
-    print(f"{seconds:.1f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} {before:.0f} "
+    print(f"{seconds:.1f} {peak_mib():.0f} {before:.0f} "
           f"{scores.max():.1f}")
 
 
