@@ -11,7 +11,7 @@ images whose distance is smaller, from 0 to 100. A percentile rather than the ra
 z-score: raw distances depend on the backbone and on how dense the gallery is, and kNN distances
 have a long right tail (the outliers themselves) that inflates the standard deviation a z-score
 divides by. A percentile means the same for any backbone and gallery, and a threshold on it says
-how many ordinary uploads it catches: holding uploads above 99 sends about 1 % of them to review.
+how many ordinary uploads it catches: holding uploads scored 99 or more sends about 1 % to review.
 """
 from __future__ import annotations
 
