@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable
@@ -88,6 +89,9 @@ def _number(name: str, default: T, minimum: T | None, parse: Callable[[str], T],
         number = parse(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name}={value!r} is not {noun}.") from None
+    if not math.isfinite(number):
+        # NaN compares false with every bound and every value: it would pass the checks and then do nothing.
+        raise ImproperlyConfigured(f"{name}={value!r} is not a finite number.")
     if minimum is not None and number < minimum:  # type: ignore[operator]
         raise ImproperlyConfigured(f"{name}={number} is below its minimum of {minimum}.")
     return number

@@ -1,13 +1,16 @@
 """The admin made for curating the gallery: find images, act on many at once, review uploads."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import F, Prefetch, Q, QuerySet, Value
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
@@ -15,11 +18,12 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from gallery import services
-from gallery.models import DuplicateGroup, Image, ImageAwaitingApproval, Tag, TagSuggestion
+from gallery.models import DuplicateGroup, Image, ImageAwaitingApproval, OutlierScore, Tag, TagSuggestion
 from jobs.models import Job
-from search import duplicates, tag_suggestions
+from search import duplicates, outliers, tag_suggestions
 from search import selectors as search_selectors
 from search import services as search_services
+from search.knn_outliers import K
 from search.models import Embedding
 
 DUPLICATE_GROUPS_PER_PAGE = 20
@@ -80,6 +84,18 @@ class RangeFilter(admin.SimpleListFilter):
         return queryset
 
 
+class OutlierFilter(RangeFilter):
+    title = "outlier score"
+    parameter_name = "unusual"
+    ranges = [
+        ("99", "99 and above: the most unusual 1 %", Q(outlier_score__score__gte=99)),
+        ("95", "95 to 99", Q(outlier_score__score__gte=95, outlier_score__score__lt=99)),
+        ("80", "80 to 95", Q(outlier_score__score__gte=80, outlier_score__score__lt=95)),
+        ("0", "below 80", Q(outlier_score__score__lt=80)),
+        ("none", "not scored", Q(outlier_score__score__isnull=True)),
+    ]
+
+
 class SizeFilter(RangeFilter):
     title = "file size"
     parameter_name = "size"
@@ -103,18 +119,18 @@ class DimensionsFilter(RangeFilter):
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
     list_display = ("thumbnail_tag", "original_name", "status", "owner", "size", "dimensions", "created_at",
-                    "tag_list", "suggested_tags")
+                    "tag_list", "suggested_tags", "outlier")
     list_display_links = ("thumbnail_tag", "original_name")
-    list_filter = (StateFilter, SuggestionsFilter, ("owner", admin.RelatedOnlyFieldListFilter), SizeFilter,
-                   DimensionsFilter, "created_at", "tags", "format")
+    list_filter = (StateFilter, SuggestionsFilter, OutlierFilter, ("owner", admin.RelatedOnlyFieldListFilter),
+                   SizeFilter, DimensionsFilter, "created_at", "tags", "format")
     search_fields = ("original_name", "=tags__name", "owner__username", "=sha256")
     ordering = ("-created_at", "-id")
     date_hierarchy = "created_at"
     list_select_related = ("owner",)
     list_per_page = 100
     action_form = TagActionForm
-    readonly_fields = ("preview", "embedding_state", "suggestions_link", "neighbours", "sha256", "format", "width",
-                       "height", "byte_size", "original", "display", "thumbnail", "state", "hidden",
+    readonly_fields = ("preview", "embedding_state", "suggestions_link", "neighbours", "outlier", "sha256", "format",
+                       "width", "height", "byte_size", "original", "display", "thumbnail", "state", "hidden",
                        "awaiting_approval", "error", "attempts", "claimed_at", "created_at", "indexed_at")
     fields = ("preview", "original_name", "owner", "tags", *readonly_fields[1:])
     filter_horizontal = ("tags",)
@@ -124,7 +140,10 @@ class ImageAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
         pending = TagSuggestion.objects.filter(rejected=False).select_related("tag")
-        return super().get_queryset(request).prefetch_related(
+        # Unscored images sort as the least unusual, on every database (PostgreSQL puts nulls first
+        # when descending).
+        return super().get_queryset(request).select_related("outlier_score").annotate(
+            unusualness=Coalesce(F("outlier_score__score"), Value(-1.0))).prefetch_related(
             "tags", Prefetch("tag_suggestions", queryset=pending, to_attr="pending_suggestions"))
 
     def get_urls(self) -> list[URLPattern]:
@@ -134,17 +153,31 @@ class ImageAdmin(admin.ModelAdmin):
         view = self.admin_site.admin_view
         return [path("duplicates/", view(self.duplicates_view), name="gallery_image_duplicates"),
                 path("suggest-tags/", view(self.suggest_tags_view), name="gallery_image_suggest_tags"),
+                path("score-outliers/", view(self.score_outliers_view), name="gallery_image_score_outliers"),
                 path("<int:image_id>/suggestions/", view(self.suggestions_view), name="gallery_image_suggestions"),
                 *urls]
 
-    def suggest_tags_view(self, request: HttpRequest) -> HttpResponse:
-        """Start a job that suggests tags for every untagged image."""
+    def _start_job(self, request: HttpRequest, start: Callable[..., Job], outcome: str) -> HttpResponse:
+        """Start a job over the gallery from a button of the image list, and say where its results appear."""
         if request.method != "POST" or not request.user.has_perm("jobs.add_job"):
             raise PermissionDenied
-        job = tag_suggestions.tag_suggestions_start(started_by=request.user)
-        self.message_user(request, f"Started {job}; the filter \"has suggestions\" lists what it suggests.",
-                          messages.SUCCESS)
+        job = start(started_by=request.user)
+        self.message_user(request, f"Started {job}; {outcome}.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:gallery_image_changelist"))
+
+    def suggest_tags_view(self, request: HttpRequest) -> HttpResponse:
+        """Start a job that suggests tags for every untagged image."""
+        return self._start_job(request, tag_suggestions.tag_suggestions_start,
+                               'the filter "has suggestions" lists what it suggests')
+
+    def score_outliers_view(self, request: HttpRequest) -> HttpResponse:
+        """Start a job that scores every indexed image as an outlier again."""
+        return self._start_job(request, outliers.outlier_scores_start,
+                               '"most unusual first" lists its results once it is done')
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):  # type: ignore[override]
+        column = list(self.get_list_display(request)).index("outlier") + 1
+        return super().changelist_view(request, {**(extra_context or {}), "most_unusual_order": f"-{column}"})
 
     def suggestions_view(self, request: HttpRequest, image_id: int) -> HttpResponse:
         """One image's suggestions: accept or reject each, and the ones rejected before."""
@@ -255,6 +288,17 @@ class ImageAdmin(admin.ModelAdmin):
     @admin.display(description="Suggested tags")
     def suggested_tags(self, image: Image) -> str:
         return ", ".join(f"{s.tag.name} ({s.confidence:.0%})" for s in self._open_suggestions(image))
+
+    @admin.display(description="Outlier score", ordering="unusualness")
+    def outlier(self, image: Image) -> str:
+        try:
+            scored = image.outlier_score
+        except OutlierScore.DoesNotExist:
+            return ""
+        if scored.score is None:
+            return ""
+        return format_html('<span title="distance to its {}th nearest image: {}">{}</span>', K,
+                           f"{scored.distance:.3f}", f"{scored.score:.1f}")
 
     @admin.display(description="Tag suggestions")
     def suggestions_link(self, image: Image) -> str:
@@ -375,8 +419,10 @@ class ModerationQueueAdmin(ImageAdmin):
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):  # type: ignore[override]
         state = "on" if settings.LOOKALIKE_MODERATION else "off (LOOKALIKE_MODERATION=false)"
-        return super().changelist_view(request, {**(extra_context or {}),
-                                                 "title": f"Uploads awaiting approval — moderation is {state}"})
+        held = settings.LOOKALIKE_MODERATION_OUTLIER_SCORE
+        unusual = f"; uploads scored {held:g} or more as outliers are held" if held is not None else ""
+        title = f"Uploads awaiting approval — moderation is {state}{unusual}"
+        return super().changelist_view(request, {**(extra_context or {}), "title": title})
 
 
 @admin.register(Tag)

@@ -154,3 +154,20 @@ class CopyNotice(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.image_id} looks like an edited copy of #{self.original_id}"
+
+
+class OutlierScore(models.Model):
+    """How unusual an image is among the gallery's vectors (``search.knn_outliers``), for staff only:
+    the distance to its K-th nearest other image, and that distance's percentile in the gallery."""
+
+    image = models.OneToOneField(Image, on_delete=models.CASCADE, primary_key=True, related_name="outlier_score")
+    distance = models.FloatField()
+    # 0 to 100; null from when the job has measured the distance until it has ranked the gallery.
+    score = models.FloatField(null=True, blank=True)
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["distance"]), models.Index(fields=["score"])]
+
+    def __str__(self) -> str:
+        return f"#{self.image_id} is more unusual than {self.score or 0:.1f} % of the gallery"

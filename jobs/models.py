@@ -20,6 +20,7 @@ class Job(models.Model):
         UPKEEP = "upkeep", "Upkeep"
         DUPLICATE_SCAN = "duplicate_scan", "Duplicate scan"
         TAG_SUGGESTIONS = "tag_suggestions", "Tag suggestions"
+        OUTLIER_SCORES = "outlier_scores", "Outlier scores"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"

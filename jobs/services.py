@@ -28,6 +28,7 @@ RUNNERS: dict[str, str] = {
     Job.Kind.UPKEEP: "search.upkeep.upkeep_run",
     Job.Kind.DUPLICATE_SCAN: "search.duplicates.duplicate_scan_run",
     Job.Kind.TAG_SUGGESTIONS: "search.tag_suggestions.tag_suggestions_run",
+    Job.Kind.OUTLIER_SCORES: "search.outliers.outlier_scores_run",
 }
 
 

@@ -9,6 +9,8 @@ nothing more than before. The uploader is told only when they may see the image 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
@@ -30,15 +32,18 @@ def copies_find(*, identity: IndexIdentity, vectors: dict[int, np.ndarray]) -> F
     if threshold is None or not vectors or reader.identity != identity:
         return {}
     ids = list(vectors)
-    fresh = set(ids)
+    rows = reader.search(np.stack([vectors[i] for i in ids]), 1, visible=indexed_apart_from(set(ids)))
+    return {image_id: (row[0].image_id, row[0].score) for image_id, row in zip(ids, rows, strict=True)
+            if row and row[0].score >= threshold}
 
+
+def indexed_apart_from(fresh: set[int]) -> Callable[[set[int]], set[int]]:
+    """The ``visible`` of a search among indexed images (any owner) for images being embedded now."""
     def indexed(candidates: set[int]) -> set[int]:
         return set(Image.objects.filter(id__in=candidates - fresh, state=Image.State.INDEXED)
                    .values_list("id", flat=True))
 
-    rows = reader.search(np.stack([vectors[i] for i in ids]), 1, visible=indexed)
-    return {image_id: (row[0].image_id, row[0].score) for image_id, row in zip(ids, rows, strict=True)
-            if row and row[0].score >= threshold}
+    return indexed
 
 
 def copies_record(*, found: Found, image_ids: list[int]) -> None:

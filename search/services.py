@@ -23,7 +23,7 @@ from PIL.Image import Image as PILImage
 from gallery import copies
 from gallery.imaging import ImageRejected
 from gallery.models import Image
-from search import changelog, copy_notices, generations, runtime
+from search import changelog, copy_notices, generations, outliers, runtime
 from search.backbones import WeightsMissing
 from search.identity import IndexIdentity
 from search.index import HnswIndex, IndexMismatch, SnapshotCorrupt, SnapshotMeta, Snapshots, SnapshotUnavailable
@@ -145,6 +145,8 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
     failed = {image_id: str(reason) for image_id, reason in unread.items() if image_id not in damaged}
     computed = {generation.identity: described}
     found_copies = _copies_of(generation.identity, described)
+    found_outliers = outliers.outliers_find(identity=generation.identity,
+                                            vectors={i: vector for i, (vector, _) in described.items()})
     building = reindex_target_identity()
     if building is not None and building not in computed and described:
         try:
@@ -154,7 +156,7 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
         except Exception:  # the reindex embeds whatever is still missing before it completes
             log.exception("Could not embed with %s for the reindex in progress", building.describe())
     outcome = _finish_batch(claim_token, computed, failed | worn_out, permanent=set(worn_out),
-                            found_copies=found_copies)
+                            found_copies=found_copies, found_outliers=found_outliers)
     # Searchable now, with its thumbnail; the display copy needs a finer decode and comes after.
     copies.queue_display_copies(outcome.indexed)
     return outcome
@@ -301,7 +303,8 @@ def identities_in_use() -> IdentitiesInUse:
 
 @transaction.atomic
 def _finish_batch(token: str, computed: dict[IndexIdentity, Described], failed: dict[int, str], *,
-                  permanent: set[int] | None = None, found_copies: copy_notices.Found | None = None) -> EmbedOutcome:
+                  permanent: set[int] | None = None, found_copies: copy_notices.Found | None = None,
+                  found_outliers: outliers.Found | None = None) -> EmbedOutcome:
     """Store what the batch computed, for the identities still in use at commit, and settle each
     image. An image with no vector of the identity active now goes back to the queue."""
     in_use = identities_in_use()
@@ -314,6 +317,7 @@ def _finish_batch(token: str, computed: dict[IndexIdentity, Described], failed: 
                  .values_list("id", "attempts"))
     active = computed.get(in_use.active, {})
     indexed = sorted(image_id for image_id in embedded if image_id in owned and image_id in active)
+    outliers.outliers_record(found=found_outliers or {}, image_ids=indexed)
     Image.objects.filter(id__in=indexed).update(state=Image.State.INDEXED, indexed_at=now, error="", claim_token="",
                                                 claimed_at=None)
     if outdated := sorted(image_id for image_id in embedded if image_id in owned and image_id not in active):

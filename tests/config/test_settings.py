@@ -31,6 +31,12 @@ class TestEnvironmentHelpers:
         with pytest.raises(ImproperlyConfigured, match="SOME_COUNT=0 is below its minimum of 1"):
             env.env_int("SOME_COUNT", 5, minimum=1)
 
+    @pytest.mark.parametrize("raw", ["nan", "inf", "-Infinity"])
+    def test_a_number_that_is_not_finite_is_refused(self, monkeypatch, raw):
+        monkeypatch.setenv("SOME_SHARE", raw)
+        with pytest.raises(ImproperlyConfigured, match=f"SOME_SHARE='{raw}' is not a finite number"):
+            env.env_optional_float("SOME_SHARE", minimum=0.0, maximum=100.0)
+
     def test_a_required_value_that_is_missing_is_named(self, monkeypatch):
         monkeypatch.delenv("SOME_SECRET", raising=False)
         with pytest.raises(ImproperlyConfigured, match="Set the environment variable SOME_SECRET"):
@@ -363,3 +369,23 @@ class TestCache:
         proc = manage(bare_env(DATA_DIR=str(tmp_path), LOOKALIKE_RATE_LIMIT_SEARCH="lots"), "check")
         assert proc.returncode != 0
         assert "LOOKALIKE_RATE_LIMIT_SEARCH='lots' is not a rate" in proc.stderr
+
+
+class TestOutlierModerationSetting:
+    @pytest.mark.parametrize(("raw", "message"), [
+        ("high", "LOOKALIKE_MODERATION_OUTLIER_SCORE='high' is not a number."),
+        ("-5", "LOOKALIKE_MODERATION_OUTLIER_SCORE=-5.0 is below its minimum of 0.0."),
+        ("150", "LOOKALIKE_MODERATION_OUTLIER_SCORE=150.0 is above its maximum of 100.0."),
+        ("nan", "LOOKALIKE_MODERATION_OUTLIER_SCORE='nan' is not a finite number."),
+    ])
+    def test_a_bad_value_stops_start_up_and_says_why(self, tmp_path, raw, message):
+        proc = manage(bare_env(DATA_DIR=str(tmp_path), LOOKALIKE_MODERATION_OUTLIER_SCORE=raw), "check")
+        assert proc.returncode != 0
+        assert f"ImproperlyConfigured: {message}" in proc.stderr
+
+    def test_unset_it_is_off_and_a_percentile_is_kept(self, tmp_path):
+        script = "from django.conf import settings; print(settings.LOOKALIKE_MODERATION_OUTLIER_SCORE)"
+        for raw, shown in (("", "None"), ("99.5", "99.5")):
+            proc = manage(bare_env(DATA_DIR=str(tmp_path), LOOKALIKE_MODERATION_OUTLIER_SCORE=raw), "shell", "-c",
+                          script)
+            assert proc.stdout.strip().splitlines()[-1] == shown, proc.stderr
