@@ -142,7 +142,8 @@ class ImageAdmin(admin.ModelAdmin):
         pending = TagSuggestion.objects.filter(rejected=False).select_related("tag")
         # Unscored images sort as the least unusual, on every database (PostgreSQL puts nulls first
         # when descending).
-        return super().get_queryset(request).select_related("outlier_score").annotate(
+        # The change list applies list_select_related only to a queryset that selects nothing yet.
+        return super().get_queryset(request).select_related(*self.list_select_related, "outlier_score").annotate(
             unusualness=Coalesce(F("outlier_score__score"), Value(-1.0))).prefetch_related(
             "tags", Prefetch("tag_suggestions", queryset=pending, to_attr="pending_suggestions"))
 

@@ -30,6 +30,8 @@ from tests.conftest import PROJECT_ROOT, Worker, process_env, wait_for
 
 pytestmark = [
     pytest.mark.two_hosts,
+    # Five processes that each load the model, on a machine that may be busy.
+    pytest.mark.timeout(600),
     pytest.mark.skipif(not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")),
                        reason="hosts share PostgreSQL and Redis; SQLite and the embedded broker are one machine's"),
 ]
@@ -89,7 +91,9 @@ class Host:
 
 
 @pytest.fixture
-def hosts(s3_media, transactional_db, tmp_path) -> Iterator[tuple[Host, Host]]:
+def hosts(s3_media, celery_worker_process, transactional_db, tmp_path) -> Iterator[tuple[Host, Host]]:
+    # The session's worker takes the same queues with this machine's folder: only the hosts' run now.
+    celery_worker_process.stop()
     a = Host("A", tmp_path / "host-a")
     b = Host("B", tmp_path / "host-b")
     for host in (a, b):
@@ -103,6 +107,7 @@ def hosts(s3_media, transactional_db, tmp_path) -> Iterator[tuple[Host, Host]]:
     finally:
         a.stop()
         b.stop()
+        celery_worker_process.start(LOOKALIKE_S3_BUCKET="")
 
 
 @pytest.fixture
