@@ -29,6 +29,7 @@ from gallery.copies import delete_files
 from gallery.imaging import ImageRejected, read_header
 from gallery.models import Image, Tag
 from gallery.selectors import image_list_visible
+from gallery.unfinished import unfinished_clear, unfinished_mark
 from search import changelog
 from search.models import IndexChange
 from search.services import queue_embeddings, queue_index_sync
@@ -235,6 +236,7 @@ def images_upload(*, uploads: Sequence[tuple[str, Readable | FileOnDisk]],
     copy_of: dict[int, int] = {}  # a later copy of a file in this batch -> the first one's position
     accepted: list[_Accepted] = []
     held: list[tuple[_Accepted, IO[bytes]]] = []  # checked, waiting for the duplicate look-up
+    unfinished: list[str] = []  # the lists of files written before their rows (gallery.unfinished)
     try:
         for position, (_, source) in enumerate(uploads):
             name = names[position]
@@ -258,14 +260,16 @@ def images_upload(*, uploads: Sequence[tuple[str, Readable | FileOnDisk]],
             held.append((_Accepted(position, name, digest, header.format, header.width, header.height, size,
                                    mtime_ns), spooled))
             if sum(item.byte_size for item, _ in held) >= _HELD_BYTES:
-                _write_new(held, owner, quota, results, accepted)
+                _write_new(held, owner, quota, results, accepted, unfinished)
                 held = []
-        _write_new(held, owner, quota, results, accepted)
+        _write_new(held, owner, quota, results, accepted, unfinished)
         results |= _store(accepted, owner)
+        unfinished_clear(lists=unfinished)
     except _StoreFailed:
         log.exception("The media storage could not take an upload's original; nothing of the upload is kept")
         for item in accepted:
             delete_files(item.written)
+        unfinished_clear(lists=unfinished)
         refusal = ImageRejected("store_unavailable", STORE_UNAVAILABLE_MESSAGE)
         for position in range(len(uploads)):
             if position not in results and position not in copy_of:
@@ -273,6 +277,7 @@ def images_upload(*, uploads: Sequence[tuple[str, Readable | FileOnDisk]],
     except BaseException:
         for item in accepted:
             delete_files(item.written)
+        unfinished_clear(lists=unfinished)
         raise
     finally:
         for _, spooled in held:
@@ -287,9 +292,10 @@ def images_upload(*, uploads: Sequence[tuple[str, Readable | FileOnDisk]],
 
 
 def _write_new(held: list[tuple[_Accepted, IO[bytes]]], owner: AbstractBaseUser | None, quota: _Quota,
-               results: dict[int, UploadResult], accepted: list[_Accepted]) -> None:
+               results: dict[int, UploadResult], accepted: list[_Accepted], unfinished: list[str]) -> None:
     """Write the originals of the held files that are neither duplicates (one query for them all)
-    nor past the quota, adding them to ``accepted``; the others' results go into ``results``.
+    nor past the quota, adding them to ``accepted``, after listing their names in a list of
+    unfinished uploads added to ``unfinished``; the others' results go into ``results``.
     Each held file is closed once written or judged; ``_StoreFailed`` if the storage refuses one."""
     if not held:
         return
@@ -299,12 +305,16 @@ def _write_new(held: list[tuple[_Accepted, IO[bytes]]], owner: AbstractBaseUser 
     # the store step's writes. Batches still spread over the 65,536 folders.
     folder = uuid.uuid4().hex[:4]
     try:
-        for item in _new_within_quota([item for item, _ in held], owner, quota, results):
-            accepted.append(item)
-            try:
-                item.written.append(_write_original(spooled_of[item.position], item.format, folder))
-            except STORE_ERRORS as exc:
-                raise _StoreFailed from exc
+        new = _new_within_quota([item for item, _ in held], owner, quota, results)
+        names = {item.position: _original_name(item.format, folder) for item in new}
+        try:
+            if new:
+                unfinished.append(unfinished_mark(names=list(names.values())))
+            for item in new:
+                accepted.append(item)
+                item.written.append(_write_original(spooled_of[item.position], names[item.position]))
+        except STORE_ERRORS as exc:
+            raise _StoreFailed from exc
     finally:
         for spooled in spooled_of.values():
             spooled.close()
@@ -364,11 +374,14 @@ def _spool(source: Readable | FileOnDisk) -> tuple[IO[bytes], str, int]:
     return spooled, digest.hexdigest(), size
 
 
-def _write_original(spooled: IO[bytes], image_format: str, folder: str) -> str:
-    """The original as sent, under a generated name in ``folder`` (4 hex digits): the one file the
-    store step writes, streamed."""
-    return default_storage.save(f"originals/{folder[:2]}/{folder[2:]}/{uuid.uuid4().hex}{_EXTENSIONS[image_format]}",
-                                File(spooled))
+def _original_name(image_format: str, folder: str) -> str:
+    """A generated name for an original in ``folder`` (4 hex digits)."""
+    return f"originals/{folder[:2]}/{folder[2:]}/{uuid.uuid4().hex}{_EXTENSIONS[image_format]}"
+
+
+def _write_original(spooled: IO[bytes], name: str) -> str:
+    """The original as sent: the one file the store step writes, streamed."""
+    return default_storage.save(name, File(spooled))
 
 
 def _copies_seen_by(owner: AbstractBaseUser | None, digests: Iterable[str]) -> dict[str, Image]:

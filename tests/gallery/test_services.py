@@ -89,17 +89,17 @@ class TestUpload:
         real_write = services._write_original
         calls = []
 
-        def write_then_fail(spooled, image_format: str, folder: str) -> str:
-            calls.append(image_format)
+        def write_then_fail(spooled, name: str) -> str:
+            calls.append(PurePosixPath(name).suffix)
             if len(calls) == 2:
                 raise OSError("No space left on device")
-            return real_write(spooled, image_format, folder)
+            return real_write(spooled, name)
 
         monkeypatch.setattr(services, "_write_original", write_then_fail)
         results = images_upload(uploads=[("a.jpg", io.BytesIO(images.jpeg(4))), ("b.png", io.BytesIO(images.png(5))),
                                          ("c.jpg", io.BytesIO(images.jpeg(6))), ("bad.jpg", io.BytesIO(b"hello"))],
                                 owner=None)
-        assert calls == ["JPEG", "PNG"]
+        assert calls == [".jpg", ".png"]
         assert [(r.original_name, r.status, r.code) for r in results] == [
             ("a.jpg", "refused", "store_unavailable"), ("b.png", "refused", "store_unavailable"),
             ("c.jpg", "refused", "store_unavailable"), ("bad.jpg", "refused", "not_an_image")]
@@ -183,12 +183,12 @@ class TestBatchUpload:
         before = media_files()
         real_write = services._write_original
 
-        def write_while_another_stores(spooled, image_format: str, folder: str) -> str:
+        def write_while_another_stores(spooled, name: str) -> str:
             monkeypatch.setattr(services, "_write_original", real_write)
             spooled.seek(0)
             if spooled.read() == images.jpeg(1):
                 store(images.jpeg(1), "theirs.jpg")
-            return real_write(spooled, image_format, folder)
+            return real_write(spooled, name)
 
         monkeypatch.setattr(services, "_write_original", write_while_another_stores)
         results = images_upload(uploads=[("mine.jpg", io.BytesIO(images.jpeg(1))),
@@ -312,10 +312,10 @@ class TestObjectStoreFailures:
         real_write = services._write_original
         written = []
 
-        def refused_after_the_first(spooled, image_format: str, folder: str) -> str:
+        def refused_after_the_first(spooled, name: str) -> str:
             if written:
                 refuse_writes(s3_media)
-            written.append(real_write(spooled, image_format, folder))
+            written.append(real_write(spooled, name))
             return written[-1]
 
         monkeypatch.setattr(services, "_write_original", refused_after_the_first)
