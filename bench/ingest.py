@@ -122,7 +122,7 @@ def store_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs: 
 def _store_timed(folder: Path, work: Path, env: dict[str, str], jobs: int, tree: Path = ROOT) -> tuple[float, float]:
     """Wall-clock and CPU seconds (of the command's processes, not the database's or the broker's)
     of ``import_images`` over ``folder`` into a fresh site."""
-    env = _fresh_site(work, env, tree)
+    env = fresh_site(work, env, tree)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([PYTHON, "manage.py", "import_images", str(folder), "--recursive", f"--jobs={jobs}"], env=env,
@@ -172,7 +172,7 @@ def store_only(folder: Path, files: list[Path], work: Path, env: dict[str, str],
             print(f"  {what:42s} {statistics.median(got[key]):5.2f}  ({min(got[key]):.2f}-{max(got[key]):.2f})")
 
 
-def _fresh_site(work: Path, env: dict[str, str], tree: Path = ROOT) -> dict[str, str]:
+def fresh_site(work: Path, env: dict[str, str], tree: Path = ROOT) -> dict[str, str]:
     env = {k: v for k, v in env.items() if k != "REDIS_URL"}
     env.update(DATA_DIR=str(work / "data"), PYTHONUNBUFFERED="1")
     subprocess.run([PYTHON, "manage.py", "migrate", "--noinput"], env=env, cwd=tree, check=True,
@@ -192,7 +192,7 @@ def import_rate(folder: Path, count: int, work: Path, env: dict[str, str], jobs:
     """Timed from when the workers are ready (as `manage.py serve` runs them: one that embeds and runs
     the background tasks, one that keeps the index) until the import command has seen every image
     indexed; with ``display``, also the rate until the last display copy exists."""
-    env = _fresh_site(work, env)
+    env = fresh_site(work, env)
     # On a GPU, one process owns the device (README, "Sizing"); on the CPU, one per core.
     one_process = ["--concurrency=1"] if env.get("LOOKALIKE_DEVICE", "cpu") != "cpu" else []
     workers = {
