@@ -259,6 +259,12 @@ def display_jpeg(image: Image.Image) -> bytes:
     return _jpeg(_shrunk(image, DISPLAY_MAX_SIDE, Image.Resampling.BILINEAR), DISPLAY_QUALITY)
 
 
+def display_jpeg_pixels(image: Image.Image) -> Image.Image:
+    """The pixels of ``image``'s display copy: the picture after one more lossy save."""
+    with Image.open(io.BytesIO(display_jpeg(image))) as reopened:
+        return reopened.convert("RGB")
+
+
 def thumbnail_jpeg(image: Image.Image) -> bytes:
     """The thumbnail of a decoded image: a JPEG with no metadata."""
     return _jpeg(_shrunk(image, THUMBNAIL_MAX_SIDE, Image.Resampling.LANCZOS), THUMBNAIL_QUALITY)

@@ -17,7 +17,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery import services as gallery_services
-from gallery.imaging import decode_image
+from gallery.imaging import decode_image, display_jpeg_pixels
 from gallery.models import Image
 from gallery.services import image_delete
 from search import generations, runtime, selectors, services
@@ -104,6 +104,17 @@ class TestImageEmbed:
         Image.objects.filter(pk=image.pk).update(state=Image.State.EMBEDDING, claim_token="task-9",
                                                  claimed_at=timezone.now())
         assert services.image_embed(image_id=image.pk, claim_token="task-9").indexed == [image.pk]
+
+    def test_it_describes_a_picture_as_its_display_copy_shows_it(self, db):
+        """Queries are nearly always JPEGs made again from a photo: the gallery's side takes the same loss."""
+        image = store(images.png(3))
+        services.image_embed(image_id=image.pk, claim_token="run-8")
+        picture = decode_image(image.original.path, max_pixels=10**8, max_side=400, min_side=224).image
+        embedder = runtime.embedder()
+        stored = Embedding.objects.get(image=image).as_array()
+        [through_jpeg, as_stored] = embedder.embed([display_jpeg_pixels(picture), picture], gallery=True)
+        assert stored @ through_jpeg > 0.9999
+        assert stored @ as_stored < stored @ through_jpeg
 
     @pytest.fixture
     def device_decoder(self, settings):
