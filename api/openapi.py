@@ -102,7 +102,7 @@ _SCHEMAS: dict[str, Any] = {
     "SearchResult": {
         "type": "object",
         "additionalProperties": False,
-        "required": ["id", "original_name", "score", "verdict", "url", "thumbnail_url"],
+        "required": ["id", "original_name", "score", "match", "verdict", "url", "thumbnail_url"],
         "properties": {
             "id": {"type": "integer"},
             "original_name": {"type": "string"},
@@ -110,6 +110,9 @@ _SCHEMAS: dict[str, Any] = {
                       "1 for the same picture. A search with a picture ranks its best candidates by this "
                       "score and by how many parts of the two pictures match, so a result may have a lower "
                       "score than the next one."},
+            "match": {"type": "number", "description": "The number the search page shows, which falls as the "
+                      "results go on: the score, or, for a result that shares more details with the picture "
+                      "than a more alike one ranked after it, that one's score. `min_score` applies to it."},
             "verdict": {"type": "string", "enum": ["same_file", "edited_copy", "similar", "tagged"],
                         "description": "`same_file`: identical content; `edited_copy`: a score above the threshold "
                         "calibrated for copies; `similar`: anything else; `tagged`: a search by words alone "
@@ -162,7 +165,7 @@ def _search_options(max_k: int) -> dict[str, Any]:
         "k": {"type": "integer", "minimum": 1, "maximum": max_k, "description": "How many results (a page)."},
         "offset": {"type": "integer", "minimum": 0, "description": "How many results to skip: the next page."},
         "min_score": {"type": "number", "minimum": 0, "maximum": 1,
-                      "description": "Leave out results scoring below this."},
+                      "description": "Leave out results whose `match` is below this."},
         "q": {"type": "string", "description": "Words, separated by spaces: only images with a tag that is (or "
                                                 "holds) each word; a plural finds the singular. Without a picture, "
                                                 "a search by words alone, newest first."},

@@ -196,6 +196,7 @@ def search_result(result: queries.Result) -> dict[str, object]:
         "id": result.image.pk,
         "original_name": result.image.original_name,
         "score": round(result.score, 4),
+        "match": round(result.match, 4),
         "verdict": result.verdict,
         "url": reverse("gallery:detail", args=[result.image.pk]),
         "thumbnail_url": result.image.thumbnail_url,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import ipaddress
-import itertools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -98,11 +97,12 @@ class SearchParams:
 class Result:
     image: Image
     score: float  # cosine similarity; 1.0 for the same file
+    match: float  # what is shown and filtered by, falling down the list (``selectors.SimilarImage``)
     verdict: str  # "same_file", "edited_copy" or "similar"
 
     @property
     def percent(self) -> int:
-        return round(max(0.0, self.score) * 100)
+        return round(max(0.0, self.match) * 100)
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,6 @@ class SearchOutcome:
     @property
     def best_percent(self) -> int:
         return max((result.percent for result in self.results), default=0)
-
-    @property
-    def in_score_order(self) -> bool:
-        """Whether the shown percentages fall as the list goes on: a search by picture also orders
-        its best candidates by the details they share with it (``search.rerank``), so they may not."""
-        percents = [result.percent for result in self.results]
-        return all(earlier >= later for earlier, later in itertools.pairwise(percents))
 
 
 @dataclass
@@ -182,7 +175,7 @@ def _min_score(data: Mapping[str, object]) -> float:
     except (TypeError, ValueError):
         score = float("nan")
     if not 0.0 <= score <= 1.0:
-        raise QueryError("invalid_parameter", "min_score must be a similarity from 0 to 1 (0.8 means 80%).")
+        raise QueryError("invalid_parameter", "min_score must be a match from 0 to 1 (0.8 means 80%).")
     return score
 
 
@@ -324,13 +317,19 @@ def search_run(*, query: Query, user: AbstractBaseUser | AnonymousUser, params: 
     same_file = query.sha256 if params.box is None else ""
     # The same file is the same picture: similarity 1 and first, whatever its vector scored
     # (a gallery vector also carries its small view, so even the picture itself scores below 1).
-    ranked = sorted(((s.image, 1.0 if s.image.sha256 == same_file else s.score) for s in similar),
-                    key=lambda pair: pair[0].sha256 != same_file)
-    passing = [Result(image, score, verdicts.verdict(score=score, same_file=image.sha256 == same_file,
-                                                     threshold=threshold))
-               for image, score in ranked if score >= params.min_score]
+    ranked = sorted((_result(found, same_file=found.image.sha256 == same_file, threshold=threshold)
+                     for found in similar), key=lambda result: result.verdict != verdicts.SAME_FILE)
+    # On the match, as shown: the numbers fall down the list, so the minimum cuts it at one place.
+    passing = [result for result in ranked if result.match >= params.min_score]
     page = passing[params.offset:params.offset + params.k]
     return SearchOutcome(page, len(passing) > params.offset + params.k, timings.embed * 1000, timings.index * 1000)
+
+
+def _result(found: selectors.SimilarImage, *, same_file: bool, threshold: float | None) -> Result:
+    if same_file:
+        return Result(found.image, 1.0, 1.0, verdicts.verdict(score=1.0, same_file=True, threshold=threshold))
+    return Result(found.image, found.score, found.match,
+                  verdicts.verdict(score=found.score, same_file=False, threshold=threshold))
 
 
 def search_words(*, params: SearchParams) -> SearchOutcome:
@@ -341,7 +340,7 @@ def search_words(*, params: SearchParams) -> SearchOutcome:
     started = time.perf_counter()
     images = list(selectors.searchable_images(filters=params.filters).select_related("owner")
                   .order_by("-created_at", "-id")[params.offset:params.offset + params.k + 1])
-    results = [Result(image, 1.0, TAGGED) for image in images[:params.k]]
+    results = [Result(image, 1.0, 1.0, TAGGED) for image in images[:params.k]]
     return SearchOutcome(results, len(images) > params.k, 0.0, (time.perf_counter() - started) * 1000)
 
 

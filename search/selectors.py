@@ -44,6 +44,9 @@ class SearchUnavailable(RuntimeError):
 class SimilarImage:
     image: Image
     score: float  # cosine similarity of the query's vector and the image's
+    # What results are shown and filtered by: the cosine, or, where re-ranking put the image above
+    # a more alike one, that one's cosine, so that the number falls as the list goes on.
+    match: float
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,27 @@ class SearchTimings:
     index: float = 0.0
 
 
-def _results(rows: list[list[tuple[int, float]]]) -> list[list[SimilarImage]]:
-    images = Image.objects.select_related("owner").in_bulk({image_id for row in rows for image_id, _ in row})
-    return [[SimilarImage(images[image_id], score) for image_id, score in row if image_id in images]
+def _results(rows: list[list[tuple[int, float, float]]]) -> list[list[SimilarImage]]:
+    images = Image.objects.select_related("owner").in_bulk({image_id for row in rows for image_id, _, _ in row})
+    return [[SimilarImage(images[image_id], score, match) for image_id, score, match in row if image_id in images]
             for row in rows]
+
+
+def _with_matches(row: list[tuple[int, float]]) -> list[tuple[int, float, float]]:
+    """A ranked row's (image id, cosine) pairs, each with its match: the best cosine at or below it.
+
+    The re-ranked score that orders a search by picture is no percentage (its bonus for shared
+    details reaches 0.2 between unrelated drawings of shapes, lifting them past 1), and the cosine
+    alone is not in the order of the list. An image ranked above a more alike one is at least as good a
+    match as that one, so it shows that one's cosine: a person reads the order and the number
+    together, and a minimum cuts the list at one place. For a row in cosine order it is the cosine.
+    """
+    matched: list[tuple[int, float, float]] = []
+    best = -1.0
+    for image_id, score in reversed(row):
+        best = max(best, score)
+        matched.append((image_id, score, best))
+    return matched[::-1]
 
 
 def _hits(vectors: np.ndarray, *, k: int, exclude: list[list[int]] | None, filters: SearchFilters,
@@ -153,7 +173,8 @@ def similar_to_vectors(vectors: np.ndarray, *, k: int, exclude: list[list[int]] 
                        filters: SearchFilters = SearchFilters(), reader: IndexReader | None = None
                        ) -> list[list[SimilarImage]]:
     """``reader``: the one whose identity made the vectors, when a reindex may switch it meanwhile."""
-    return _results(_hits(vectors, k=k, exclude=exclude, filters=filters, reader=reader or runtime.index_reader()))
+    rows = _hits(vectors, k=k, exclude=exclude, filters=filters, reader=reader or runtime.index_reader())
+    return _results([_with_matches(row) for row in rows])
 
 
 def _stored_local_descriptors(image_ids: set[int], identity: IndexIdentity, backbone: Backbone,
@@ -180,7 +201,7 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
     its second-look views (its quarter turns and the pictures inside it), each a framing of its
     own, when ``LOOKALIKE_SEARCH_SECOND_LOOK`` is on. The best candidates are then re-ranked by
     matching feature-map positions (``search.rerank``) with the framing that found the closest
-    image.
+    image, and each result's match is its cosine raised to the best cosine ranked below it.
     """
     if not pictures:
         return []
@@ -206,7 +227,8 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
         closest = max(look, key=lambda framing: _top_score([hits for hits, _ in framing]))
         local_views = [rerank.local_descriptors(local, signed=embedder.backbone.signed) for _, local in closest]
         head = rerank.rerank(row[:rerank.RERANK_CANDIDATES], query_views=local_views, local_of=local_of)
-        ranked.append((head + row[rerank.RERANK_CANDIDATES:])[:k])
+        # Matched over every candidate, not the page's: a later page must not show a higher number.
+        ranked.append(_with_matches(head + row[rerank.RERANK_CANDIDATES:])[:k])
     results = _results(ranked)
     timings.index += time.perf_counter() - started
     return results

@@ -1,4 +1,4 @@
-// Checks run in the page by tests/test_browser_reading.py, on the computed styles.
+// Checks run in the page by tests/test_browser_reading.py, on the computed styles and boxes.
 ({
   // Contrast (WCAG 2.x relative luminance) of every visible piece of text against what lies behind
   // it, and of every control's outline against what surrounds it.
@@ -47,6 +47,35 @@
   .filter(e => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0 && !e.closest(".skip-link"); })
   .map(e => [e.textContent.trim().slice(0, 30) || e.className || e.tagName, e.getBoundingClientRect().height])
   .filter(([, height]) => height < least - 0.5),
+
+  // Where a result card's name is covered or cut: by the box of a badge (or of the score or the
+  // "Similar" link) overlapping it, by any other element drawn over one of its lines of text, or
+  // by its own box clipping it. The badge, score and link must not overlap each other either.
+  namesHidden: () => {
+    const failures = [];
+    const cross = (a, b) => Math.max(0, Math.min(a.right, b.right) - Math.max(a.left, b.left))
+      * Math.max(0, Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top));
+    document.querySelectorAll("[data-result-grid] [data-tile]").forEach((tile, i) => {
+      tile.scrollIntoView({ block: "center" });  // elementFromPoint sees the viewport only
+      const name = tile.querySelector(".name");
+      const box = name.getBoundingClientRect();
+      if (box.width < 8 || box.height < 8 || getComputedStyle(name).visibility !== "visible") failures.push(`result ${i + 1}: no name to see`);
+      if (name.scrollWidth > name.clientWidth + 1 || name.scrollHeight > name.clientHeight + 1) failures.push(`result ${i + 1}: its name is clipped`);
+      const parts = [name, ...tile.querySelectorAll(".score, .badge, .similar-link")];
+      parts.forEach((part, j) => parts.slice(j + 1).forEach((other) => {
+        const area = cross(part.getBoundingClientRect(), other.getBoundingClientRect());
+        if (area > 0) failures.push(`result ${i + 1}: "${part.textContent.trim()}" and "${other.textContent.trim()}" overlap by ${area.toFixed(0)} px²`);
+      }));
+      const range = document.createRange();
+      range.selectNodeContents(name);
+      for (const line of range.getClientRects()) {
+        const x = line.left + line.width / 2, y = line.top + line.height / 2;
+        const top = document.elementFromPoint(x, y);
+        if (top && top !== name && !name.contains(top)) failures.push(`result ${i + 1}: ${top.className || top.tagName} is drawn over its name`);
+      }
+    });
+    return failures;
+  },
 
   // Why the focus outline of `e` does not show whole: none, or an ancestor that clips it.
   outlineClipped: (e) => {

@@ -112,7 +112,7 @@ def test_upload_by_drag_and_drop_then_search(worker, site, user, browser, tmp_pa
     first = page.locator(".tile").first
     # The first search by picture in this process loads the model.
     expect(first).to_contain_text("cat.jpg", timeout=60_000)
-    expect(first.locator(".score")).to_have_text("100%")
+    expect(first.locator(".score")).to_have_text("100% match")
     shot(page, "search-results")
 
     first.get_by_role("link", name="Similar").click()
@@ -216,12 +216,12 @@ def test_search_says_what_went_wrong_and_when_nothing_matches(site, halves_galle
     page.locator("input[name=image]").set_input_files(str(picture))
     expect(page.get_by_role("heading", name="No matches with these filters")).to_be_visible()
     page.get_by_label("Tags").fill("")
-    page.get_by_label("Minimum similarity").select_option("90%")
+    page.get_by_label("Minimum match").select_option("90%")
     page.get_by_role("button", name="Search by address").click()
     expect(page.locator("[data-search-progress]")).to_have_text(re.compile(r"^\d+ matches, best \d+%$"))
     expect(page.get_by_role("heading", name="No matches with these filters")).to_have_count(0)
     scores = page.locator("[data-result-grid] .score").all_inner_texts()
-    assert scores and all(int(score.rstrip("%")) >= 90 for score in scores), scores
+    assert scores and all(int(score.removesuffix("% match")) >= 90 for score in scores), scores
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the results scroll sideways by {overflow}px"
     shot(page, "phone-search-results")

@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 from gallery.models import Image
 from gallery.services import file_too_large_message, upload_too_large_detail
 from tests import images
-from tests.conftest import store
+from tests.conftest import store, store_indexed
 from tests.test_browser import browser, halves_gallery, paste_picture, shot, sign_in, site  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -106,16 +106,56 @@ def test_result_cards_read_whole_at_every_width_in_light_and_dark(site, halves_g
                 name = tile.locator(".name")
                 assert name.inner_text().endswith(".jpg"), name.inner_text()
             expect(tiles.first.locator(".badge")).to_have_text(re.compile("Same file|Edited copy"))
-            # A person reads the numbers in the order of the list, or is told why they are not.
-            percents = [int(text.rstrip("%")) for text in tiles.locator(".score").all_inner_texts()]
-            if percents != sorted(percents, reverse=True):
-                expect(page.locator("[data-order-note]")).to_be_visible()
+            # A person reads the numbers in the order of the list.
+            percents = [int(text.removesuffix("% match")) for text in tiles.locator(".score").all_inner_texts()]
+            assert percents == sorted(percents, reverse=True), percents
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"the results scroll sideways by {overflow}px at {width}"
             assert_readable(page, f"results at {width} px, {scheme}")
             assert_targets(page, 44 if width < 500 else 24, f"results at {width} px")
             shot(page, f"results-{width}-{scheme}")
             page.context.close()
+
+
+LONG_NAME = "holiday-2024-beach-sunset-with-the-whole-family-IMG_20240812_183000.jpg"
+
+
+@pytest.fixture
+def copies_with_long_names(transactional_db, clean_index, settings):
+    """A drawing stored under a long name, its halves and ten other drawings, with an "edited copy"
+    threshold low enough that most results carry a badge beside their name."""
+    settings.LOOKALIKE_EDITED_COPY_THRESHOLD = 0.85
+    whole = images.picture(5, (640, 480))
+    original = images.encode(whole, "JPEG", quality=92)
+    store_indexed(original, LONG_NAME)
+    for box, name in (((0, 0, 320, 480), "left-half-of-the-holiday-picture.jpg"),
+                      ((320, 0, 640, 480), "right_half_of_the_holiday_picture_without_any_spaces.jpg")):
+        store_indexed(images.encode(whole.crop(box), "JPEG", quality=92), name)
+    for i in range(10):
+        store_indexed(images.jpeg(100 + i), f"another-drawing-with-a-long-name-{i:02d}.jpg")
+    return original
+
+
+def test_a_verdict_badge_never_covers_the_name_and_the_numbers_fall_at_every_width(
+        site, copies_with_long_names, browser):  # noqa: F811
+    for width in (360, 768, 1280):
+        page = new_page(browser, width)
+        page.goto(f"{site.url}/search/")
+        paste_picture(page, "pasted.jpg", copies_with_long_names)
+        tiles = page.locator("[data-result-grid] .tile")
+        expect(tiles).to_have_count(13)
+        expect(tiles.first.locator(".badge")).to_have_text("Same file")
+        expect(tiles.first.locator(".name")).to_have_text(LONG_NAME)
+        assert tiles.locator(".badge-edited").count() >= 2, "too few badges to test"
+        hidden = page.evaluate(f"{PAGE_CHECKS}.namesHidden()")
+        assert hidden == [], f"at {width} px: {hidden}"
+        percents = [int(text.removesuffix("% match")) for text in tiles.locator(".score").all_inner_texts()]
+        assert percents == sorted(percents, reverse=True), percents
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the results scroll sideways by {overflow}px at {width}"
+        page.evaluate("window.scrollTo(0, 0)")
+        shot(page, f"results-badges-{width}")
+        page.context.close()
 
 
 @pytest.fixture

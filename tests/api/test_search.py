@@ -57,13 +57,15 @@ class TestByUpload:
         body = response.json()
         first = body["results"][0]
         assert first == {"id": gallery[3].pk, "original_name": "picture-3.jpg", "score": first["score"],
-                         "verdict": "same_file", "url": f"/images/{gallery[3].pk}/",
+                         "match": first["match"], "verdict": "same_file", "url": f"/images/{gallery[3].pk}/",
                          "thumbnail_url": gallery[3].thumbnail.url}
-        assert first["score"] == 1.0
-        # The rest in the re-ranked order, which the cosine alone need not follow.
+        assert first["score"] == first["match"] == 1.0
+        # The rest in the re-ranked order, which the cosine alone need not follow; the match does.
         assert sorted(r["id"] for r in body["results"][1:]) == sorted(image.pk for i, image in enumerate(gallery)
                                                                       if i != 3)
-        assert all(-1 <= r["score"] < first["score"] for r in body["results"][1:])
+        assert all(-1 <= r["score"] <= r["match"] < first["score"] for r in body["results"][1:])
+        matches = [r["match"] for r in body["results"]]
+        assert matches == sorted(matches, reverse=True)
         assert body["took_ms"] > 0 and body["has_more"] is False
 
     def test_the_query_is_not_stored(self, client, empty):

@@ -32,7 +32,7 @@ def test_the_form_fields_ask_for_the_same_search_again():
     ({"k": [3]}, "k (the number of results)"),
     ({"offset": -1}, "offset (the offset) must be a whole number from 0"),
     ({"k": 400, "offset": 200}, "Results stop at the first 500"),
-    ({"min_score": "NaN"}, "min_score must be a similarity from 0 to 1"),
+    ({"min_score": "NaN"}, "min_score must be a match from 0 to 1"),
     ({"tags": 7}, "tags must be a list of names"),
     ({"tags": ["ok", 3]}, "tags must be a list of names"),
     ({"uploader": ["a"]}, "uploader must be a user name"),

@@ -8,7 +8,7 @@ from PIL import ImageOps
 
 from search import generations, rerank, runtime
 from search.models import Embedding
-from search.selectors import SearchUnavailable, similar_to_pictures, similar_to_vectors
+from search.selectors import SearchUnavailable, _with_matches, similar_to_pictures, similar_to_vectors
 from tests import images
 from tests.conftest import store_indexed
 from tests.search.test_query_views import screenshot
@@ -94,3 +94,10 @@ def test_a_quarter_turned_copy_is_found_first(db, clean_index):
     for turn in (PILImage.Transpose.ROTATE_90, PILImage.Transpose.ROTATE_270):
         [results] = similar_to_pictures([photo.transpose(turn)], k=3)
         assert results[0].image == gallery[2]
+
+
+def test_a_result_ranked_above_a_more_alike_one_matches_as_much_as_it():
+    ranked = [(1, 0.88), (2, 0.85), (3, 0.86), (4, 0.84), (5, 0.87), (6, 0.80)]
+    assert [match for _, _, match in _with_matches(ranked)] == [0.88, 0.87, 0.87, 0.87, 0.87, 0.80]
+    assert [score for _, score, _ in _with_matches(ranked)] == [score for _, score in ranked]
+    assert _with_matches([(1, 0.9), (2, 0.5)]) == [(1, 0.9, 0.9), (2, 0.5, 0.5)], "in cosine order, the cosine"

@@ -1,4 +1,6 @@
 import datetime
+import itertools
+import re
 
 import pytest
 from django.urls import reverse
@@ -145,13 +147,13 @@ class TestSearchByPicture:
     def test_it_says_plainly_when_nothing_passes_the_minimum(self, client, gallery):
         response = search(client, images.jpeg(77), min_score="0.995")
         assert response.status_code == 200 and results(response) == []
-        assert "Nothing is 100% similar or more" in response.content.decode()
+        assert "Nothing matches 100% or more" in response.content.decode()
 
     @pytest.mark.parametrize("value", ["-0.1", "1.5", "high"])
     def test_a_minimum_out_of_range_gets_a_clear_message(self, client, gallery, value):
         response = search(client, images.jpeg(3), min_score=value)
         assert response.status_code == 400
-        assert "min_score must be a similarity from 0 to 1" in response.context["error"]
+        assert "min_score must be a match from 0 to 1" in response.context["error"]
 
     def test_results_come_a_page_at_a_time(self, client, gallery):
         everything = result_ids(search(client, images.jpeg(2), k=12))
@@ -464,23 +466,42 @@ class TestRateLimits:
         assert search(client, images.jpeg(1)).status_code == 200, "searching by picture is still allowed"
 
 
-def test_results_whose_percentages_do_not_fall_in_order_say_what_the_number_is(db):
-    """Re-ranking orders a search by picture by shared details too: the page says why a later card
-    may show a higher percentage, and says nothing when the numbers do fall."""
-    from django.template.loader import render_to_string
+@pytest.fixture
+def drawings(db, clean_index):
+    """A drawing's two halves among ten other drawings: their shapes share details enough that
+    re-ranking puts some results above more alike ones."""
+    whole = images.picture(5, (640, 480))
+    for box, name in (((0, 0, 320, 480), "left-half.jpg"), ((320, 0, 640, 480), "right-half.jpg")):
+        store_indexed(images.encode(whole.crop(box), "JPEG", quality=92), name)
+    for i in range(10):
+        store_indexed(images.jpeg(100 + i), f"other-{i}.jpg")
+    return images.encode(whole, "JPEG", quality=92)
 
-    from search import verdicts
-    from search.queries import Result, SearchOutcome, SearchParams
 
-    pictures = [store(images.jpeg(i), f"picture-{i}.jpg") for i in range(3)]
+def shown_percents(response) -> list[int]:
+    return [int(percent) for percent in re.findall(r'class="score"[^>]*>(\d+)% match<', response.content.decode())]
 
-    def page(scores: list[float]) -> str:
-        outcome = SearchOutcome([Result(p, s, verdicts.SIMILAR) for p, s in zip(pictures, scores, strict=True)],
-                                False, 1.0, 1.0)
-        return render_to_string("search/_results.html", {"searched": True, "outcome": outcome,
-                                                         "params": SearchParams(k=12)})
 
-    reranked = page([0.88, 0.85, 0.86])
-    assert "data-order-note" in reranked and "how alike the whole pictures are" in reranked
-    assert ">3 matches, best 88%</h2>" in reranked
-    assert "data-order-note" not in page([0.88, 0.86, 0.85])
+def test_the_numbers_shown_fall_down_the_list_when_re_ranking_reorders_it(client, drawings):
+    response = search(client, drawings, k=12)
+    found = results(response)
+    cosines = [r.score for r in found]
+    assert cosines != sorted(cosines, reverse=True), "re-ranking left this search in cosine order: it tests nothing"
+    shown = shown_percents(response)
+    assert shown == [r.percent for r in found] and len(shown) == 12
+    assert shown == sorted(shown, reverse=True), shown
+    # Each is its own cosine, or the higher one of the results ranked after it; the heading's best is the first.
+    assert all(r.score <= r.match for r in found)
+    assert all(r.match == max(r.score, after.match) for r, after in itertools.pairwise(found))
+    assert f"12 matches, best {shown[0]}%" in response.content.decode()
+
+    # The next page goes on below this one: the numbers are matched over every candidate, not a page's.
+    first_page = shown_percents(search(client, drawings, k=6))
+    second_page = shown_percents(search(client, drawings, k=6, offset=6))
+    assert first_page + second_page == shown
+
+    # A minimum cuts the list at one place, by the number shown.
+    least = f"{found[5].match - 1e-6:.6f}"
+    kept = result_ids(search(client, drawings, k=12, min_score=least))
+    assert kept == [r.image.pk for r in found[:len(kept)]] and len(kept) >= 6
+    assert all(r.match < float(least) for r in found[len(kept):])
