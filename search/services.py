@@ -70,10 +70,27 @@ def queue_embeddings(image_ids: list[int]) -> None:
 
     A worker's run fills its batch from the queued images, so one message per
     ``LOOKALIKE_EMBED_BATCH_SIZE`` images is enough; one per image would mostly find its image
-    already taken.
+    already taken. The messages of a store batch larger than that go out as one, which a worker
+    turns into them (``embedding_batches_send``): publishing one costs the storing process about
+    as much as storing a small file, and costs nothing worth counting beside a batch's forward pass.
     """
-    for image_id in image_ids[::settings.LOOKALIKE_EMBED_BATCH_SIZE]:
-        queue_embedding(image_id)
+    from search.tasks import send_embedding_batches
+
+    first_ids = image_ids[::settings.LOOKALIKE_EMBED_BATCH_SIZE]
+    if len(first_ids) == 1:
+        queue_embedding(first_ids[0])
+    elif first_ids:
+        # robust, as in queue_embedding: upkeep sends the images again if the broker is down.
+        transaction.on_commit(lambda: send_embedding_batches.apply_async((first_ids,)), robust=True)
+
+
+def embedding_batches_send(*, first_ids: list[int]) -> None:
+    """One message for each embedding batch of a store batch, named by the first image of each."""
+    from search.tasks import embed_image
+
+    with embed_image.app.producer_or_acquire() as producer:
+        for image_id in first_ids:
+            embed_image.apply_async((image_id,), producer=producer)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@ def embed_image(self, image_id: int) -> None:
     services.image_embed(image_id=image_id, claim_token=self.request.id or f"direct-{image_id}")
 
 
+@shared_task(name="search.send_embedding_batches")
+def send_embedding_batches(first_ids: list[int]) -> None:
+    services.embedding_batches_send(first_ids=first_ids)
+
+
 @shared_task(name="search.sync_index")
 def sync_index(verify: bool = False, deferred: bool = False) -> None:
     result = services.index_sync(verify=verify, deferred=deferred)

@@ -95,6 +95,9 @@ def test_an_edited_copy_of_a_photo_finds_its_original(worker, tmp_path):
     for path in originals:
         (folder / path.name).write_bytes(path.read_bytes())
     manage("import_images", str(folder), "--wait")
+    assert Image.objects.filter(state=Image.State.INDEXED).count() == 30
+    # The store batch of 30 went out as one message, which the worker turned into one per batch of 8.
+    assert "search.send_embedding_batches" in tasks_run(worker.log())
     original = PILImage.open(images.bench_image("dog", 3)).convert("RGB")
     w, h = original.size
     edited = ImageEnhance.Brightness(ImageOps.mirror(original.crop((w // 10, h // 10, w, h)))).enhance(1.3)

@@ -233,8 +233,9 @@ CELERY_WORKER_PROC_ALIVE_TIMEOUT = 120
 def celery_queues(*, embed: str, index: str, background: str) -> tuple[tuple[Queue, ...], dict[str, dict[str, str]]]:
     """The site's queues, one for each kind of worker, and the route of every task to its queue.
 
-    - ``embed``: ``search.embed_image``. Every embedding worker, on a CPU or a GPU, takes this one
-      queue; each task claims as many queued images as its worker's ``LOOKALIKE_EMBED_BATCH_SIZE``,
+    - ``embed``: ``search.embed_image`` (and ``search.send_embedding_batches``, the message of a
+      store batch, which becomes one per embedding batch). Every embedding worker, on a CPU or a
+      GPU, takes this one queue; each task claims as many queued images as its worker's ``LOOKALIKE_EMBED_BATCH_SIZE``,
       so a GPU worker that joins takes large batches while CPU workers take small ones, and no
       sender needs to know which hardware is up.
     - ``index``: ``search.sync_index``, for the one index writer.
@@ -252,6 +253,8 @@ def celery_queues(*, embed: str, index: str, background: str) -> tuple[tuple[Que
                                    "takes its own, and a worker may take several with --queues=A,B.")
     routes = {
         "search.embed_image": embed,
+        # Behind the embeddings already queued, and sent on as theirs are: no worker waits for it.
+        "search.send_embedding_batches": embed,
         "search.sync_index": index,
         "jobs.run_job": background,
         "jobs.upkeep": background,
