@@ -11,6 +11,8 @@ fresh site on PostgreSQL and Redis:
   resume    the same command again, to the end: how long it takes to skip what the first run
             stored (until the first new row) and in all;
   again     the same command once more over the finished folder: a run that only skips;
+  bare      a loop that reads each file, hashes it with SHA-256 and writes it to the same disk,
+            before the first run and after the last: what any store step must do at least;
   sweep     upkeep's removal of the originals that the killed run wrote before its rows
             (``gallery.unfinished``), with no grace period since no import runs any more.
 
@@ -44,7 +46,7 @@ from PIL import Image, ImageEnhance
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ingest import fresh_site  # noqa: E402
+from ingest import bare_timed, fresh_site  # noqa: E402
 from workers import stop_workers  # noqa: E402
 
 PYTHON = sys.executable
@@ -218,6 +220,8 @@ def main() -> None:
     args.work.mkdir(parents=True)
     env = fresh_site(args.work, {**os.environ, "DATABASE_URL": args.database_url,
                                  "CELERY_BROKER_URL": args.broker_url})
+    files = sorted(path for path in args.files.rglob("*") if path.is_file())
+    bare_before, _ = bare_timed(files, args.work)
     workers = _start_workers(args.work, env) if args.index else []
     try:
         first, _, at_kill, first_memory = run_import(args.files, env, args.jobs, args.count,
@@ -228,7 +232,12 @@ def main() -> None:
               f"{skipped_in if skipped_in is not None else float('nan'):.1f} s", flush=True)
         again, _, _, again_memory = run_import(args.files, env, args.jobs, args.count)
         print(f"again, all stored: {again:.1f} s", flush=True)
-        print(f"total, first + resume: {first + resume:.1f} s ({args.count / (first + resume):.0f} files/s)")
+        bare_after, _ = bare_timed(files, args.work)
+        bare = (args.count / bare_before + args.count / bare_after) / 2
+        store = args.count / (first + resume)
+        print(f"total, first + resume: {first + resume:.1f} s ({store:.0f} files/s); the bare loop (read, SHA-256, "
+              f"write) {args.count / bare_before:.0f} and {args.count / bare_after:.0f} files/s before and after: "
+              f"store / bare {store / bare:.2f}")
         for name, memory in (("first", first_memory), ("resume", resume_memory), ("again", again_memory)):
             print(f"  memory, {name}:")
             print("\n".join(memory.lines()))

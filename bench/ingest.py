@@ -96,11 +96,11 @@ def model_rate(files: list[Path], batch: int, processes: int, device: str) -> fl
 
 def bare_rate(files: list[Path], work: Path) -> float:
     """Read, hash and write each file to the same disk: the floor of any store step."""
-    seconds, _ = _bare_timed(files, work)
+    seconds, _ = bare_timed(files, work)
     return len(files) / seconds
 
 
-def _bare_timed(files: list[Path], work: Path) -> tuple[float, float]:
+def bare_timed(files: list[Path], work: Path) -> tuple[float, float]:
     """Wall-clock and CPU seconds of the bare loop over ``files``."""
     out = work / "bare"
     out.mkdir(parents=True)
@@ -148,10 +148,10 @@ def store_only(folder: Path, files: list[Path], work: Path, env: dict[str, str],
     for round_ in range(rounds):
         line = f"round {round_ + 1}:"
         for i, tree in enumerate(trees):
-            bare_before, bare_cpu = _bare_timed(gallery, work)
+            bare_before, bare_cpu = bare_timed(gallery, work)
             whole, whole_cpu = _store_timed(folder, work / f"store-{i}", env, jobs, tree)
             start, start_cpu = _store_timed(single, work / f"store-{i}", env, jobs, tree)
-            bare_after, _ = _bare_timed(gallery, work)
+            bare_after, _ = bare_timed(gallery, work)
             bare = (count / bare_before + count / bare_after) / 2
             got = ratios[tree]
             got["store"].append(count / whole / bare)
