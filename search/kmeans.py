@@ -154,11 +154,9 @@ def minibatch_update(centroids: np.ndarray, seen: np.ndarray, batch: np.ndarray)
 
 
 def fit(batches: Batches, k: int, *, seed: int = 0, epochs: int = EPOCHS, sample_size: int = SAMPLE_SIZE,
-        lloyd_iterations: int = LLOYD_ITERATIONS, on_batch: Callable[[int], None] | None = None) -> Clustering:
+        lloyd_iterations: int = LLOYD_ITERATIONS) -> Clustering:
     """k centroids of the vectors that ``batches()`` yields (unit float32 rows, the same every call),
-    deterministic for a seed and the same batches. ``on_batch(n)`` is called after each batch of the
-    update passes with its size (for progress and cancelling). Fewer than k vectors give that many
-    clusters."""
+    deterministic for a seed and the same batches. Fewer than k vectors give that many clusters."""
     rng = np.random.default_rng(seed)
     sample, n = reservoir_sample(batches(), sample_size, rng)
     if n == 0:
@@ -171,8 +169,6 @@ def fit(batches: Batches, k: int, *, seed: int = 0, epochs: int = EPOCHS, sample
         counts = np.zeros(k, dtype=np.int64)
         for batch in _as_float32(batches()):
             counts += minibatch_update(centroids, seen, batch)
-            if on_batch is not None:
-                on_batch(len(batch))
         _reseed_empty(centroids, counts, sample)
     return Clustering(centroids=centroids, counts=counts)
 

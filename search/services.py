@@ -23,7 +23,7 @@ from PIL.Image import Image as PILImage
 from gallery import copies
 from gallery.imaging import ImageRejected
 from gallery.models import Image
-from search import changelog, copy_notices, generations, outliers, runtime
+from search import changelog, clusters, copy_notices, generations, outliers, runtime
 from search.backbones import WeightsMissing
 from search.identity import IndexIdentity
 from search.index import HnswIndex, IndexMismatch, SnapshotCorrupt, SnapshotMeta, Snapshots, SnapshotUnavailable
@@ -350,6 +350,8 @@ def _finish_batch(token: str, computed: dict[IndexIdentity, Described], failed: 
             continue
         embeddings_store(identity=identity, described={i: described[i] for i in indexed if i in described})
     copy_notices.copies_record(found=found_copies or {}, image_ids=indexed)
+    # Last but the log: it holds a lock on the clustering in service until commit.
+    clusters.clusters_assign(identity=in_use.active, vectors={i: active[i][0] for i in indexed})
     changelog.record_changes(image_ids=indexed, kind=IndexChange.Kind.UPSERT)
     if indexed:
         queue_index_sync()

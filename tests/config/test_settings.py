@@ -123,6 +123,7 @@ TASK_QUEUES = {
     "jobs.upkeep": "LOOKALIKE_BACKGROUND_QUEUE",
     "gallery.make_display_copies": "LOOKALIKE_BACKGROUND_QUEUE",
     "search.suggest_tags": "LOOKALIKE_BACKGROUND_QUEUE",
+    "search.cluster_gallery": "LOOKALIKE_BACKGROUND_QUEUE",
 }
 
 SHOW_ROUTES = ("import json; from config.celery import app; app.loader.import_default_modules(); "
