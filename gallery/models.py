@@ -181,6 +181,8 @@ class Clustering(models.Model):
     # The vectors' backbone and version: new uploads join its clusters only while the index uses them.
     backbone = models.CharField(max_length=64)
     backbone_version = models.CharField(max_length=128)
+    # The mean of the vectors clustered (float32), which every vector is centred on (search.kmeans).
+    mean = models.BinaryField(default=b"")
     created_at = models.DateTimeField(auto_now_add=True)
     # Set when it was put in service.
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -193,7 +195,7 @@ class Clustering(models.Model):
 
 
 class Cluster(models.Model):
-    """A group of alike images: its centroid (the mean direction of its members' vectors, float32) and
+    """A group of alike images: its centroid (the mean direction of its members' centred vectors, float32) and
     how many images the job put in it (counts shown to people are of what each may see)."""
 
     clustering = models.ForeignKey(Clustering, on_delete=models.CASCADE, related_name="clusters")

@@ -55,14 +55,17 @@ def clustering_current() -> Clustering | None:
 
 
 @lru_cache(maxsize=2)
-def _centroids(clustering_id: int, completed_at: datetime) -> tuple[np.ndarray, np.ndarray]:
+def _centroids(clustering_id: int, completed_at: datetime | None) -> tuple[np.ndarray, kmeans.Clustering] | None:
     """Cluster ids and centroids of a clustering, which never change once it is complete (by id and
     completion time: SQLite may give a deleted row's id again)."""
     rows = list(Cluster.objects.filter(clustering_id=clustering_id).order_by("id").values_list("id", "centroid"))
-    if not rows:
-        return np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32)
+    mean = Clustering.objects.filter(pk=clustering_id).values_list("mean", flat=True).first()
+    if not rows or not mean:
+        return None
+    centroids = np.stack([np.frombuffer(bytes(c), dtype=np.float32) for _, c in rows])
     return (np.array([i for i, _ in rows], dtype=np.int64),
-            np.stack([np.frombuffer(bytes(c), dtype=np.float32) for _, c in rows]))
+            kmeans.Clustering(centroids=centroids, mean=np.frombuffer(bytes(mean), dtype=np.float32),
+                              counts=np.zeros(len(rows), dtype=np.int64)))
 
 
 def clusters_assign(*, identity: IndexIdentity, vectors: dict[int, np.ndarray]) -> int:
@@ -83,11 +86,14 @@ def _assign(identity: IndexIdentity, vectors: dict[int, np.ndarray]) -> int:
     if (current is None or not vectors
             or (current.backbone, current.backbone_version) != (identity.backbone, identity.backbone_version)):
         return 0
-    cluster_ids, centroids = _centroids(current.pk, current.completed_at)
-    ids = [i for i, vector in vectors.items() if centroids.size and vector.shape == (centroids.shape[1],)]
+    stored = _centroids(current.pk, current.completed_at)
+    if stored is None:
+        return 0
+    cluster_ids, fitted = stored
+    ids = [i for i, vector in vectors.items() if vector.shape == fitted.mean.shape]
     if not ids:
         return 0
-    labels, similarities = kmeans.assign(centroids, np.stack([vectors[i] for i in ids]))
+    labels, similarities = fitted.assign(np.stack([vectors[i] for i in ids]))
     _members_store(current, ids, cluster_ids[labels], similarities)
     return len(ids)
 
@@ -159,20 +165,21 @@ def clusters_run(run: JobRun) -> str:
     fitted = kmeans.fit(lambda: (vectors for _, vectors in _chunks(identity, run)), k, seed=SEED)
     run.step(phase="assigning")
     clustering = Clustering.objects.create(job=run.job, backbone=identity.backbone,
-                                           backbone_version=identity.backbone_version)
+                                           backbone_version=identity.backbone_version,
+                                           mean=fitted.mean.astype(np.float32).tobytes())
     clusters = Cluster.objects.bulk_create(
         [Cluster(clustering=clustering, number=j + 1, centroid=c.astype(np.float32).tobytes())
          for j, c in enumerate(fitted.centroids)])
     cluster_ids = np.array([c.pk for c in clusters], dtype=np.int64)
     for ids, vectors in _chunks(identity, run):
-        labels, similarities = kmeans.assign(fitted.centroids, vectors)
+        labels, similarities = fitted.assign(vectors)
         _members_store(clustering, ids, cluster_ids[labels], similarities)
-    shown = _put_in_service(clustering, identity, fitted.centroids, cluster_ids)
+    shown = _put_in_service(clustering, identity, fitted, cluster_ids)
     return f"Grouped {n} images into {shown} clusters."
 
 
 @transaction.atomic
-def _put_in_service(clustering: Clustering, identity: IndexIdentity, centroids: np.ndarray,
+def _put_in_service(clustering: Clustering, identity: IndexIdentity, fitted: kmeans.Clustering,
                     cluster_ids: np.ndarray) -> int:
     """Assign what was indexed since the pass, number the clusters by size (empty ones left out),
     replace the clustering in service with this one; returns the clusters kept."""
@@ -184,7 +191,7 @@ def _put_in_service(clustering: Clustering, identity: IndexIdentity, centroids: 
     for start in range(0, len(missing), BATCH):
         vectors = changelog.vectors_for(identity, missing[start:start + BATCH])
         if vectors:
-            labels, similarities = kmeans.assign(centroids, np.stack(list(vectors.values())))
+            labels, similarities = fitted.assign(np.stack(list(vectors.values())))
             _members_store(clustering, list(vectors), cluster_ids[labels], similarities)
     sizes = dict(ClusterMember.objects.filter(clustering=clustering).values("cluster")
                  .annotate(n=Count("pk")).values_list("cluster", "n"))

@@ -2,18 +2,23 @@
 
 The vectors are L2-normalised descriptors, so similarity is the dot product and each centroid is
 kept at unit length (spherical k-means): a cluster's centroid is the mean direction of its members.
+They are first centred on the mean of all of them (then normalised again): a descriptor made for
+finding copies has a large part that every picture shares (the gallery's mean cosine is 0.75 with the
+default backbone, 0.21 once centred), which otherwise makes one cluster of most of the gallery
+(``bench/clusters.py``: on the shared gallery at k=5, 1,699 of 2,698 images in one cluster and
+purity 0.56, against 0.69 and at most 778 once centred).
 
 Nothing holds the whole gallery. ``fit`` takes a function that returns a fresh iterator of batches
 (the caller reads them from the database in chunks) and passes over it a few times:
 
-1. a uniform sample of ``sample_size`` vectors, by reservoir sampling over one pass;
+1. the mean, and a uniform sample of ``sample_size`` vectors by reservoir sampling, in one pass;
 2. k-means++ seeds on that sample, refined by a few Lloyd iterations on it (cheap, and it places
    every centroid before the stream is seen in whatever order the database returns it: an import
    of folder after folder arrives one topic at a time);
 3. ``epochs`` passes of mini-batch updates (Sculley 2010): each centroid moves towards the mean of
    its members in the batch by 1 / (the members it has had so far), so later batches refine rather
    than drag it;
-4. the caller's own pass of ``assign`` with the final centroids.
+4. the caller's own pass of ``Clustering.assign`` with the final centroids.
 
 Memory is the sample, one batch and k centroids: (sample_size + batch + 2k) x dim floats, whatever
 the number of vectors. A centroid that no vector chose in an epoch (an empty cluster) is moved onto
@@ -37,9 +42,14 @@ LLOYD_ITERATIONS = 10
 
 @dataclass(frozen=True)
 class Clustering:
-    centroids: np.ndarray  # k x dim, float32, unit rows
+    centroids: np.ndarray  # k x dim, float32, unit rows, in the centred space
+    mean: np.ndarray  # dim, float32: what every vector is centred on
     # Members each centroid had in the last epoch of updates (0: an empty cluster).
     counts: np.ndarray  # k, int64
+
+    def assign(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest centroid of each of these (uncentred) vectors, and the cosine to it once centred."""
+        return assign(self.centroids, centred(vectors, self.mean))
 
 
 def cluster_count(n: int, *, cap: int = 100) -> int:
@@ -54,6 +64,10 @@ def normalised(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1.0)
 
 
+def centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    return normalised(np.asarray(vectors, dtype=np.float32) - mean)
+
+
 def assign(centroids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The nearest centroid of each vector (by cosine), and that similarity: one matrix product."""
     similarities = np.asarray(vectors, dtype=np.float32) @ centroids.T
@@ -61,15 +75,18 @@ def assign(centroids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.n
     return labels, similarities[np.arange(len(labels)), labels]
 
 
-def reservoir_sample(batches: Iterable[np.ndarray], size: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """A uniform sample of at most ``size`` of the vectors (algorithm R, a batch at a time), and how
-    many vectors there were."""
+def reservoir_sample(batches: Iterable[np.ndarray], size: int, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, int, np.ndarray]:
+    """A uniform sample of at most ``size`` of the vectors (algorithm R, a batch at a time), how many
+    vectors there were, and their mean."""
     sample: np.ndarray | None = None
+    total = np.zeros(0, dtype=np.float64)
     seen = 0
-    for batch in batches:
-        batch = np.asarray(batch, dtype=np.float32)
+    for batch in _as_float32(batches):
         if sample is None:
             sample = np.empty((size, batch.shape[1]), dtype=np.float32)
+            total = np.zeros(batch.shape[1], dtype=np.float64)
+        total += batch.sum(axis=0, dtype=np.float64)
         take = min(len(batch), max(0, size - seen))
         sample[seen:seen + take] = batch[:take]
         # Each later vector i (0-based, counting all seen) replaces a random slot with probability size / (i + 1).
@@ -82,22 +99,30 @@ def reservoir_sample(batches: Iterable[np.ndarray], size: int, rng: np.random.Ge
             sample[slots[kept]] = rest[kept]
         seen += len(batch)
     if sample is None:
-        return np.empty((0, 0), dtype=np.float32), 0
-    return sample[:min(seen, size)], seen
+        return np.empty((0, 0), dtype=np.float32), 0, total.astype(np.float32)
+    return sample[:min(seen, size)], seen, (total / seen).astype(np.float32)
 
 
 def kmeans_plus_plus(sample: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k seeds chosen from the sample by k-means++ (each next seed drawn in proportion to its cosine
-    distance from the nearest seed so far); repeats the sample's vectors when it has fewer than k
-    distinct ones."""
+    """k seeds chosen from the sample by greedy k-means++: each next seed is the best, by the total
+    distance left, of 2 + log(k) candidates drawn in proportion to their cosine distance (half the
+    squared Euclidean one) from the nearest seed so far. One candidate at a time, as in plain
+    k-means++, puts two seeds in one blob and none in another often enough to matter on small
+    galleries. Repeats the sample's vectors when it has fewer than k distinct ones."""
+    trials = 2 + int(np.log(k))
     centroids = np.empty((k, sample.shape[1]), dtype=np.float32)
     centroids[0] = sample[rng.integers(len(sample))]
     distance = np.maximum(0.0, 1.0 - sample @ centroids[0])
     for j in range(1, k):
         total = float(distance.sum())
-        pick = int(rng.integers(len(sample))) if total <= 0 else int(rng.choice(len(sample), p=distance / total))
-        centroids[j] = sample[pick]
-        distance = np.minimum(distance, np.maximum(0.0, 1.0 - sample @ centroids[j]))
+        if total <= 0:
+            centroids[j] = sample[rng.integers(len(sample))]
+            continue
+        candidates = rng.choice(len(sample), size=trials, p=distance / total)
+        options = np.minimum(distance[None, :], np.maximum(0.0, 1.0 - sample[candidates] @ sample.T))
+        best = int(np.argmin(options.sum(axis=1)))
+        centroids[j] = sample[candidates[best]]
+        distance = options[best]
     return centroids
 
 
@@ -158,19 +183,20 @@ def fit(batches: Batches, k: int, *, seed: int = 0, epochs: int = EPOCHS, sample
     """k centroids of the vectors that ``batches()`` yields (unit float32 rows, the same every call),
     deterministic for a seed and the same batches. Fewer than k vectors give that many clusters."""
     rng = np.random.default_rng(seed)
-    sample, n = reservoir_sample(batches(), sample_size, rng)
+    sample, n, mean = reservoir_sample(batches(), sample_size, rng)
     if n == 0:
         raise ValueError("there are no vectors to cluster")
     k = min(k, n)
+    sample = centred(sample, mean)
     centroids = lloyd(kmeans_plus_plus(sample, k, rng), sample, lloyd_iterations)
     seen = np.zeros(k, dtype=np.int64)
     counts = np.zeros(k, dtype=np.int64)
     for _ in range(epochs):
         counts = np.zeros(k, dtype=np.int64)
         for batch in _as_float32(batches()):
-            counts += minibatch_update(centroids, seen, batch)
+            counts += minibatch_update(centroids, seen, centred(batch, mean))
         _reseed_empty(centroids, counts, sample)
-    return Clustering(centroids=centroids, counts=counts)
+    return Clustering(centroids=centroids, mean=mean, counts=counts)
 
 
 def _as_float32(batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

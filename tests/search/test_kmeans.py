@@ -29,7 +29,7 @@ def test_it_recovers_well_separated_clusters_streamed_in_small_batches_in_group_
     vectors, truth = blobs(centres=6, per_centre=300)
 
     fitted = kmeans.fit(batches_of(vectors, 64), 6, seed=1, sample_size=200)
-    labels, similarities = kmeans.assign(fitted.centroids, vectors)
+    labels, similarities = fitted.assign(vectors)
 
     assert agreement(labels, truth) == 1.0
     assert len(set(labels)) == 6
@@ -63,10 +63,10 @@ def test_it_holds_one_batch_and_the_sample_never_the_whole_stream():
             yield chunk
 
     fitted = kmeans.fit(counting, 8, sample_size=500, epochs=1, lloyd_iterations=2)
-    sample, seen = kmeans.reservoir_sample(stream(), 500, np.random.default_rng(0))
+    sample, seen, mean = kmeans.reservoir_sample(stream(), 500, np.random.default_rng(0))
 
     assert fitted.centroids.shape == (8, dim)
-    assert sample.shape == (500, dim) and seen == 20_000
+    assert sample.shape == (500, dim) and seen == 20_000 and mean.shape == (dim,)
     assert max(largest) == batch * dim * 4
 
 
@@ -92,7 +92,7 @@ def test_empty_clusters_take_over_the_worst_served_vectors_and_a_surplus_of_cent
     # Three distinct vectors, five clusters: two stay empty, and nothing fails.
     repeated = np.repeat(vectors[[0, 50, 100]], 20, axis=0)
     fitted = kmeans.fit(batches_of(repeated, 16), 5, seed=0)
-    labels, similarities = kmeans.assign(fitted.centroids, repeated)
+    labels, similarities = fitted.assign(repeated)
     assert len(set(labels)) == 3
     assert similarities.min() == pytest.approx(1.0, abs=1e-5)
 
