@@ -11,8 +11,7 @@ from search import runtime
 from tests.search.test_clusters import blob_vectors, gallery_of, run_job
 
 
-@pytest.fixture
-def grouped(db, settings, user, other_user):
+def two_groups(settings, user, other_user) -> dict:
     """Two groups: one of five public images and Bob's hidden one, one of Bob's hidden images only."""
     settings.LOOKALIKE_CLUSTER_COUNT = 2
     identity = runtime.index_identity()
@@ -23,6 +22,11 @@ def grouped(db, settings, user, other_user):
     run_job()
     return {"public": public, "secret": secret[0], "private": private,
             "big": Cluster.objects.get(number=1), "small": Cluster.objects.get(number=2)}
+
+
+@pytest.fixture
+def grouped(db, settings, user, other_user):
+    return two_groups(settings, user, other_user)
 
 
 def cards(response) -> dict[int, str]:
