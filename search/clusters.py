@@ -68,49 +68,70 @@ def _centroids(clustering_id: int, completed_at: datetime | None) -> tuple[np.nd
                               counts=np.zeros(len(rows), dtype=np.int64)))
 
 
-def clusters_assign(*, identity: IndexIdentity, vectors: dict[int, np.ndarray]) -> int:
-    """Put these freshly indexed images into the nearest clusters of the clustering in service, if its
-    vectors are of ``identity``; returns how many joined one. Call in the transaction that indexes them,
-    as late as may be: it holds a lock on the clustering until commit. Never fails that transaction.
-    """
+@dataclass(frozen=True)
+class Found:
+    """Where freshly embedded images go in a clustering: per image id, (cluster id, similarity)."""
+
+    clustering_id: int
+    identity: IndexIdentity
+    places: dict[int, tuple[int, float]]
+
+
+def clusters_find(*, identity: IndexIdentity, vectors: dict[int, np.ndarray]) -> Found | None:
+    """The nearest cluster of each of these freshly embedded images in the clustering in service, if its
+    vectors are of ``identity`` (one matrix product). Outside the transaction that indexes them, as the
+    copies and outlier lookups are, so that it holds no lock meanwhile; never fails the batch."""
+    try:
+        current = clustering_current()
+        if (current is None or not vectors
+                or (current.backbone, current.backbone_version) != (identity.backbone, identity.backbone_version)):
+            return None
+        stored = _centroids(current.pk, current.completed_at)
+        ids = [i for i, vector in vectors.items() if stored is not None and vector.shape == stored[1].mean.shape]
+        if stored is None or not ids:
+            return None
+        labels, similarities = stored[1].assign(np.stack([vectors[i] for i in ids]))
+        return Found(current.pk, identity, {i: (int(stored[0][label]), float(similarity))
+                                            for i, label, similarity in zip(ids, labels, similarities, strict=True)})
+    except Exception:  # browsing must never cost anyone their upload; the next job groups them
+        log.exception("Could not find the clusters of images %s", sorted(vectors))
+        return None
+
+
+def clusters_record(*, found: Found | None, identity: IndexIdentity, image_ids: list[int]) -> int:
+    """Put these images, indexed now with vectors of ``identity``, into the clusters found for them;
+    returns how many joined one. Call in the transaction that indexes them, as late as may be: it holds
+    a lock on the clustering until commit. Does nothing when the clustering was replaced since (the next
+    job groups them) and never fails that transaction."""
+    ids = [i for i in image_ids if found is not None and i in found.places]
+    if found is None or not ids or found.identity != identity:
+        return 0
     try:
         with transaction.atomic():
-            return _assign(identity, vectors)
+            if not _lock_in_service(found.clustering_id):
+                return 0
+            ClusterMember.objects.bulk_create(
+                [ClusterMember(clustering_id=found.clustering_id, cluster_id=found.places[i][0], image_id=i,
+                               similarity=found.places[i][1]) for i in ids],
+                update_conflicts=True, unique_fields=["clustering", "image"], update_fields=["cluster", "similarity"])
+        return len(ids)
     except Exception:  # browsing must never cost anyone their upload; the next job groups them
-        log.exception("Could not put images %s into clusters", sorted(vectors))
+        log.exception("Could not put images %s into clusters", ids)
         return 0
 
 
-def _assign(identity: IndexIdentity, vectors: dict[int, np.ndarray]) -> int:
-    current = _lock_current()
-    if (current is None or not vectors
-            or (current.backbone, current.backbone_version) != (identity.backbone, identity.backbone_version)):
-        return 0
-    stored = _centroids(current.pk, current.completed_at)
-    if stored is None:
-        return 0
-    cluster_ids, fitted = stored
-    ids = [i for i, vector in vectors.items() if vector.shape == fitted.mean.shape]
-    if not ids:
-        return 0
-    labels, similarities = fitted.assign(np.stack([vectors[i] for i in ids]))
-    _members_store(current, ids, cluster_ids[labels], similarities)
-    return len(ids)
-
-
-def _lock_current() -> Clustering | None:
-    """The clustering in service, share-locked until commit: a job that replaces it (and locks it first,
-    ``_put_in_service``) waits for this transaction, or has replaced it already, and the one after it
-    is taken. Embedding batches do not wait for each other. SQLite runs one writer at a time anyway."""
-    for _ in range(3):
-        current = clustering_current()
-        if current is None or connection.vendor != "postgresql":
-            return current
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT id FROM {Clustering._meta.db_table} WHERE id = %s FOR KEY SHARE", [current.pk])
-            if cursor.fetchone() is not None:
-                return current
-    return None
+def _lock_in_service(clustering_id: int) -> bool:
+    """Whether the clustering is still the one in service, share-locked until commit if so: a job that
+    replaces it (and locks it first, ``_put_in_service``) waits for this transaction, or has replaced it
+    already. Embedding batches do not wait for each other. SQLite runs one writer at a time anyway."""
+    current = clustering_current()
+    if current is None or current.pk != clustering_id:
+        return False
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id FROM {Clustering._meta.db_table} WHERE id = %s FOR KEY SHARE", [clustering_id])
+        return cursor.fetchone() is not None
 
 
 def _members_store(clustering: Clustering, image_ids: list[int], cluster_ids: np.ndarray,
@@ -188,7 +209,7 @@ def _put_in_service(clustering: Clustering, identity: IndexIdentity, fitted: kme
                     cluster_ids: np.ndarray) -> int:
     """Assign what was indexed since the pass, number the clusters by size (empty ones left out),
     replace the clustering in service with this one; returns the clusters kept."""
-    # Locked before anything else, as an embedding batch locks the one in service (clusters_assign).
+    # Locked before anything else, as an embedding batch locks the one in service (clusters_record).
     replaced = list(Clustering.objects.select_for_update().exclude(pk=clustering.pk)
                     .filter(created_at__lte=clustering.created_at).values_list("pk", flat=True))
     missing = list(_indexed(identity).exclude(image_id__in=ClusterMember.objects.filter(clustering=clustering)

@@ -121,7 +121,7 @@ def test_a_new_upload_joins_its_nearest_cluster_when_it_is_embedded(identity, se
 
 
 def test_an_upload_joins_nothing_while_no_clustering_or_one_of_other_vectors_is_in_service(identity):
-    assert clusters.clusters_assign(identity=identity, vectors={1: np.ones(identity.dim, dtype=np.float32)}) == 0
+    assert clusters.clusters_find(identity=identity, vectors={1: np.ones(identity.dim, dtype=np.float32)}) is None
     gallery_of(blob_vectors(2, 3, identity.dim), identity)
     run_job()
     Clustering.objects.update(backbone_version="an older version")
@@ -130,3 +130,19 @@ def test_an_upload_joins_nothing_while_no_clustering_or_one_of_other_vectors_is_
 
     assert not ClusterMember.objects.filter(image=upload).exists()
     assert upload.state == Image.State.INDEXED
+
+
+def test_images_found_a_place_in_a_clustering_replaced_before_they_are_indexed_wait_for_the_next_job(identity,
+                                                                                                 settings):
+    settings.LOOKALIKE_CLUSTER_COUNT = 2
+    made = gallery_of(blob_vectors(2, 3, identity.dim), identity)
+    run_job()
+    late = row("late.jpg")
+    found = clusters.clusters_find(identity=identity, vectors={late.pk: blob_vectors(2, 1, identity.dim)[0]})
+    assert found is not None and set(found.places) == {late.pk}
+
+    run_job()
+
+    assert clusters.clusters_record(found=found, identity=identity, image_ids=[late.pk]) == 0
+    assert not ClusterMember.objects.filter(image=late).exists()
+    assert ClusterMember.objects.filter(image__in=made).count() == len(made)
