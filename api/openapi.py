@@ -40,6 +40,14 @@ _UNAUTHENTICATED = {
 _CSRF = _error("`csrf_failed`: a request signed in by the browser session sent no valid CSRF token.")
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
+
+def _results_of(properties: dict[str, Any]) -> dict[str, Any]:
+    """A response ``{"results": [...]}`` of objects with exactly these properties, all required."""
+    item = {"type": "object", "additionalProperties": False, "required": list(properties), "properties": properties}
+    return {"type": "object", "additionalProperties": False, "required": ["results"],
+            "properties": {"results": {"type": "array", "items": item}}}
+
+
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -121,23 +129,39 @@ _SCHEMAS: dict[str, Any] = {
             "thumbnail_url": {"type": "string"},
         },
     },
-    "Recommendations": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["results"],
-        "properties": {"results": {"type": "array", "items": {
+    "Recommendations": _results_of({
+        "id": {"type": "integer"},
+        "original_name": {"type": "string"},
+        "score": {"type": "number", "description": "Cosine similarity to the image (or to the closest of "
+                                                   "your uploads)."},
+        "url": {"type": "string"},
+        "thumbnail_url": {"type": "string"},
+    }),
+    "Clusters": _results_of({
+        "id": {"type": "integer"},
+        "number": {"type": "integer", "minimum": 1, "description": "As the Browse page names it "
+                   "(\"Group 2\"); 1 is the largest."},
+        "count": {"type": "integer", "minimum": 1, "description": "Its images that you may see."},
+        "url": {"type": "string", "description": "Its page on the site."},
+        "images_url": {"type": "string", "description": "Its images (`GET /api/v1/clusters/{id}/images`)."},
+        "representatives": {"type": "array", "maxItems": 4, "items": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["id", "original_name", "score", "url", "thumbnail_url"],
-            "properties": {
-                "id": {"type": "integer"},
-                "original_name": {"type": "string"},
-                "score": {"type": "number", "description": "Cosine similarity to the image (or to the closest of "
-                                                           "your uploads)."},
-                "url": {"type": "string"},
-                "thumbnail_url": {"type": "string"},
-            },
-        }}},
+            "required": ["id", "original_name", "url", "thumbnail_url"],
+            "properties": {"id": {"type": "integer"}, "original_name": {"type": "string"},
+                           "url": {"type": "string"}, "thumbnail_url": {"type": "string"}},
+        }, "description": "Its most typical images that you may see."},
+    }),
+    "ClusterImages": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["count", "page", "pages", "results"],
+        "properties": {
+            "count": {"type": "integer", "minimum": 1, "description": "The cluster's images that you may see."},
+            "page": {"type": "integer", "minimum": 1},
+            "pages": {"type": "integer", "minimum": 1},
+            "results": {"type": "array", "items": _ref("Image")},
+        },
     },
     "SearchResults": {
         "type": "object",
@@ -266,6 +290,40 @@ def _paths(max_k: int, max_files: int, max_bytes: int) -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref("Recommendations"), "Closest first, each unlike those before it."),
                     "401": _UNAUTHENTICATED,
+                },
+            },
+        },
+        "/api/v1/clusters": {
+            "get": {
+                "operationId": "clusters",
+                "summary": "Browse by look",
+                "description": ("The groups of alike images that the last grouping job made (see the README, "
+                                "\"Browse by look\"), largest first: each that holds images you may see, with "
+                                "how many and its most typical ones. Empty before the first grouping."),
+                "tags": ["browse"],
+                "responses": {
+                    "200": _json(_ref("Clusters"), "The groups."),
+                    "401": _UNAUTHENTICATED,
+                },
+            },
+        },
+        "/api/v1/clusters/{cluster_id}/images": {
+            "parameters": [
+                {"name": "cluster_id", "in": "path", "required": True, "schema": {"type": "integer"}},
+                {"name": "page", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "default": 1},
+                 "description": "48 images a page; past the last, the last."},
+            ],
+            "get": {
+                "operationId": "clusters_images",
+                "summary": "A group's images",
+                "description": "A page of the group's images that you may see, the most typical first.",
+                "tags": ["browse"],
+                "responses": {
+                    "200": _json(_ref("ClusterImages"), "The page."),
+                    "401": _UNAUTHENTICATED,
+                    "404": _error("No such group in the grouping in service, or none of its images is one you "
+                                  "may see (`cluster_not_found`)."),
                 },
             },
         },

@@ -10,6 +10,8 @@ urlpatterns = [
     re_path(r"^api/v1/images/(?P<image_id>[^/]+)/recommendations$", views.image_recommendations,
             name="image_recommendations"),
     path("api/v1/recommendations", views.user_recommendations, name="user_recommendations"),
+    path("api/v1/clusters", views.clusters_list, name="clusters"),
+    re_path(r"^api/v1/clusters/(?P<cluster_id>[^/]+)/images$", views.cluster_images, name="cluster_images"),
     path("api/v1/search", views.search, name="search"),
     path("api/v1/openapi.json", views.openapi, name="openapi"),
     path("api/v1/docs/", views.docs, name="docs"),

@@ -1,4 +1,5 @@
-"""The JSON API, version 1: upload, look up and delete images, search, and the API's description."""
+"""The JSON API, version 1: upload, look up and delete images, search, browse by look, and the API's
+description."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ from collections.abc import Mapping
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -27,10 +29,12 @@ from api.ratelimit import files_in, rate_limit, rate_limit_hit
 from config.request_body import FORM_OVERHEAD_BYTES
 from gallery import selectors as gallery_selectors
 from gallery import services as gallery_services
-from gallery.models import Image
+from gallery.models import Cluster, Image
 from gallery.services import UploadResult
-from search import queries, recommendations
+from search import clusters, queries, recommendations
 
+# Images in a page of a cluster's images.
+CLUSTER_PAGE_SIZE = 48
 # What the API answers when every file of an upload is refused, by the first refusal's code.
 REFUSAL_STATUS = {"too_large": 413, "unsupported_format": 415, "not_an_image": 415}
 
@@ -110,6 +114,35 @@ def image_recommendations(request: HttpRequest, image_id: str) -> JsonResponse:
 @api_endpoint(methods=("GET",), anonymous=Anonymous.REFUSED)
 def user_recommendations(request: HttpRequest) -> JsonResponse:
     return recommendations_json(recommendations.recommendations_for_user(user=request.user))
+
+
+@api_endpoint(methods=("GET",), anonymous=Anonymous.VIEWER)
+def clusters_list(request: HttpRequest) -> JsonResponse:
+    """Every cluster that holds images you may see, largest first, with the most typical of them."""
+    clustering = clusters.clustering_current()
+    counts = clusters.cluster_counts_visible(user=request.user, clustering=clustering) if clustering else {}
+    shown = list(Cluster.objects.filter(pk__in=list(counts)).select_related("clustering").order_by("number"))
+    return JsonResponse({"results": [
+        {"id": card.cluster.pk, "number": card.cluster.number, "count": card.count,
+         "url": reverse("gallery:browse_cluster", args=[card.cluster.pk]),
+         "images_url": reverse("api:cluster_images", args=[card.cluster.pk]),
+         "representatives": [{"id": i.pk, "original_name": i.original_name, "thumbnail_url": i.thumbnail_url,
+                              "url": reverse("gallery:detail", args=[i.pk])} for i in card.representatives]}
+        for card in clusters.cluster_cards(user=request.user, clusters=shown, counts=counts)]})
+
+
+@api_endpoint(methods=("GET",), anonymous=Anonymous.VIEWER)
+def cluster_images(request: HttpRequest, cluster_id: str) -> JsonResponse:
+    """A page of a cluster's images that you may see, the most typical first."""
+    cluster = (Cluster.objects.filter(pk=int(cluster_id), clustering=clusters.clustering_current()).first()
+               if cluster_id.isdigit() and len(cluster_id) < 19 else None)
+    images = clusters.cluster_images_visible(user=request.user, cluster=cluster).prefetch_related("tags") \
+        if cluster is not None else Image.objects.none()
+    page = Paginator(images, CLUSTER_PAGE_SIZE).get_page(request.GET.get("page"))
+    if not page.paginator.count:
+        raise ApiError(404, "cluster_not_found", f"There is no cluster #{cluster_id} with images that you can see.")
+    return JsonResponse({"count": page.paginator.count, "page": page.number, "pages": page.paginator.num_pages,
+                         "results": [image_resource(i) for i in page.object_list]})
 
 
 @api_endpoint(methods=("GET", "DELETE"), anonymous=Anonymous.VIEWER)

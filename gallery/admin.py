@@ -20,7 +20,7 @@ from django.utils.html import format_html, format_html_join
 from gallery import services
 from gallery.models import DuplicateGroup, Image, ImageAwaitingApproval, OutlierScore, Tag, TagSuggestion
 from jobs.models import Job
-from search import duplicates, outliers, tag_suggestions
+from search import clusters, duplicates, outliers, tag_suggestions
 from search import selectors as search_selectors
 from search import services as search_services
 from search.knn_outliers import K
@@ -155,6 +155,7 @@ class ImageAdmin(admin.ModelAdmin):
         return [path("duplicates/", view(self.duplicates_view), name="gallery_image_duplicates"),
                 path("suggest-tags/", view(self.suggest_tags_view), name="gallery_image_suggest_tags"),
                 path("score-outliers/", view(self.score_outliers_view), name="gallery_image_score_outliers"),
+                path("group-by-look/", view(self.group_by_look_view), name="gallery_image_group_by_look"),
                 path("<int:image_id>/suggestions/", view(self.suggestions_view), name="gallery_image_suggestions"),
                 *urls]
 
@@ -175,6 +176,10 @@ class ImageAdmin(admin.ModelAdmin):
         """Start a job that scores every indexed image as an outlier again."""
         return self._start_job(request, outliers.outlier_scores_start,
                                '"most unusual first" lists its results once it is done')
+
+    def group_by_look_view(self, request: HttpRequest) -> HttpResponse:
+        """Start a job that groups the gallery into clusters for the Browse page (or say which one runs)."""
+        return self._start_job(request, clusters.clusters_start, "the Browse page shows its groups once it is done")
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):  # type: ignore[override]
         column = list(self.get_list_display(request)).index("outlier") + 1
@@ -417,6 +422,10 @@ class ModerationQueueAdmin(ImageAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
         return super().get_queryset(request).filter(awaiting_approval=True)
+
+    def group_by_look_view(self, request: HttpRequest) -> HttpResponse:
+        """Start a job that groups the gallery into clusters for the Browse page (or say which one runs)."""
+        return self._start_job(request, clusters.clusters_start, "the Browse page shows its groups once it is done")
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):  # type: ignore[override]
         state = "on" if settings.LOOKALIKE_MODERATION else "off (LOOKALIKE_MODERATION=false)"

@@ -171,3 +171,58 @@ class OutlierScore(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.image_id} is more unusual than {self.score or 0:.1f} % of the gallery"
+
+
+class Clustering(models.Model):
+    """One run of the clustering job (``search.clusters``): the gallery grouped by look, for the
+    "Browse" page. The latest completed one is shown; a new one replaces it whole once complete."""
+
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="clusterings")
+    # The vectors' backbone and version: new uploads join its clusters only while the index uses them.
+    backbone = models.CharField(max_length=64)
+    backbone_version = models.CharField(max_length=128)
+    # The mean of the vectors clustered (float32), which every vector is centred on (search.kmeans).
+    mean = models.BinaryField(default=b"")
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Set when it was put in service.
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["-completed_at"])]
+
+    def __str__(self) -> str:
+        return f"clustering #{self.pk}"
+
+
+class Cluster(models.Model):
+    """A group of alike images: its centroid (the mean direction of its members' centred vectors, float32) and
+    how many images the job put in it (counts shown to people are of what each may see)."""
+
+    clustering = models.ForeignKey(Clustering, on_delete=models.CASCADE, related_name="clusters")
+    # Shown as "Group N"; 1 is the largest.
+    number = models.PositiveIntegerField()
+    centroid = models.BinaryField()
+    size = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["clustering", "number"]
+        constraints = [models.UniqueConstraint(fields=["clustering", "number"], name="one_cluster_per_number")]
+
+    def __str__(self) -> str:
+        return f"group {self.number} of {self.clustering}"
+
+
+class ClusterMember(models.Model):
+    """An image in a cluster, with its similarity to the centroid (the most typical first)."""
+
+    clustering = models.ForeignKey(Clustering, on_delete=models.CASCADE, related_name="members")
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="members")
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="cluster_memberships")
+    similarity = models.FloatField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["clustering", "image"], name="one_cluster_per_image")]
+        indexes = [models.Index(fields=["cluster", "-similarity"])]
+
+    def __str__(self) -> str:
+        return f"#{self.image_id} in {self.cluster}"

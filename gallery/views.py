@@ -1,4 +1,5 @@
-"""Gallery pages: browse, open, upload, delete, and the state feed that upload pages poll."""
+"""Gallery pages: browse (newest first, and by look), open, upload, delete, and the state feed that upload
+pages poll."""
 from __future__ import annotations
 
 import logging
@@ -24,13 +25,14 @@ from config.object_store import STORE_ERRORS
 from config.request_body import max_body
 from gallery import selectors, services
 from gallery.access import viewer_required
-from gallery.models import Image
+from gallery.models import Cluster, Image
 from gallery.uploads import FileSizeLimit
-from search import copy_notices, recommendations
+from search import clusters, copy_notices, recommendations
 
 log = logging.getLogger(__name__)
 
 GALLERY_PAGE_SIZE = 48
+CLUSTERS_PAGE_SIZE = 24
 # The folders of the copies that are served, and the field of the image that names each copy.
 _SERVED_MEDIA = {"display": "display", "thumbs": "thumbnail"}
 # Names are random and never reused, so a copy never changes; what may change is who may see it.
@@ -69,6 +71,30 @@ def detail(request: HttpRequest, image_id: int) -> HttpResponse:
     can_manage = selectors.image_can_manage(image=image, user=request.user)
     also_like = recommendations.recommendations_for_image(image=image, user=request.user)
     return render(request, "gallery/detail.html", {"image": image, "can_manage": can_manage, "also_like": also_like})
+
+
+@require_GET
+@viewer_required
+def browse(request: HttpRequest) -> HttpResponse:
+    """The gallery by look: a card for each cluster that holds images the viewer may see."""
+    clustering = clusters.clustering_current()
+    counts = clusters.cluster_counts_visible(user=request.user, clustering=clustering) if clustering else {}
+    shown = Cluster.objects.filter(pk__in=list(counts)).select_related("clustering").order_by("number")
+    page = Paginator(shown, CLUSTERS_PAGE_SIZE).get_page(request.GET.get("page"))
+    cards = clusters.cluster_cards(user=request.user, clusters=list(page.object_list), counts=counts)
+    return render(request, "gallery/browse.html", {"page": page, "cards": cards, "clustering": clustering})
+
+
+@require_GET
+@viewer_required
+def browse_cluster(request: HttpRequest, cluster_id: int) -> HttpResponse:
+    """One cluster's images that the viewer may see, the most typical first; 404 when there are none."""
+    cluster = get_object_or_404(Cluster, pk=cluster_id, clustering=clusters.clustering_current())
+    images = clusters.cluster_images_visible(user=request.user, cluster=cluster)
+    page = Paginator(images, GALLERY_PAGE_SIZE).get_page(request.GET.get("page"))
+    if not page.paginator.count:
+        raise Http404
+    return render(request, "gallery/cluster.html", {"cluster": cluster, "page": page})
 
 
 def _wants_json(request: HttpRequest) -> bool:

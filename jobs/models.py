@@ -21,6 +21,7 @@ class Job(models.Model):
         DUPLICATE_SCAN = "duplicate_scan", "Duplicate scan"
         TAG_SUGGESTIONS = "tag_suggestions", "Tag suggestions"
         OUTLIER_SCORES = "outlier_scores", "Outlier scores"
+        CLUSTERS = "clusters", "Clusters"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"

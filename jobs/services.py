@@ -29,6 +29,7 @@ RUNNERS: dict[str, str] = {
     Job.Kind.DUPLICATE_SCAN: "search.duplicates.duplicate_scan_run",
     Job.Kind.TAG_SUGGESTIONS: "search.tag_suggestions.tag_suggestions_run",
     Job.Kind.OUTLIER_SCORES: "search.outliers.outlier_scores_run",
+    Job.Kind.CLUSTERS: "search.clusters.clusters_run",
 }
 
 

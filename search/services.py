@@ -23,7 +23,7 @@ from PIL.Image import Image as PILImage
 from gallery import copies
 from gallery.imaging import DISPLAY_MAX_SIDE, DISPLAY_QUALITY, ImageRejected, display_jpeg_pixels
 from gallery.models import Image
-from search import changelog, copy_notices, generations, outliers, runtime
+from search import changelog, clusters, copy_notices, generations, outliers, runtime
 from search.backbones import WeightsMissing
 from search.identity import IndexIdentity
 from search.index import HnswIndex, IndexMismatch, SnapshotCorrupt, SnapshotMeta, Snapshots, SnapshotUnavailable
@@ -162,8 +162,9 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
     failed = {image_id: str(reason) for image_id, reason in unread.items() if image_id not in damaged}
     computed = {generation.identity: described}
     found_copies = _copies_of(generation.identity, described)
-    found_outliers = outliers.outliers_find(identity=generation.identity,
-                                            vectors={i: vector for i, (vector, _) in described.items()})
+    vectors = {i: vector for i, (vector, _) in described.items()}
+    found_outliers = outliers.outliers_find(identity=generation.identity, vectors=vectors)
+    found_clusters = clusters.clusters_find(identity=generation.identity, vectors=vectors)
     building = reindex_target_identity()
     if building is not None and building not in computed and described:
         try:
@@ -173,7 +174,8 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
         except Exception:  # the reindex embeds whatever is still missing before it completes
             log.exception("Could not embed with %s for the reindex in progress", building.describe())
     outcome = _finish_batch(claim_token, computed, failed | worn_out, permanent=set(worn_out),
-                            found_copies=found_copies, found_outliers=found_outliers)
+                            found_copies=found_copies, found_outliers=found_outliers,
+                            found_clusters=found_clusters)
     # Searchable now, with its thumbnail; the display copy needs a finer decode and comes after.
     copies.queue_display_copies(outcome.indexed)
     return outcome
@@ -333,7 +335,8 @@ def identities_in_use() -> IdentitiesInUse:
 @transaction.atomic
 def _finish_batch(token: str, computed: dict[IndexIdentity, Described], failed: dict[int, str], *,
                   permanent: set[int] | None = None, found_copies: copy_notices.Found | None = None,
-                  found_outliers: outliers.Found | None = None) -> EmbedOutcome:
+                  found_outliers: outliers.Found | None = None, found_clusters: clusters.Found | None = None
+                  ) -> EmbedOutcome:
     """Store what the batch computed, for the identities still in use at commit, and settle each
     image. An image with no vector of the identity active now goes back to the queue."""
     in_use = identities_in_use()
@@ -379,6 +382,8 @@ def _finish_batch(token: str, computed: dict[IndexIdentity, Described], failed: 
             continue
         embeddings_store(identity=identity, described={i: described[i] for i in indexed if i in described})
     copy_notices.copies_record(found=found_copies or {}, image_ids=indexed)
+    # Last but the log: it holds a lock on the clustering in service until commit.
+    clusters.clusters_record(found=found_clusters, identity=in_use.active, image_ids=indexed)
     changelog.record_changes(image_ids=indexed, kind=IndexChange.Kind.UPSERT)
     if indexed:
         queue_index_sync()

@@ -28,3 +28,10 @@ def suggest_tags(image_ids: list[int]) -> None:
     from search.tag_suggestions import tag_suggestions_make
 
     tag_suggestions_make(image_ids=image_ids)
+
+
+@shared_task(name="search.cluster_gallery")
+def cluster_gallery() -> None:
+    from search.clusters import clusters_start
+
+    clusters_start()

@@ -239,7 +239,8 @@ def celery_queues(*, embed: str, index: str, background: str) -> tuple[tuple[Que
       so a GPU worker that joins takes large batches while CPU workers take small ones, and no
       sender needs to know which hardware is up.
     - ``index``: ``search.sync_index``, for the one index writer.
-    - ``background``: everything else (background jobs, upkeep, display copies, tag suggestions),
+    - ``background``: everything else (background jobs, upkeep, display copies, tag suggestions, the
+      scheduled clustering),
       which needs neither the model loaded in advance nor the writer's index, and must not hold a
       GPU worker's one process.
 
@@ -260,6 +261,7 @@ def celery_queues(*, embed: str, index: str, background: str) -> tuple[tuple[Que
         "jobs.upkeep": background,
         "gallery.make_display_copies": background,
         "search.suggest_tags": background,
+        "search.cluster_gallery": background,
     }
     # Each queue with an exchange and key of its own: unnamed, Celery would bind all three to the
     # default queue's exchange and key, and a message sent there would reach every queue.
@@ -330,9 +332,15 @@ LOOKALIKE_MODERATION_OUTLIER_SCORE = env_optional_float("LOOKALIKE_MODERATION_OU
 LOOKALIKE_TAG_SUGGESTION_MIN_CONFIDENCE = env_float("LOOKALIKE_TAG_SUGGESTION_MIN_CONFIDENCE", 0.5, minimum=0.0)
 LOOKALIKE_TAG_SUGGESTION_AUTO_APPLY = env_optional_float("LOOKALIKE_TAG_SUGGESTION_AUTO_APPLY", minimum=0.0,
                                                          maximum=1.0)
+# Clusters of the "Browse" page (search/clusters.py): how many (0: sqrt(n / 2) of the n indexed
+# images, at most 100), and the seconds between two runs of the clustering job that beat starts (0: none).
+LOOKALIKE_CLUSTER_COUNT = env_int("LOOKALIKE_CLUSTER_COUNT", 0, minimum=0)
+LOOKALIKE_CLUSTER_INTERVAL = env_float("LOOKALIKE_CLUSTER_INTERVAL", 86400.0, minimum=0.0)
 
 # Periodic upkeep, run by `celery -A config beat` (or `worker --beat`): see `python manage.py upkeep`.
 CELERY_BEAT_SCHEDULE = {
     "upkeep": {"task": "jobs.upkeep", "schedule": LOOKALIKE_UPKEEP_INTERVAL},
 }
+if LOOKALIKE_CLUSTER_INTERVAL:
+    CELERY_BEAT_SCHEDULE["clusters"] = {"task": "search.cluster_gallery", "schedule": LOOKALIKE_CLUSTER_INTERVAL}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")

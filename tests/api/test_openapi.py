@@ -45,6 +45,8 @@ IMAGES = "/api/v1/images"
 IMAGE = "/api/v1/images/{image_id}"
 SEARCH = "/api/v1/search"
 RECOMMENDATIONS = "/api/v1/images/{image_id}/recommendations"
+CLUSTERS = "/api/v1/clusters"
+CLUSTER_IMAGES = "/api/v1/clusters/{cluster_id}/images"
 
 
 def documented() -> set[tuple[str, str, int]]:
@@ -117,6 +119,23 @@ def upload_while_the_media_storage_refuses_writes(client, world):
     return response
 
 
+def grouped(client, world, *, images_of: bool = False, **extra):
+    """The gallery (given vectors) grouped by look, then the groups, or the images of Bob's image's group."""
+    from gallery.models import ClusterMember
+    from search import runtime
+    from tests.search.test_clusters import blob_vectors, run_job
+
+    identity = runtime.index_identity()
+    for image, vector in zip((world.mine, world.theirs), blob_vectors(2, 1, identity.dim), strict=True):
+        Embedding.objects.create(image=image, backbone=identity.backbone, backbone_version=identity.backbone_version,
+                                 dim=identity.dim, vector=vector.tobytes())
+    run_job()
+    if not images_of:
+        return client.get(CLUSTERS, **extra)
+    cluster_id = ClusterMember.objects.get(image=world.theirs).cluster_id
+    return client.get(CLUSTER_IMAGES.replace("{cluster_id}", str(cluster_id)), **extra)
+
+
 def session_client(user, *, csrf: bool = False) -> Client:
     browser = Client(enforce_csrf_checks=csrf)
     browser.force_login(user)
@@ -170,6 +189,13 @@ SCENARIOS = {
     ("GET", "/api/v1/recommendations", 200): [lambda client, w: client.get("/api/v1/recommendations",
                                                                            headers=bearer(w.secret))],
     ("GET", "/api/v1/recommendations", 401): [lambda client, w: client.get("/api/v1/recommendations")],
+    ("GET", CLUSTERS, 200): [grouped, lambda client, w: client.get(CLUSTERS)],
+    ("GET", CLUSTERS, 401): [lambda client, w: client.get(CLUSTERS, headers=bearer("lka_wrong"))],
+    ("GET", CLUSTER_IMAGES, 200): [lambda client, w: grouped(client, w, images_of=True),
+                                   lambda client, w: grouped(client, w, images_of=True, data={"page": "9"})],
+    ("GET", CLUSTER_IMAGES, 401): [lambda client, w: client.get(CLUSTER_IMAGES.replace("{cluster_id}", "1"),
+                                                                headers=bearer("lka_wrong"))],
+    ("GET", CLUSTER_IMAGES, 404): [lambda client, w: client.get(CLUSTER_IMAGES.replace("{cluster_id}", "987654"))],
     ("GET", "/api/v1/openapi.json", 200): [lambda client, w: client.get("/api/v1/openapi.json")],
     ("GET", "/api/v1/docs/", 200): [lambda client, w: client.get("/api/v1/docs/")],
 }

@@ -286,3 +286,23 @@ def test_a_crash_outside_any_view_is_answered_in_json_under_the_api(rf):
 
     assert json.loads(server_error(rf.get("/api/v1/images/1")).content)["code"] == "internal_error"
     assert "text/html" in server_error(rf.get("/"))["Content-Type"]
+
+
+def test_clusters_count_and_show_only_what_the_caller_may_see(client, user, other_user, settings):
+    from tests.gallery.test_browse import two_groups
+
+    groups = two_groups(settings, user, other_user)
+    secret, private = groups["secret"], groups["private"]
+
+    listed = client.get("/api/v1/clusters").json()["results"]
+    assert [(c["id"], c["number"], c["count"]) for c in listed] == [(groups["big"].pk, 1, 5)]
+    shown = {r["id"] for r in listed[0]["representatives"]}
+    assert len(shown) == 4 and secret.pk not in shown
+    page = client.get(listed[0]["images_url"]).json()
+    assert page["count"] == 5 and page["pages"] == 1
+    assert {r["id"] for r in page["results"]} == {i.pk for i in groups["public"]}
+    assert_error(client.get(f"/api/v1/clusters/{groups['small'].pk}/images"), 404, "cluster_not_found")
+
+    client.force_login(other_user)
+    counts = {c["id"]: c["count"] for c in client.get("/api/v1/clusters").json()["results"]}
+    assert counts == {groups["big"].pk: 6, groups["small"].pk: len(private)}

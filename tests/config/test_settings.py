@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import subprocess
@@ -123,6 +124,7 @@ TASK_QUEUES = {
     "jobs.upkeep": "LOOKALIKE_BACKGROUND_QUEUE",
     "gallery.make_display_copies": "LOOKALIKE_BACKGROUND_QUEUE",
     "search.suggest_tags": "LOOKALIKE_BACKGROUND_QUEUE",
+    "search.cluster_gallery": "LOOKALIKE_BACKGROUND_QUEUE",
 }
 
 SHOW_ROUTES = ("import json; from config.celery import app; app.loader.import_default_modules(); "
@@ -389,3 +391,19 @@ class TestOutlierModerationSetting:
             proc = manage(bare_env(DATA_DIR=str(tmp_path), LOOKALIKE_MODERATION_OUTLIER_SCORE=raw), "shell", "-c",
                           script)
             assert proc.stdout.strip().splitlines()[-1] == shown, proc.stderr
+
+
+class TestClusterSettings:
+    def test_beat_groups_the_gallery_daily_by_default_every_interval_set_and_never_at_zero(self, tmp_path):
+        script = ("import json; from django.conf import settings; print(json.dumps([settings.LOOKALIKE_CLUSTER_COUNT, "
+                  "settings.CELERY_BEAT_SCHEDULE.get('clusters')]))")
+        for extra, expected in (({}, [0, {"task": "search.cluster_gallery", "schedule": 86400.0}]),
+                                ({"LOOKALIKE_CLUSTER_INTERVAL": "3600", "LOOKALIKE_CLUSTER_COUNT": "12"},
+                                 [12, {"task": "search.cluster_gallery", "schedule": 3600.0}]),
+                                ({"LOOKALIKE_CLUSTER_INTERVAL": "0"}, [0, None])):
+            proc = manage(bare_env(DATA_DIR=str(tmp_path), **extra), "shell", "-c", script)
+            assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected, proc.stderr
+
+    def test_a_negative_count_stops_start_up(self, tmp_path):
+        proc = manage(bare_env(DATA_DIR=str(tmp_path), LOOKALIKE_CLUSTER_COUNT="-1"), "check")
+        assert "LOOKALIKE_CLUSTER_COUNT=-1 is below its minimum of 0." in proc.stderr
