@@ -51,6 +51,18 @@ def fresh_cache(settings) -> str:
 
 
 @pytest.fixture
+def embedding_messages(monkeypatch) -> list[tuple[str, tuple]]:
+    """The embedding messages sent, as (task name, arguments), in place of the broker."""
+    from search.tasks import embed_image, send_embedding_batches
+
+    messages: list[tuple[str, tuple]] = []
+    for task in (embed_image, send_embedding_batches):
+        monkeypatch.setattr(task, "apply_async", lambda args, name=task.name, **options: messages.append(
+            (name, args)))
+    return messages
+
+
+@pytest.fixture
 def alice_client(client, user):
     client.force_login(user)
     return client

@@ -119,6 +119,7 @@ def test_two_data_directories_never_see_each_other(tmp_path):
 # Each task and the setting that names its queue.
 TASK_QUEUES = {
     "search.embed_image": "LOOKALIKE_EMBED_QUEUE",
+    "search.send_embedding_batches": "LOOKALIKE_EMBED_QUEUE",
     "search.sync_index": "LOOKALIKE_INDEX_QUEUE",
     "jobs.run_job": "LOOKALIKE_BACKGROUND_QUEUE",
     "jobs.upkeep": "LOOKALIKE_BACKGROUND_QUEUE",
@@ -149,8 +150,6 @@ class TestQueues:
         assert len(bindings) == 3
 
     def test_the_queue_settings_choose_where_each_task_goes(self, tmp_path):
-        import json
-
         def routes(**queues: str) -> dict[str, str]:
             proc = manage(bare_env(DATA_DIR=str(tmp_path), **queues), "shell", "-c", SHOW_ROUTES)
             assert proc.returncode == 0, proc.stderr

@@ -122,11 +122,14 @@ class TestBulkActions:
         assert not Tag.objects.exists()
 
     def test_embed_again_queues_the_images_with_a_task_per_batch(self, admin_client, gallery, settings,
+                                                                 embedding_messages,
                                                                  django_capture_on_commit_callbacks):
         settings.LOOKALIKE_EMBED_BATCH_SIZE = 2
-        with django_capture_on_commit_callbacks() as sent:
+        with django_capture_on_commit_callbacks(execute=True):
             act(admin_client, "reembed", gallery[:3])
-        assert len(sent) == 2
+        [(task, (first_ids,))] = embedding_messages
+        assert task == "search.send_embedding_batches"
+        assert len(first_ids) == 2 and set(first_ids) < {g.pk for g in gallery[:3]}
         assert set(Image.objects.filter(pk__in=[g.pk for g in gallery[:3]]).values_list("state", flat=True)) == {
             Image.State.QUEUED}
 

@@ -163,12 +163,14 @@ class TestBatchUpload:
             ("one.gif", "refused", "damaged"), ("two.gif", "refused", "damaged")]
         assert results[0].message == results[1].message
 
-    def test_the_workers_are_asked_once_per_batch(self, db, settings, django_capture_on_commit_callbacks):
+    def test_the_workers_are_asked_once_per_batch(self, db, settings, embedding_messages,
+                                                  django_capture_on_commit_callbacks):
         settings.LOOKALIKE_EMBED_BATCH_SIZE = 4
-        with django_capture_on_commit_callbacks() as queued:
+        with django_capture_on_commit_callbacks(execute=True):
             results = self.upload_all([(f"{i}.jpg", images.jpeg(i)) for i in range(9)])
         assert all(r.status == "accepted" for r in results)
-        assert len(queued) == 3
+        ids = sorted(r.image.pk for r in results)
+        assert embedding_messages == [("search.send_embedding_batches", (ids[::4],))]
 
     def test_a_failure_midway_leaves_nothing_of_the_batch(self, db, media_storage):
         before = media_files()

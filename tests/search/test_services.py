@@ -188,18 +188,9 @@ def snapshot_store(request, store_kind, clean_index):
 
 
 class TestQueueEmbeddings:
-    @pytest.fixture
-    def sent(self, monkeypatch) -> list[tuple[str, tuple]]:
-        from search.tasks import embed_image, send_embedding_batches
-
-        messages: list[tuple[str, tuple]] = []
-        for task in (embed_image, send_embedding_batches):
-            monkeypatch.setattr(task, "apply_async", lambda args, name=task.name, **options: messages.append(
-                (name, args)))
-        return messages
-
     def test_it_sends_a_store_batch_as_one_message_once_the_transaction_commits(
-            self, db, sent, settings, django_capture_on_commit_callbacks):
+            self, db, embedding_messages, settings, django_capture_on_commit_callbacks):
+        sent = embedding_messages
         settings.LOOKALIKE_EMBED_BATCH_SIZE = 8
         with django_capture_on_commit_callbacks() as callbacks:
             services.queue_embeddings(list(range(100, 120)))
@@ -208,17 +199,17 @@ class TestQueueEmbeddings:
             callback()
         assert sent == [("search.send_embedding_batches", ([100, 108, 116],))]
 
-    def test_a_worker_turns_it_into_one_message_per_embedding_batch(self, db, sent):
+    def test_a_worker_turns_it_into_one_message_per_embedding_batch(self, db, embedding_messages):
         services.embedding_batches_send(first_ids=[100, 108, 116])
-        assert sent == [("search.embed_image", (100,)), ("search.embed_image", (108,)), ("search.embed_image", (116,))]
+        assert embedding_messages == [("search.embed_image", (first,)) for first in (100, 108, 116)]
 
-    def test_a_batch_of_one_embedding_batch_is_sent_as_it_is(self, db, sent, settings,
+    def test_a_batch_of_one_embedding_batch_is_sent_as_it_is(self, db, embedding_messages, settings,
                                                              django_capture_on_commit_callbacks):
         settings.LOOKALIKE_EMBED_BATCH_SIZE = 8
         with django_capture_on_commit_callbacks(execute=True):
             services.queue_embeddings([100, 101, 102])
             services.queue_embeddings([])
-        assert sent == [("search.embed_image", (100,))]
+        assert embedding_messages == [("search.embed_image", (100,))]
 
 
 class TestIndexSync:
