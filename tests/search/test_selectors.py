@@ -6,7 +6,7 @@ import pytest
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from search import generations, rerank, runtime
+from search import generations, rerank, runtime, selectors
 from search.models import Embedding
 from search.selectors import SearchUnavailable, _with_matches, similar_to_pictures, similar_to_vectors
 from tests import images
@@ -94,6 +94,23 @@ def test_a_quarter_turned_copy_is_found_first(db, clean_index):
     for turn in (PILImage.Transpose.ROTATE_90, PILImage.Transpose.ROTATE_270):
         [results] = similar_to_pictures([photo.transpose(turn)], k=3)
         assert results[0].image == gallery[2]
+
+
+def test_a_second_look_that_found_nothing_closer_by_the_margin_changes_nothing(db, clean_index, settings,
+                                                                               monkeypatch):
+    gallery = _gallery_of_cats_and_dogs()
+    page = screenshot(PILImage.open(images.bench_image("dog", 2)).convert("RGB"), at=(520, 300), width=128)
+    [with_second_look] = similar_to_pictures([page], k=3)
+    monkeypatch.setattr(selectors, "SECOND_LOOK_MARGIN", 1.0)  # more than any cosine gain
+    [short_of_the_margin] = similar_to_pictures([page], k=3)
+    settings.LOOKALIKE_SEARCH_SECOND_LOOK = False
+    [first_look_only] = similar_to_pictures([page], k=3)
+
+    def ranked(results: list) -> list[tuple[int, float]]:
+        return [(r.image.pk, round(r.score, 4)) for r in results]
+
+    assert with_second_look[0].image == gallery[4]
+    assert ranked(short_of_the_margin) == ranked(first_look_only) != ranked(with_second_look)
 
 
 def test_a_result_ranked_above_a_more_alike_one_matches_as_much_as_it():
