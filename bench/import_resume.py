@@ -20,8 +20,9 @@ Memory is sampled twice a second from ``/proc`` for every process of each run: t
 (``VmHWM``) of each, and the resident size at each quarter of the progress, which stays flat
 when the command holds no per-file state. With ``--index`` the workers run throughout (as
 ``bench/ingest.py`` starts them) and the run ends once every image is indexed, then checks one
-vector per image; the embedding model bounds that at this box's 30 to 40 images/s, so it is
-meant for a few thousand files, not 100,000.
+vector per image in the database and, once the published snapshot has caught up, as many in the
+index; the embedding model bounds that at this box's 30 to 40 images/s (about 45 minutes for
+100,000).
 
     .venv/bin/python bench/import_resume.py --count 100000 --jobs 2 \\
         --database-url postgres://postgres@127.0.0.1:5432/resume_bench --broker-url redis://127.0.0.1:6379/12
@@ -29,6 +30,7 @@ meant for a few thousand files, not 100,000.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import random
@@ -163,7 +165,9 @@ def run_import(folder: Path, env: dict[str, str], jobs: int, count: int,
 
 
 def _start_workers(work: Path, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
-    workers = {"embed": ["--queues=embed,background", "--hostname=embed@%h"],
+    # --beat, as on one machine: upkeep sends again the images whose message the kill lost (a
+    # batch killed between its commit and its message), once LOOKALIKE_STUCK_AFTER_SECONDS have passed.
+    workers = {"embed": ["--queues=embed,background", "--beat", "--hostname=embed@%h"],
                "index": ["--queues=index", "--pool=solo", "--hostname=index@%h"]}
     processes = []
     for name, options in workers.items():
@@ -245,6 +249,7 @@ def main() -> None:
             while _stored_indexed(env) < resumed_to:
                 time.sleep(2)
             print(f"every image indexed {time.perf_counter() - started:.0f} s after the start")
+            print(f"  the index in service, once its snapshot has caught up: {_index_caught_up(env)}")
         print("\n".join(check(env, args.count, args.index)))
         swept = subprocess.run([PYTHON, "manage.py", "shell", "-c", _SWEEP], env=env, cwd=ROOT, check=True,
                                capture_output=True, text=True).stdout.split()[-1]
@@ -252,6 +257,22 @@ def main() -> None:
         print("\n".join(check(env, args.count, args.index)))
     finally:
         stop_workers(workers, timeout=30)
+
+
+def _index_caught_up(env: dict[str, str]) -> str:
+    """What ``index_status`` says once the published snapshot has applied every change: the
+    vectors it holds against those in the database (one per image when each is indexed once)."""
+    deadline = time.monotonic() + 900
+    while True:
+        status = json.loads(subprocess.run([PYTHON, "manage.py", "index_status", "--json", "--sample", "100"],
+                                           env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+        caught_up = status["changes_behind"] == 0
+        if caught_up or time.monotonic() > deadline:
+            return (f"{'caught up' if caught_up else 'NOT caught up after 15 minutes'}: vectors in the database "
+                    f"{status['vectors_in_database']}, in the index {status['vectors_in_index']}, deleted not "
+                    f"purged {status['deleted_not_purged']}, changes behind {status['changes_behind']}; recall "
+                    f"self-check {status['recall']}")
+        time.sleep(10)
 
 
 def _stored_indexed(env: dict[str, str]) -> int:
