@@ -39,9 +39,11 @@ SECOND_LOOK_BELOW = 0.93
 # The second look's views join the first look's only when they found an image closer by this much.
 # Joined on any gain, a quarter turn or a box of an ordinary photo that happens to resemble another
 # image outranks the original that the first look found; on the copy-detection benchmark's hard
-# edits this margin found more originals first than joining always, and cost the default edits
-# nothing (docs/benchmarks.md).
-SECOND_LOOK_MARGIN = 0.03
+# edits this margin found more originals first than joining always. At 0.03 one query in 600 of
+# the default edits lost its original on seeds 2 and 3, each to a box of the photo that was closer
+# by 0.031 and 0.039 to another image; 0.04 keeps them and costs the hard edits one query in 600
+# (docs/benchmarks.md).
+SECOND_LOOK_MARGIN = 0.04
 
 
 class SearchUnavailable(RuntimeError):
