@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 from PIL.Image import Image as PILImage
 
 from gallery import copies
@@ -82,6 +83,24 @@ def queue_embeddings(image_ids: list[int]) -> None:
     elif first_ids:
         # robust, as in queue_embedding: upkeep sends the images again if the broker is down.
         transaction.on_commit(lambda: send_embedding_batches.apply_async((first_ids,)), robust=True)
+
+
+def embed_messages_waiting() -> int | None:
+    """How many messages wait on the embedding queue for a worker to take them, or None when the
+    broker cannot be reached."""
+    from search.tasks import embed_image
+
+    with embed_image.app.connection_for_read() as broker:
+        try:
+            broker.ensure_connection(max_retries=1)
+            channel = broker.default_channel
+        except OperationalError:
+            return None
+        try:
+            return int(channel.queue_declare(queue=settings.LOOKALIKE_EMBED_QUEUE, passive=True).message_count)
+        except broker.channel_errors:
+            # Redis keeps no empty list: a queue that was emptied is not found.
+            return 0
 
 
 def embedding_batches_send(*, first_ids: list[int]) -> None:
@@ -645,23 +664,32 @@ def embeddings_purge_stray() -> int:
 
 
 def images_requeue_stuck(*, older_than: timedelta) -> int:
-    """Send again the images queued for longer than ``older_than`` (their task was lost) and those
-    whose embedding claim outlived its lease (their worker died). Each is sent at most once per
-    ``older_than``."""
+    """Send again the images whose message was lost and those whose embedding claim outlived its
+    lease (their worker died).
+
+    A queued image is taken as lost once it has waited longer than ``older_than`` and no message
+    waits on the embedding queue any more: while one does, a worker will still come to it (a run
+    fills its batch with the oldest images never tried), and sending each waiting image of a long
+    import again would only pile up messages. An image is sent at most once per ``older_than``;
+    those never tried go out one message per batch, as an import sends them.
+    """
     now = timezone.now()
     cutoff = now - older_than
     lease_ended = now - timedelta(seconds=settings.LOOKALIKE_EMBED_LEASE_SECONDS)
-    stuck = Image.objects.filter(
-        Q(state=Image.State.QUEUED, retry_after__isnull=True, created_at__lt=cutoff)
-        | Q(state=Image.State.QUEUED, retry_after__lt=cutoff)
-        | Q(state=Image.State.EMBEDDING, claimed_at__lt=lease_ended)
-    )
+    stuck = Q(state=Image.State.EMBEDDING, claimed_at__lt=lease_ended)
+    if embed_messages_waiting() == 0:
+        stuck |= (Q(state=Image.State.QUEUED, retry_after__isnull=True, created_at__lt=cutoff)
+                  | Q(state=Image.State.QUEUED, retry_after__lt=cutoff))
     with transaction.atomic():
-        ids = list(stuck.values_list("id", flat=True))
-        Image.objects.filter(id__in=ids, state=Image.State.QUEUED).update(retry_after=now)
-        for image_id in ids:
+        images = list(Image.objects.filter(stuck).order_by("id").values_list("id", "state", "attempts"))
+        Image.objects.filter(id__in=[image_id for image_id, *_ in images], state=Image.State.QUEUED).update(
+            retry_after=now)
+        never_tried = [image_id for image_id, state, attempts in images
+                       if state == Image.State.QUEUED and attempts == 0]
+        queue_embeddings(never_tried)
+        for image_id in {image_id for image_id, *_ in images}.difference(never_tried):
             queue_embedding(image_id)
-    return len(ids)
+    return len(images)
 
 
 def images_requeue_unembedded() -> int:

@@ -1,5 +1,7 @@
 import io
 import os
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import numpy as np
@@ -63,8 +65,19 @@ def backdate(image: Image, **fields) -> None:
     Image.objects.filter(pk=image.pk).update(**fields)
 
 
+@pytest.fixture
+def embed_queue(settings) -> Iterator[str]:
+    """An embedding queue of this test's own on the configured broker, emptied afterwards."""
+    from search.tasks import embed_image
+
+    settings.LOOKALIKE_EMBED_QUEUE = f"{settings.LOOKALIKE_EMBED_QUEUE}-{uuid.uuid4().hex[:8]}"
+    yield settings.LOOKALIKE_EMBED_QUEUE
+    with embed_image.app.connection_for_write() as broker:
+        broker.default_channel.queue_purge(settings.LOOKALIKE_EMBED_QUEUE)
+
+
 class TestStuckImages:
-    def test_images_queued_too_long_are_sent_again_once_per_interval(self, db, settings,
+    def test_images_queued_too_long_are_sent_again_once_per_interval(self, db, settings, embed_queue,
                                                                      django_capture_on_commit_callbacks):
         old, fresh = store(images.jpeg(1), "old.jpg"), store(images.jpeg(2), "fresh.jpg")
         backdate(old, created_at=timezone.now() - timedelta(hours=2))
@@ -76,6 +89,36 @@ class TestStuckImages:
         fresh.refresh_from_db()
         assert old.retry_after is not None and old.state == Image.State.QUEUED
         assert fresh.retry_after is None
+
+    def test_images_are_not_sent_again_while_a_message_waits_for_a_worker(self, db, embed_queue,
+                                                                          django_capture_on_commit_callbacks):
+        from search.tasks import embed_image
+
+        waiting = store(images.jpeg(1), "waiting.jpg")
+        backdate(waiting, created_at=timezone.now() - timedelta(hours=2))
+        embed_image.apply_async((waiting.pk,), queue=embed_queue)
+        assert services.embed_messages_waiting() == 1
+        with django_capture_on_commit_callbacks() as sent:
+            assert services.images_requeue_stuck(older_than=timedelta(hours=1)) == 0
+        assert sent == []
+        waiting.refresh_from_db()
+        assert waiting.retry_after is None
+
+    def test_stuck_images_never_tried_go_out_one_message_per_batch(self, db, settings, embed_queue,
+                                                                   embedding_messages,
+                                                                   django_capture_on_commit_callbacks):
+        settings.LOOKALIKE_EMBED_BATCH_SIZE = 2
+        lost = [store(images.jpeg(i), f"lost-{i}.jpg") for i in range(5)]
+        retried = store(images.jpeg(9), "retried.jpg")
+        for image in lost:
+            backdate(image, created_at=timezone.now() - timedelta(hours=2))
+        backdate(retried, attempts=1, retry_after=timezone.now() - timedelta(hours=2))
+        with django_capture_on_commit_callbacks(execute=True):
+            assert services.images_requeue_stuck(older_than=timedelta(hours=1)) == 6
+        assert sorted(embedding_messages) == [
+            ("search.embed_image", (retried.pk,)),
+            ("search.send_embedding_batches", ([lost[0].pk, lost[2].pk, lost[4].pk],)),
+        ]
 
     def test_an_image_whose_worker_died_is_taken_over_and_given_up_after_the_attempts(self, db, settings):
         settings.LOOKALIKE_EMBED_MAX_ATTEMPTS = 2
