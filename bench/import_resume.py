@@ -166,7 +166,8 @@ def run_import(folder: Path, env: dict[str, str], jobs: int, count: int,
 
 def _start_workers(work: Path, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     # --beat, as on one machine: upkeep sends again the images whose message the kill lost (a
-    # batch killed between its commit and its message), once LOOKALIKE_STUCK_AFTER_SECONDS have passed.
+    # batch killed between its commit and its message), once LOOKALIKE_STUCK_AFTER_SECONDS have
+    # passed and no message is left on the embedding queue.
     workers = {"embed": ["--queues=embed,background", "--beat", "--hostname=embed@%h"],
                "index": ["--queues=index", "--pool=solo", "--hostname=index@%h"]}
     processes = []
@@ -263,16 +264,19 @@ def _index_caught_up(env: dict[str, str]) -> str:
     """What ``index_status`` says once the published snapshot has applied every change: the
     vectors it holds against those in the database (one per image when each is indexed once)."""
     deadline = time.monotonic() + 900
-    while True:
-        status = json.loads(subprocess.run([PYTHON, "manage.py", "index_status", "--json", "--sample", "100"],
-                                           env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
-        caught_up = status["changes_behind"] == 0
-        if caught_up or time.monotonic() > deadline:
-            return (f"{'caught up' if caught_up else 'NOT caught up after 15 minutes'}: vectors in the database "
-                    f"{status['vectors_in_database']}, in the index {status['vectors_in_index']}, deleted not "
-                    f"purged {status['deleted_not_purged']}, changes behind {status['changes_behind']}; recall "
-                    f"self-check {status['recall']}")
+    while (status := _index_status(env, sample=0))["changes_behind"] and time.monotonic() < deadline:
         time.sleep(10)
+    caught_up = status["changes_behind"] == 0
+    recall = _index_status(env, sample=100)["recall"]
+    return (f"{'caught up' if caught_up else 'NOT caught up after 15 minutes'}: vectors in the database "
+            f"{status['vectors_in_database']}, in the index {status['vectors_in_index']}, deleted not "
+            f"purged {status['deleted_not_purged']}, changes behind {status['changes_behind']}; recall "
+            f"self-check over 100 images {recall}")
+
+
+def _index_status(env: dict[str, str], *, sample: int) -> dict:
+    return json.loads(subprocess.run([PYTHON, "manage.py", "index_status", "--json", "--sample", str(sample)],
+                                     env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
 
 
 def _stored_indexed(env: dict[str, str]) -> int:
