@@ -2,7 +2,7 @@
 import os
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import celeryd_after_setup, task_postrun, task_prerun, worker_process_init
 from celery.worker import WorkController
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
@@ -48,3 +48,14 @@ def _load_the_model(**kwargs: object) -> None:
         from search.runtime import embedder_warm
 
         embedder_warm(gallery=True)
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _close_old_connections(**kwargs: object) -> None:
+    # As Django does around each request: a connection older than CONN_MAX_AGE, or broken, is
+    # closed, and the next query opens a new one (CELERY_DB_REUSE_MAX keeps Celery from closing
+    # them all around every task).
+    from django.db import close_old_connections
+
+    close_old_connections()

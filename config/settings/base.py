@@ -224,6 +224,10 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery closes the database connections before and after every task unless this is set, and each
+# task then starts a new PostgreSQL session. Set, connections live as CONN_MAX_AGE says, checked
+# before and after each task as Django checks them around a request (config.celery).
+CELERY_DB_REUSE_MAX = 1_000_000
 # The prefork pool, whose processes on the embedded broker wait for a task without holding the lock
 # of the pipe they share: one killed while waiting would stop the worker for good (config/pool.py).
 CELERY_WORKER_POOL = "config.pool:TaskPool"
