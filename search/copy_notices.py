@@ -22,6 +22,8 @@ from search.identity import IndexIdentity
 
 # (original id, similarity) per upload found to be a copy
 Found = dict[int, tuple[int, float]]
+# How many of an upload's nearest images are checked at once for being indexed.
+_NEAREST = 4
 
 
 def copies_find(*, identity: IndexIdentity, vectors: dict[int, np.ndarray]) -> Found:
@@ -32,9 +34,21 @@ def copies_find(*, identity: IndexIdentity, vectors: dict[int, np.ndarray]) -> F
     if threshold is None or not vectors or reader.identity != identity:
         return {}
     ids = list(vectors)
-    rows = reader.search(np.stack([vectors[i] for i in ids]), 1, visible=indexed_apart_from(set(ids)))
-    return {image_id: (row[0].image_id, row[0].score) for image_id, row in zip(ids, rows, strict=True)
-            if row and row[0].score >= threshold}
+    fresh = set(ids)
+    queries = np.stack([vectors[i] for i in ids])
+    # The nearest few of each, then one query for which of them all are indexed (one a batch, not
+    # one an image); only an image whose few are all not indexed is searched again on its own.
+    rows = reader.search(queries, _NEAREST, visible=lambda candidates: candidates - fresh)
+    indexed = indexed_apart_from(fresh)({hit.image_id for row in rows for hit in row})
+    found: Found = {}
+    for position, (image_id, row) in enumerate(zip(ids, rows, strict=True)):
+        nearest = next((hit for hit in row if hit.image_id in indexed), None)
+        if nearest is None and len(row) == _NEAREST:
+            [further] = reader.search(queries[position:position + 1], 1, visible=indexed_apart_from(fresh))
+            nearest = further[0] if further else None
+        if nearest is not None and nearest.score >= threshold:
+            found[image_id] = (nearest.image_id, nearest.score)
+    return found
 
 
 def indexed_apart_from(fresh: set[int]) -> Callable[[set[int]], set[int]]:

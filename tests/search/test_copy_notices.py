@@ -1,10 +1,13 @@
 """Copies noticed at upload: an upload that is an edited copy of an image in the gallery is marked as
 such when it is embedded, the uploader is told if they may see that image, and curators review the pair."""
+import io
+
 import pytest
 from django.contrib.auth import get_user_model
+from PIL import Image as PILImage
 
 from gallery.models import CopyNotice, DuplicateGroup, Image
-from search import duplicates
+from search import copy_notices, duplicates
 from tests import images
 from tests.conftest import store_indexed
 
@@ -59,8 +62,6 @@ def test_the_near_duplicates_page_lists_the_pair_noticed_at_upload(original, cli
 
 
 def test_a_failed_lookup_never_costs_the_upload(original, user, monkeypatch):
-    from search import copy_notices
-
     def broken(**kwargs):
         raise OSError("the snapshot could not be read")
 
@@ -74,7 +75,6 @@ def test_a_failed_lookup_never_costs_the_upload(original, user, monkeypatch):
 
 def test_an_original_deleted_between_the_lookup_and_the_indexing_leaves_no_notice(original, user, monkeypatch):
     from gallery.services import image_delete
-    from search import copy_notices
 
     real_find = copy_notices.copies_find
 
@@ -90,3 +90,28 @@ def test_an_original_deleted_between_the_lookup_and_the_indexing_leaves_no_notic
     assert copy.state == Image.State.INDEXED
     assert not CopyNotice.objects.exists()
     assert not DuplicateGroup.objects.exists()
+
+
+def failed_twin_of_the_original() -> None:
+    """The original saved again, nearer to its copy than the original is, but not indexed (failed)."""
+    again = io.BytesIO()
+    PILImage.open(images.bench_image("cat", 40)).save(again, "JPEG", quality=97)
+    twin = store_indexed(again.getvalue(), "twin.jpg")
+    Image.objects.filter(pk=twin.pk).update(state=Image.State.FAILED)
+
+
+def test_an_image_not_indexed_is_passed_over_for_the_nearest_indexed_one(original, user):
+    failed_twin_of_the_original()
+
+    copy = store_indexed(images.bench_crop("cat", 40), "my-copy.jpg", owner=user)
+
+    assert CopyNotice.objects.get(image=copy).original == original
+
+
+def test_when_all_the_nearest_checked_at_once_are_not_indexed_it_looks_further(original, user, monkeypatch):
+    monkeypatch.setattr(copy_notices, "_NEAREST", 1)
+    failed_twin_of_the_original()
+
+    copy = store_indexed(images.bench_crop("cat", 40), "my-copy.jpg", owner=user)
+
+    assert CopyNotice.objects.get(image=copy).original == original
