@@ -70,6 +70,9 @@ class Image(models.Model):
             models.Index(fields=["-created_at", "-id"]),
             models.Index(fields=["awaiting_approval", "-created_at"]),
             models.Index(fields=["original_name", "byte_size"]),
+            # A run looks up what it holds by its token several times a batch: without this, each
+            # look reads every image.
+            models.Index(fields=["claim_token"], name="gallery_image_claim_token"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["owner", "sha256"], name="gallery_image_one_copy_per_owner"),
