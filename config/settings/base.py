@@ -200,11 +200,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
     {"data_folder_in": str(BROKER_DIR / "queue"), "data_folder_out": str(BROKER_DIR / "queue"),
      "control_folder": str(BROKER_DIR / "control"), "polling_interval": 0.05}
     if EMBEDDED_BROKER
-    # A worker takes from the first of its queues that holds a message: one on
-    # --queues=embed,background embeds every waiting image before it makes a display copy or
-    # suggests tags, which can wait, rather than taking the queues in turn. (The embedded broker
-    # takes them in turn.)
-    else {"visibility_timeout": 3600, "queue_order_strategy": "priority"}
+    else {"visibility_timeout": 3600}
 )
 if EMBEDDED_BROKER:
     # kombu's filesystem transport, writing each message whole before renaming it into the queue.

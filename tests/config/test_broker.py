@@ -1,13 +1,10 @@
-"""The brokers: every message a worker takes from the embedded one is whole, however busy the
-queue, and on Redis a worker takes its queues in the order it was given them."""
+"""The embedded broker: every message a worker takes is whole, however busy the queue."""
 import multiprocessing
 import queue
-import uuid
 
 import pytest
-from kombu import Connection, Exchange, Queue
+from kombu import Connection
 from kombu.exceptions import ChannelError
-from kombu.message import Message
 from kombu.transport import filesystem
 
 from config import broker
@@ -72,33 +69,3 @@ def test_a_message_that_cannot_be_written_is_refused_clearly_and_leaves_nothing_
         with pytest.raises(ChannelError, match="Cannot add file"):
             connection.default_channel._put("busy", {"n": 1})
     assert not missing.exists()
-
-
-def test_a_worker_of_two_queues_takes_from_the_first_while_it_holds_messages(settings):
-    # As a worker on --queues=embed,background: every embedding waiting goes before any display copy.
-    from config.celery import app
-
-    if settings.EMBEDDED_BROKER:
-        pytest.skip("the embedded broker takes a worker's queues in turn")
-
-    names = [f"first-{uuid.uuid4().hex[:8]}", f"second-{uuid.uuid4().hex[:8]}"]
-    first, second = (Queue(name, Exchange(name), routing_key=name) for name in names)
-    taken: list[str] = []
-
-    def take(body: dict, message: Message) -> None:
-        taken.append(body["queue"])
-        message.ack()
-
-    with app.connection_for_write() as connection:
-        with connection.Producer() as producer:
-            for queue_ in (second, second, second, first, first, first):
-                producer.publish({"queue": queue_.name}, exchange=queue_.exchange, routing_key=queue_.routing_key,
-                                 declare=[queue_])
-        try:
-            with connection.Consumer([first, second], callbacks=[take], prefetch_count=1):
-                while len(taken) < 6:
-                    connection.drain_events(timeout=10)
-        finally:
-            for queue_ in (first, second):
-                queue_.bind(connection.default_channel).delete()
-    assert taken == [first.name] * 3 + [second.name] * 3
