@@ -235,6 +235,22 @@ class Embedder:
         local = local_map.flatten(2).transpose(1, 2).to(torch.float16)
         return Descriptors(vectors.cpu().numpy().astype(np.float32, copy=False), local.cpu().numpy())
 
+    @torch.inference_mode()
+    def local_maps_at(self, image: Image.Image, sides: Sequence[int]) -> list[np.ndarray]:
+        """The picture's local feature map (``describe``'s ``local``) with the picture squashed to
+        ``side`` x ``side`` positions instead of the whole input, for each side: positions x channels,
+        float32."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        maps = []
+        for side in sides:
+            pixels = side * self.backbone.local_stride
+            array = np.array(image.resize((pixels, pixels), Image.Resampling.BICUBIC, reducing_gap=3.0))
+            x = torch.from_numpy(array[None]).to(self.device).permute(0, 3, 1, 2).float()
+            local_map = self._to_local_map(self._normalised(x))
+            maps.append(local_map.flatten(2).transpose(1, 2)[0].float().cpu().numpy())
+        return maps
+
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self._mean) / self._std).to(self.dtype).contiguous(memory_format=torch.channels_last)
 

@@ -15,7 +15,7 @@ from PIL.Image import Image as PILImage
 
 from gallery import selectors as gallery_selectors
 from gallery.models import Image
-from search import changelog, generations, latency, rerank, runtime
+from search import changelog, crop_match, generations, latency, rerank, runtime
 from search.backbones import Backbone
 from search.identity import IndexIdentity
 from search.index import exact_search
@@ -44,6 +44,16 @@ SECOND_LOOK_BELOW = 0.93
 # by 0.031 and 0.039 to another image; 0.04 keeps them and costs the hard edits one query in 600
 # (docs/benchmarks.md).
 SECOND_LOOK_MARGIN = 0.04
+# A query that gets a second look is also checked for being a heavy crop of one of this many of its
+# best candidates (``search.crop_match``): on the copy-detection benchmark's heavy crops the original
+# was among the best 25 of the first look whenever it was missed, and checking more let other
+# images stand out in the benchmark's other edits (docs/benchmarks.md).
+CROP_CANDIDATES = 30
+# A candidate whose best window stands out from its windows on average by this much is the image
+# the query was cut from, and goes first. On hard edits of the copy-detection benchmark (seed 1)
+# 0.28 found 14 more originals first (heavy crops 0.63 -> 0.85) and lost none; 0.24 and 0.26 found
+# one or two fewer, and none changed a query of the default edits (docs/benchmarks.md).
+CROP_CONTRAST_MIN = 0.28
 
 
 class SearchUnavailable(RuntimeError):
@@ -212,7 +222,9 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
     own, when ``LOOKALIKE_SEARCH_SECOND_LOOK`` is on; they count only if one of them found an image
     closer by ``SECOND_LOOK_MARGIN`` than the framings did. The best candidates are then re-ranked by
     matching feature-map positions (``search.rerank``) with the framing that found the closest
-    image, and each result's match is its cosine raised to the best cosine ranked below it.
+    image; after a second look, the image the picture is a heavy crop of goes first
+    (``_cropped_from_first``). Each result's match is its cosine raised to the best cosine ranked
+    below it.
     """
     if not pictures:
         return []
@@ -222,6 +234,7 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
     search = functools.partial(_framings_searched, embedder=embedder, k=max(k, rerank.RERANK_CANDIDATES),
                                filters=filters, reader=reader, timings=timings)
     looks = search([[list(pair) for pair in query_framings(picture)] for picture in pictures])
+    again: list[int] = []
     if settings.LOOKALIKE_SEARCH_SECOND_LOOK:
         again = [number for number, look in enumerate(looks) if _closest_score(look) < SECOND_LOOK_BELOW]
         more = search([[[view] for view in second_look_views(pictures[number])] for number in again])
@@ -229,21 +242,43 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
             if _closest_score(framings) > _closest_score(looks[number]) + SECOND_LOOK_MARGIN:
                 looks[number].extend(framings)
     started = time.perf_counter()
+    crop_maps = {number: [rerank.local_descriptors(local, signed=embedder.backbone.signed)
+                          for local in embedder.local_maps_at(pictures[number], crop_match.CROP_SIDES)]
+                 for number in again}
+    timings.embed += time.perf_counter() - started
+    started = time.perf_counter()
     merged = [_best_of_views([row for framing in look for row, _ in framing]) for look in looks]
     heads = {image_id for row in merged for image_id, _ in row[:rerank.RERANK_CANDIDATES]}
     local_of = _stored_local_descriptors(heads, reader.identity, embedder.backbone, looks[0][0][0][1])
     ranked = []
-    for row, look in zip(merged, looks, strict=True):
+    for number, (row, look) in enumerate(zip(merged, looks, strict=True)):
         # Re-ranking with every framing would cost as much again per framing, and ranked no
         # better on the copy-detection benchmark (docs/benchmarks.md).
         closest = max(look, key=lambda framing: _top_score([hits for hits, _ in framing]))
         local_views = [rerank.local_descriptors(local, signed=embedder.backbone.signed) for _, local in closest]
         head = rerank.rerank(row[:rerank.RERANK_CANDIDATES], query_views=local_views, local_of=local_of)
+        if number in crop_maps:
+            head = _cropped_from_first(head, row[:CROP_CANDIDATES], query_maps=crop_maps[number], local_of=local_of)
         # Matched over every candidate, not the page's: a later page must not show a higher number.
         ranked.append(_with_matches(head + row[rerank.RERANK_CANDIDATES:])[:k])
     results = _results(ranked)
     timings.index += time.perf_counter() - started
     return results
+
+
+def _cropped_from_first(head: list[tuple[int, float]], best: list[tuple[int, float]], *,
+                        query_maps: list[np.ndarray], local_of: dict[int, np.ndarray]) -> list[tuple[int, float]]:
+    """``head`` with the image the query was cut from first, when one of the ``best`` candidates
+    clearly is that image (``search.crop_match``; ``query_maps``: the query's unit local
+    descriptors at ``crop_match.CROP_SIDES``); as it was otherwise."""
+    candidates = [image_id for image_id, _ in best if image_id in local_of]
+    if not candidates:
+        return head
+    contrast = crop_match.window_contrast(query_maps, np.stack([local_of[image_id] for image_id in candidates]))
+    found = int(np.argmax(contrast))
+    if contrast[found] < CROP_CONTRAST_MIN:
+        return head
+    return sorted(head, key=lambda pair: pair[0] != candidates[found])
 
 
 # A framing of a query: for each of its views, the view's hits and its feature map (positions x channels).

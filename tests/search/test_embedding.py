@@ -265,3 +265,20 @@ def test_the_device_path_gives_what_the_pillow_path_gives(tmp_path):
         assert not thumbnail.getexif()
         error = np.mean((np.asarray(thumbnail, dtype=float) - np.asarray(expected, dtype=float)) ** 2)
         assert 10 * np.log10(255**2 / error) > 30
+
+
+def test_a_map_at_a_smaller_size_matches_the_same_window_of_the_full_map(embedder):
+    picture = images.picture(4, size=(320, 320))
+    [full] = embedder.describe([picture]).local
+    crop = picture.crop((0, 0, 160, 160))
+    small, whole = embedder.local_maps_at(crop, [7, 14])
+    assert small.shape == (49, 112) and whole.shape == (196, 112) and small.dtype == np.float32
+    # The crop embedded at 7 x 7 positions lines up with the top-left quarter of the full map,
+    # better than the crop blown up to the whole input does.
+    quarter = full.reshape(14, 14, 112)[:7, :7].reshape(49, 112).astype(np.float32)
+    blown_up = whole.reshape(14, 14, 112)[::2, ::2].reshape(49, 112)
+    assert _mean_cosine(small, quarter) > _mean_cosine(blown_up, quarter)
+
+
+def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-6)))

@@ -118,3 +118,23 @@ def test_a_result_ranked_above_a_more_alike_one_matches_as_much_as_it():
     assert [match for _, _, match in _with_matches(ranked)] == [0.88, 0.87, 0.87, 0.87, 0.87, 0.80]
     assert [score for _, score, _ in _with_matches(ranked)] == [score for _, score in ranked]
     assert _with_matches([(1, 0.9), (2, 0.5)]) == [(1, 0.9, 0.9), (2, 0.5, 0.5)], "in cosine order, the cosine"
+
+
+def test_a_heavy_crop_is_found_first_in_the_image_it_was_cut_from(db, clean_index, monkeypatch, settings):
+    # A photo of a garment and the four that outrank it for this crop of it, searched whole, among
+    # the whole benchmark gallery.
+    original, *others = [store_indexed(images.bench_image("apparel", n).read_bytes(), f"apparel-{n}.jpg")
+                         for n in (213, 409, 893, 210, 251)]
+    crop = PILImage.open(images.bench_image("apparel", 213)).convert("RGB").crop((97, 69, 199, 189))
+
+    [results] = similar_to_pictures([crop], k=3)
+    assert results[0].image == original
+
+    monkeypatch.setattr(selectors, "CROP_CONTRAST_MIN", 1.0)  # more than any window can stand out
+    [results] = similar_to_pictures([crop], k=3)
+    assert results[0].image in others
+
+    monkeypatch.undo()
+    settings.LOOKALIKE_SEARCH_SECOND_LOOK = False  # the crop check is part of the second look
+    [results] = similar_to_pictures([crop], k=3)
+    assert results[0].image in others
