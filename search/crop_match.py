@@ -19,9 +19,15 @@ import numpy as np
 
 from search.rerank import LocalFeaturesMismatch
 
-# The sides, in map positions, a query is embedded at: a crop keeping 35 to 55 % of each side of
-# its original covers 5 to 8 of the 14 positions of the original's stored map.
-CROP_SIDES = (5, 6, 7, 8)
+# A crop keeping 35 to 55 % of each side of its original covers as much of each side of the
+# original's stored map: 5 to 8 of the default backbone's 14 positions.
+CROP_SHARES = (0.35, 0.45, 0.5, 0.55)
+
+
+def crop_sides(grid: int) -> list[int]:
+    """The sides, in map positions, a query's map is made at to be laid on stored maps of ``grid`` x
+    ``grid`` positions (``Embedder.local_maps_at``)."""
+    return sorted({max(1, round(grid * share)) for share in CROP_SHARES})
 
 
 def window_contrast(query_maps: Sequence[np.ndarray], candidates: np.ndarray) -> np.ndarray:

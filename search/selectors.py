@@ -242,8 +242,9 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
             if _closest_score(framings) > _closest_score(looks[number]) + SECOND_LOOK_MARGIN:
                 looks[number].extend(framings)
     started = time.perf_counter()
+    sides = crop_match.crop_sides(embedder.recipe.input_size // embedder.backbone.local_stride)
     crop_maps = {number: [rerank.local_descriptors(local, signed=embedder.backbone.signed)
-                          for local in embedder.local_maps_at(pictures[number], crop_match.CROP_SIDES)]
+                          for local in embedder.local_maps_at(pictures[number], sides)]
                  for number in again}
     timings.embed += time.perf_counter() - started
     started = time.perf_counter()
@@ -270,7 +271,7 @@ def _cropped_from_first(head: list[tuple[int, float]], best: list[tuple[int, flo
                         query_maps: list[np.ndarray], local_of: dict[int, np.ndarray]) -> list[tuple[int, float]]:
     """``head`` with the image the query was cut from first, when one of the ``best`` candidates
     clearly is that image (``search.crop_match``; ``query_maps``: the query's unit local
-    descriptors at ``crop_match.CROP_SIDES``); as it was otherwise."""
+    descriptors at ``crop_match.crop_sides``); as it was otherwise."""
     candidates = [image_id for image_id, _ in best if image_id in local_of]
     if not candidates:
         return head

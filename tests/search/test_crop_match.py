@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from search.crop_match import window_contrast
+from search.crop_match import crop_sides, window_contrast
 from search.rerank import LocalFeaturesMismatch, local_descriptors
 
 
@@ -68,3 +68,9 @@ def test_candidate_maps_must_be_stacked_square_maps():
         window_contrast([unit_map(17, side=5)], unit_map(18))
     with pytest.raises(LocalFeaturesMismatch, match="not square"):
         window_contrast([unit_map(19, side=5)], unit_map(20)[None, :150])
+
+
+def test_query_maps_are_made_at_the_share_of_the_stored_map_that_a_heavy_crop_covers():
+    assert crop_sides(14) == [5, 6, 7, 8], "the default backbone's stride-16 map"
+    assert crop_sides(7) == [2, 3, 4], "a backbone whose stored map is its last, stride-32 one"
+    assert all(side < grid for grid in (4, 7, 14, 28) for side in crop_sides(grid))
