@@ -151,9 +151,10 @@ class Embedder:
     def dim(self) -> int:
         return self.backbone.dim
 
-    def prepare(self, image: Image.Image) -> np.ndarray:
-        """Resize one RGB image to the network's input: uint8, height x width x 3."""
-        size = self.recipe.input_size
+    def prepare(self, image: Image.Image, *, size: int | None = None) -> np.ndarray:
+        """Resize one RGB image to the network's input (or to ``size`` x ``size``): uint8, height x
+        width x 3."""
+        size = size or self.recipe.input_size
         if image.mode != "RGB":
             image = image.convert("RGB")
         # Squashing the whole picture into the square keeps every part of it; a centre crop
@@ -241,12 +242,11 @@ class Embedder:
         ``side`` x ``side`` positions instead of the whole input, for each side: positions x channels,
         float32."""
         if image.mode != "RGB":
-            image = image.convert("RGB")
+            image = image.convert("RGB")  # once, not at every side
         maps = []
         for side in sides:
-            pixels = side * self.backbone.local_stride
-            array = np.array(image.resize((pixels, pixels), Image.Resampling.BICUBIC, reducing_gap=3.0))
-            x = torch.from_numpy(array[None]).to(self.device).permute(0, 3, 1, 2).float()
+            array = np.stack([self.prepare(image, size=side * self.backbone.local_stride)])
+            x = torch.from_numpy(array).to(self.device).permute(0, 3, 1, 2).float()
             local_map = self._to_local_map(self._normalised(x))
             maps.append(local_map.flatten(2).transpose(1, 2)[0].float().cpu().numpy())
         return maps
