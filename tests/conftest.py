@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -223,6 +224,31 @@ class Worker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_idle(self, timeout: float = 180) -> None:
+        """Return once this start of the worker has finished every task it received, and has received
+        none for a second: the tasks a test leaves queued (display copies, publishing) would otherwise
+        hold rows that the test database's flush then waits for, and the two deadlock."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        quiet_since = time.monotonic()
+        deadline = quiet_since + timeout
+        while time.monotonic() < deadline:
+            if self.running_tasks():
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= 1:
+                return
+            time.sleep(0.1)
+
+    def running_tasks(self) -> set[str]:
+        """The ids of the tasks that this start of the worker received and has not finished: the last
+        line its log has of each says it was received (a task that failed, retried or was rejected has
+        a later line; one given back by a killed pool process is received again)."""
+        last_event: dict[str, str] = {}
+        log = self.log_path.read_text(errors="replace")[self._log_start:]
+        for task_id, event in re.findall(r"Task [\w.]+\[([0-9a-f-]+)\] (\w+)", log):
+            last_event[task_id] = event
+        return {task_id for task_id, event in last_event.items() if event == "received"}
+
 
 @pytest.fixture(scope="session")
 def celery_worker_process(django_db_setup, tmp_path_factory) -> Iterator[Worker]:
@@ -234,8 +260,9 @@ def celery_worker_process(django_db_setup, tmp_path_factory) -> Iterator[Worker]
 
 
 @pytest.fixture
-def worker(celery_worker_process, transactional_db, clean_index) -> Worker:
-    return celery_worker_process
+def worker(celery_worker_process, transactional_db, clean_index) -> Iterator[Worker]:
+    yield celery_worker_process
+    celery_worker_process.wait_idle()
 
 
 def wait_for(condition, timeout: float = 60, interval: float = 0.1, message: str = "condition"):
@@ -447,6 +474,7 @@ def media_worker(media_storage, celery_worker_process, transactional_db, clean_i
     worker = celery_worker_process
     if media_storage == "local":
         yield worker
+        worker.wait_idle()
         return
     worker.stop()
     worker.start()  # process_env() names the test's bucket
