@@ -31,6 +31,9 @@ class Embedding(models.Model):
     # A feature map of the image (Backbone.local_depth says which), positions x channels in
     # float16, for re-ranking the best candidates of a search (search.rerank).
     local_features = models.BinaryField(default=b"")
+    # The backbone's ImageNet classifier's best words for the image, [[word, score], ...] best first
+    # (search.tag_suggestions.classifier_words); empty for a backbone without one.
+    classifier_words = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = EmbeddingQuerySet.as_manager()

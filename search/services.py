@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import numpy as np
 from django.conf import settings
@@ -20,6 +20,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 from PIL.Image import Image as PILImage
+from psycopg.types.json import Jsonb
 
 from gallery import copies
 from gallery.imaging import DISPLAY_MAX_SIDE, DISPLAY_QUALITY, ImageRejected, display_jpeg_pixels
@@ -30,7 +31,7 @@ from search.identity import IndexIdentity
 from search.index import HnswIndex, IndexMismatch, SnapshotCorrupt, SnapshotMeta, Snapshots, SnapshotUnavailable
 from search.models import Embedding, IndexChange
 from search.reader import resolve_changes
-from search.tag_suggestions import queue_tag_suggestions
+from search.tag_suggestions import classifier_words, queue_tag_suggestions
 
 if TYPE_CHECKING:
     import torch
@@ -181,7 +182,7 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
     failed = {image_id: str(reason) for image_id, reason in unread.items() if image_id not in damaged}
     computed = {generation.identity: described}
     found_copies = _copies_of(generation.identity, described)
-    vectors = {i: vector for i, (vector, _) in described.items()}
+    vectors = {i: d.vector for i, d in described.items()}
     found_outliers = outliers.outliers_find(identity=generation.identity, vectors=vectors)
     found_clusters = clusters.clusters_find(identity=generation.identity, vectors=vectors)
     building = reindex_target_identity()
@@ -202,7 +203,7 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
 
 def _copies_of(identity: IndexIdentity, described: Described) -> copy_notices.Found:
     try:
-        return copy_notices.copies_find(identity=identity, vectors={i: vector for i, (vector, _) in described.items()})
+        return copy_notices.copies_find(identity=identity, vectors={i: d.vector for i, d in described.items()})
     except Exception:  # telling an uploader about a copy must never cost them the upload
         log.exception("Could not look for copies of images %s", sorted(described))
         return {}
@@ -218,8 +219,15 @@ def _retry_delay(attempts: int) -> float:
     return settings.LOOKALIKE_EMBED_RETRY_SECONDS * 4 ** max(0, attempts - 1)
 
 
-# image id -> (vector, feature map): what is stored of an image for one identity
-Described = dict[int, tuple[np.ndarray, np.ndarray]]
+class ImageDescriptors(NamedTuple):
+    """What is stored of an image for one identity."""
+
+    vector: np.ndarray
+    local: np.ndarray  # the feature map, positions x channels
+    words: list[tuple[str, float]]  # the classifier's best words, for tag suggestions before any tags
+
+
+Described = dict[int, ImageDescriptors]
 
 
 def images_embed_with(*, embedder: Embedder, images: list[Image]) -> tuple[Described, dict[int, str | ImageRejected]]:
@@ -279,7 +287,9 @@ def _fail_damaged(*, token: str, damaged: dict[int, ImageRejected]) -> None:
 
 
 def _by_image(image_ids: list[int], described: Descriptors) -> Described:
-    return dict(zip(image_ids, zip(described.vectors, described.local, strict=True), strict=True))
+    words = [[]] * len(image_ids) if described.classes is None else classifier_words(described.classes)
+    return {image_id: ImageDescriptors(vector, local, image_words) for image_id, vector, local, image_words
+            in zip(image_ids, described.vectors, described.local, words, strict=True)}
 
 
 def embeddings_store(*, identity: IndexIdentity, described: Described) -> None:
@@ -287,12 +297,13 @@ def embeddings_store(*, identity: IndexIdentity, described: Described) -> None:
 
     Raises ``IndexMismatch``, storing nothing, for a vector whose length is not the identity's dimension.
     """
-    for image_id, (vector, _) in described.items():
-        if vector.shape != (identity.dim,):
-            raise IndexMismatch(f"the vector of image #{image_id} has {vector.size} values, "
+    for image_id, d in described.items():
+        if d.vector.shape != (identity.dim,):
+            raise IndexMismatch(f"the vector of image #{image_id} has {d.vector.size} values, "
                                 f"{identity.describe()} has {identity.dim}")
-    rows = [(image_id, vector.astype(np.float32).tobytes(), local.astype(np.float16).tobytes())
-            for image_id, (vector, local) in described.items()]
+    rows = [(image_id, d.vector.astype(np.float32).tobytes(), d.local.astype(np.float16).tobytes(),
+             [[word, round(score, 4)] for word, score in d.words])
+            for image_id, d in described.items()]
     if not rows:
         return
     if connection.vendor == "postgresql":
@@ -300,13 +311,14 @@ def embeddings_store(*, identity: IndexIdentity, described: Described) -> None:
         return
     Embedding.objects.bulk_create(
         [Embedding(image_id=image_id, backbone=identity.backbone, backbone_version=identity.backbone_version,
-                   dim=identity.dim, vector=vector, local_features=local) for image_id, vector, local in rows],
+                   dim=identity.dim, vector=vector, local_features=local, classifier_words=words)
+         for image_id, vector, local, words in rows],
         update_conflicts=True, unique_fields=["image", "backbone", "backbone_version"],
-        update_fields=["dim", "vector", "local_features"],
+        update_fields=["dim", "vector", "local_features", "classifier_words"],
     )
 
 
-def _embeddings_copy(*, identity: IndexIdentity, rows: list[tuple[int, bytes, bytes]]) -> None:
+def _embeddings_copy(*, identity: IndexIdentity, rows: list[tuple[int, bytes, bytes, list[list[object]]]]) -> None:
     """``embeddings_store``'s upsert on PostgreSQL: the rows go by binary COPY into a temporary
     table, then into the table by one INSERT ... ON CONFLICT. A row is mostly its 43 kB feature
     map, which a multi-row INSERT sends as hex text: by ``bench/batch_writes.py`` this writes a
@@ -315,17 +327,19 @@ def _embeddings_copy(*, identity: IndexIdentity, rows: list[tuple[int, bytes, by
     # The temporary table lives as long as the connection; its rows never outlive the transaction.
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         cursor.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_embeddings (image_id bigint, vector bytea, "
-                       "local_features bytea) ON COMMIT DELETE ROWS")
-        with cursor.cursor.copy("COPY incoming_embeddings (image_id, vector, local_features) "
+                       "local_features bytea, classifier_words jsonb) ON COMMIT DELETE ROWS")
+        with cursor.cursor.copy("COPY incoming_embeddings (image_id, vector, local_features, classifier_words) "
                                 "FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["int8", "bytea", "bytea"])
-            for row in rows:
-                copy.write_row(row)
+            copy.set_types(["int8", "bytea", "bytea", "jsonb"])
+            for image_id, vector, local, words in rows:
+                copy.write_row((image_id, vector, local, Jsonb(words)))
         cursor.execute(
-            f"INSERT INTO {table} (image_id, backbone, backbone_version, dim, vector, local_features, created_at) "
-            "SELECT image_id, %s, %s, %s, vector, local_features, %s FROM incoming_embeddings "
+            f"INSERT INTO {table} (image_id, backbone, backbone_version, dim, vector, local_features, "
+            "classifier_words, created_at) "
+            "SELECT image_id, %s, %s, %s, vector, local_features, classifier_words, %s FROM incoming_embeddings "
             "ON CONFLICT (image_id, backbone, backbone_version) DO UPDATE SET dim = EXCLUDED.dim, "
-            "vector = EXCLUDED.vector, local_features = EXCLUDED.local_features",
+            "vector = EXCLUDED.vector, local_features = EXCLUDED.local_features, "
+            "classifier_words = EXCLUDED.classifier_words",
             [identity.backbone, identity.backbone_version, identity.dim, timezone.now()])
         # A second identity's rows may follow in the same transaction.
         cursor.execute("DELETE FROM incoming_embeddings")

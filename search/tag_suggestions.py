@@ -3,7 +3,9 @@
 Only images the image's owner may see vote (``gallery.selectors.image_list_visible``), so a hidden
 or another user's private image never lends its tags, and staff who review suggestions see where
 each came from. While nothing such an image could learn from is tagged, the default backbone's
-ImageNet classifier offers broad words instead (``search.imagenet_head``, ``search.imagenet_words``).
+ImageNet classifier offers broad words instead (``search.imagenet_words``): the embedding's forward
+pass classifies each image and stores its words with the vector (``classifier_words``); for an image
+embedded before that was so, the classifier runs from the stored feature map (``search.imagenet_head``).
 
 Suggestions are made for new images as soon as they are embedded (the ``search.suggest_tags``
 task) and for the whole gallery by a background job (admin, or ``manage.py suggest_tags``), which
@@ -30,6 +32,7 @@ from jobs.models import Job
 from jobs.services import JobRun
 from search import changelog, runtime
 from search.backbones import get_backbone
+from search.identity import IndexIdentity
 from search.index import exact_search
 from search.knn_vote import VOTERS, tag_vote
 from search.models import Embedding, local_features_array
@@ -101,6 +104,15 @@ class _Voters:
         return self._matrices[key]
 
 
+def classifier_words(probabilities: np.ndarray) -> list[list[tuple[str, float]]]:
+    """The words stored with each image's vector from its class probabilities: the best
+    ``MOST_SUGGESTIONS`` whatever their score, so that the confidence setting, applied when
+    suggesting, finds what the classifier would give then."""
+    from search.imagenet_words import words_for
+
+    return words_for(probabilities, min_score=0.0, most=MOST_SUGGESTIONS)
+
+
 @functools.cache
 def _classifier() -> Callable[[np.ndarray], np.ndarray] | None:
     """The backbone's ImageNet classifier over stored feature maps, or None when it has none."""
@@ -116,14 +128,26 @@ def _classifier() -> Callable[[np.ndarray], np.ndarray] | None:
 
 def _cold_start(images: list[Image]) -> dict[int, list[tuple[str, float]]]:
     """Broad words from the classifier for images that nothing tagged can vote for."""
+    if not images:
+        return {}
+    identity = runtime.index_identity()
+    minimum = settings.LOOKALIKE_TAG_SUGGESTION_MIN_CONFIDENCE
+    stored = dict(Embedding.objects.of(identity).filter(image_id__in=[i.pk for i in images])
+                  .values_list("image_id", "classifier_words"))
+    words = {image_id: [(word, score) for word, score in found if score >= minimum]
+             for image_id, found in stored.items() if found}
+    return words | _cold_start_from_maps([image_id for image_id in stored if image_id not in words], identity)
+
+
+def _cold_start_from_maps(image_ids: list[int], identity: IndexIdentity) -> dict[int, list[tuple[str, float]]]:
+    """The classifier's words for images embedded before their words were stored with the vector."""
     classify = _classifier()
-    if classify is None or not images:
+    if classify is None or not image_ids:
         return {}
     from search.imagenet_words import words_for
 
-    identity = runtime.index_identity()
     width = get_backbone(identity.backbone).local_width
-    maps = dict(Embedding.objects.of(identity).filter(image_id__in=[i.pk for i in images])
+    maps = dict(Embedding.objects.of(identity).filter(image_id__in=image_ids)
                 .exclude(local_features=b"").values_list("image_id", "local_features"))
     arrays = {image_id: local_features_array(data, channels=width) for image_id, data in maps.items()}
     shapes = {array.shape for array in arrays.values()}

@@ -182,6 +182,28 @@ def test_a_backbone_without_a_finer_map_keeps_the_one_its_vector_is_pooled_from(
     assert descriptor_identity(get_backbone("efficientnet_lite0")).backbone_version.endswith("+local@12")
 
 
+def test_gallery_images_come_with_the_classes_their_stored_map_gives_and_queries_without(embedder):
+    from search.imagenet_head import ImagenetHead
+
+    cat = Image.open(images.bench_image("cat", 1)).convert("RGB")
+    described = embedder.describe([cat, images.picture(2)], gallery=True)
+
+    assert described.classes is not None and described.classes.shape == (2, 1000)
+    assert np.allclose(described.classes.sum(axis=1), 1.0, atol=1e-4)
+    from_map = ImagenetHead(embedder.backbone).probabilities(described.local.astype(np.float32))
+    assert np.allclose(described.classes, from_map, atol=1e-3)
+    assert 281 <= described.classes[0].argmax() <= 285  # ImageNet's domestic cats
+    assert embedder.describe([cat]).classes is None
+
+
+def test_a_backbone_without_an_imagenet_classifier_gives_no_classes(mobilenet_checkpoint, tmp_path):
+    install_weights("mobilenet_v3_large", mobilenet_checkpoint, tmp_path, ignore_checksum=True)
+    described = Embedder(get_backbone("mobilenet_v3_large"), weights_dir=tmp_path).describe(
+        [images.picture(1)], gallery=True)
+    assert described.vectors.shape == (1, 960)
+    assert described.classes is None
+
+
 def test_describing_nothing_gives_empty_arrays_of_the_right_width(embedder):
     described = embedder.describe([])
     assert described.vectors.shape == (0, 640)

@@ -15,7 +15,7 @@ from jobs import services as job_services
 from jobs.models import Job
 from search import changelog, knn_outliers, outliers, runtime
 from search.models import IndexChange
-from search.services import embeddings_store
+from search.services import ImageDescriptors, embeddings_store
 from tests import images
 from tests.conftest import store_indexed
 from tests.search.test_words import row
@@ -57,15 +57,16 @@ def score_of(image: Image) -> float | None:
 
 
 @pytest.fixture(scope="session")
-def photo_descriptors() -> list[tuple[np.ndarray, np.ndarray]]:
+def photo_descriptors() -> list[ImageDescriptors]:
     """The gallery vectors of the bench photos, computed once by the site's embedder."""
     embedder = runtime.embedder_for(django_settings.LOOKALIKE_BACKBONE)
     described = embedder.describe([PILImage.open(images.bench_image(*photo)).convert("RGB") for photo in PHOTOS],
                                   gallery=True)
-    return list(zip(described.vectors, described.local, strict=True))
+    return [ImageDescriptors(vector, local, [])
+            for vector, local in zip(described.vectors, described.local, strict=True)]
 
 
-def indexed_photos(descriptors: list[tuple[np.ndarray, np.ndarray]], start: int, stop: int) -> list[Image]:
+def indexed_photos(descriptors: list[ImageDescriptors], start: int, stop: int) -> list[Image]:
     """Indexed photos, stored as the embedding worker stores them, without embedding each again."""
     photos = [row(f"{category}-{n}.jpg") for category, n in PHOTOS[start:stop]]
     with transaction.atomic():

@@ -26,6 +26,7 @@ from search.embedding import Embedder
 from search.identity import IndexIdentity
 from search.index import HnswIndex, IndexMismatch
 from search.models import Embedding, IndexChange, local_features_array
+from search.services import ImageDescriptors
 from tests import images
 from tests.conftest import PROJECT_ROOT, process_env, store, store_indexed, wait_for
 from tests.search.conftest import damage
@@ -447,20 +448,30 @@ class TestEmbeddingsStore:
         def vector(value: float, dim: int) -> np.ndarray:
             return np.full(dim, value, dtype=np.float32)
 
-        services.embeddings_store(identity=identity, described={first.pk: (vector(1, identity.dim), local)})
+        services.embeddings_store(identity=identity, described={
+            first.pk: ImageDescriptors(vector(1, identity.dim), local, [("cat", 0.8)])})
         with transaction.atomic():
-            services.embeddings_store(identity=identity, described={first.pk: (vector(2, identity.dim), local),
-                                                                    second.pk: (vector(3, identity.dim), local)})
-            services.embeddings_store(identity=other, described={second.pk: (vector(4, 4), local)})
+            services.embeddings_store(identity=identity, described={
+                first.pk: ImageDescriptors(vector(2, identity.dim), local, [("dog", 0.7), ("animal", 0.2)]),
+                second.pk: ImageDescriptors(vector(3, identity.dim), local, [])})
+            services.embeddings_store(identity=other, described={second.pk: ImageDescriptors(vector(4, 4), local, [])})
         rows = {(row.image_id, row.backbone_version): row for row in Embedding.objects.all()}
         assert set(rows) == {(first.pk, identity.backbone_version), (second.pk, identity.backbone_version),
                              (second.pk, "other")}
         assert np.frombuffer(rows[first.pk, identity.backbone_version].vector, np.float32).tolist() == \
             [2.0] * identity.dim
+        assert rows[first.pk, identity.backbone_version].classifier_words == [["dog", 0.7], ["animal", 0.2]]
         assert np.frombuffer(rows[second.pk, "other"].vector, np.float32).tolist() == [4.0] * 4
         assert rows[second.pk, "other"].dim == 4
+        assert rows[second.pk, "other"].classifier_words == []
         assert np.array_equal(local_features_array(rows[second.pk, identity.backbone_version].local_features,
                                                     channels=112), local)
+
+    def test_an_embedded_image_keeps_the_classifier_words_of_its_whole_picture(self, db, clean_index):
+        cat = store_indexed(images.bench_image("cat", 11).read_bytes(), "cat.jpg")
+        words = Embedding.objects.get(image=cat).classifier_words
+        assert [word for word, _ in words][:1] == ["cat"]
+        assert all(0.0 <= score <= 1.0 for _, score in words)
 
 
 class TestMalformedVectors:
@@ -468,9 +479,9 @@ class TestMalformedVectors:
         image = store(images.jpeg(1))
         identity = runtime.index_identity()
         too_long = np.ones(identity.dim + 1, dtype=np.float32)
+        local = np.zeros((196, 112), dtype=np.float16)
         with pytest.raises(IndexMismatch, match=f"image #{image.pk} has {identity.dim + 1} values"):
-            services.embeddings_store(identity=identity,
-                                      described={image.pk: (too_long, np.zeros((196, 112), dtype=np.float16))})
+            services.embeddings_store(identity=identity, described={image.pk: ImageDescriptors(too_long, local, [])})
         assert not Embedding.objects.exists()
 
     def test_a_malformed_row_is_logged_and_skipped_by_the_writer_and_by_search(self, db, clean_index, settings,

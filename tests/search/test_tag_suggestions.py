@@ -90,6 +90,35 @@ def test_with_nothing_tagged_the_classifier_offers_broad_words(db, clean_index):
     assert {"clothing", "skirt"} <= set(open_for(skirt))
 
 
+def test_the_classifier_words_are_those_stored_with_the_vector_at_the_confidence_set_now(db, clean_index, settings):
+    from search.models import Embedding
+
+    cat = bench("cat", 11)
+    stored = Embedding.objects.get(image=cat).classifier_words
+    assert len(stored) == tag_suggestions.MOST_SUGGESTIONS and stored[0][0] == "cat"
+    # What is stored is what is suggested: the network does not run again.
+    Embedding.objects.filter(image=cat).update(classifier_words=[["teapot", 0.9], ["kettle", 0.3]])
+
+    tag_suggestions.tag_suggestions_make(image_ids=[cat.pk])
+    assert set(open_for(cat)) == {"teapot"}
+
+    settings.LOOKALIKE_TAG_SUGGESTION_MIN_CONFIDENCE = 0.2
+    tag_suggestions.tag_suggestions_make(image_ids=[cat.pk])
+    assert set(open_for(cat)) == {"teapot", "kettle"}
+
+
+def test_an_image_embedded_before_words_were_stored_gets_them_from_its_feature_map(db, clean_index):
+    from search.models import Embedding
+
+    cat = bench("cat", 11)
+    Embedding.objects.filter(image=cat).update(classifier_words=[])
+
+    tag_suggestions.tag_suggestions_make(image_ids=[cat.pk])
+
+    assert "cat" in open_for(cat)
+    assert open_for(cat)["cat"].source == TagSuggestion.Source.CLASSIFIER
+
+
 def test_the_job_suggests_for_every_untagged_image_and_resumes_after_its_checkpoint(tagged_gallery):
     from jobs.models import Job
     from jobs.services import job_claim
