@@ -15,6 +15,7 @@ found the original first more often than GeM over the 1280-channel head (docs/be
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -155,11 +156,16 @@ class Embedder:
         blocks = cast(nn.Sequential, self.trunk)
         self._to_local_map: nn.Module = self.trunk if depth is None else blocks[:depth]
         self._after_local_map: nn.Module = nn.Identity() if depth is None else blocks[depth:]
-        classifier = load_imagenet_classifier(backbone)
-        self._classifier = None if classifier is None else fold_batch_norms(classifier.eval()).to(
-            self.device, self.dtype).to(memory_format=torch.channels_last)
         self._mean = torch.tensor(backbone.mean, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(backbone.std, device=self.device).view(1, 3, 1, 1) * 255
+
+    @functools.cached_property
+    def _classifier(self) -> nn.Module | None:
+        """Loaded with the first gallery batch: a process that only searches never needs it."""
+        classifier = load_imagenet_classifier(self.backbone)
+        if classifier is None:
+            return None
+        return fold_batch_norms(classifier.eval()).to(self.device, self.dtype).to(memory_format=torch.channels_last)
 
     @property
     def identity(self) -> IndexIdentity:

@@ -33,7 +33,7 @@ class Embedding(models.Model):
     local_features = models.BinaryField(default=b"")
     # The backbone's ImageNet classifier's best words for the image, [[word, score], ...] best first
     # (search.tag_suggestions.classifier_words); empty for a backbone without one.
-    classifier_words = models.JSONField(default=list, blank=True)
+    classifier_words = models.JSONField(default=list, db_default=[], blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = EmbeddingQuerySet.as_manager()

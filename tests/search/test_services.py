@@ -467,6 +467,17 @@ class TestEmbeddingsStore:
         assert np.array_equal(local_features_array(rows[second.pk, identity.backbone_version].local_features,
                                                     channels=112), local)
 
+    def test_a_row_written_without_classifier_words_has_none(self, db):
+        """As a worker of the release before them writes rows, while a rolling upgrade runs."""
+        image = store(images.jpeg(1), "1.jpg")
+        identity = runtime.index_identity()
+        with connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {Embedding._meta.db_table} (image_id, backbone, backbone_version, dim, "
+                           "vector, local_features, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                           [image.pk, identity.backbone, identity.backbone_version, identity.dim,
+                            np.ones(identity.dim, dtype=np.float32).tobytes(), b"", timezone.now()])
+        assert Embedding.objects.get(image=image).classifier_words == []
+
     def test_an_embedded_image_keeps_the_classifier_words_of_its_whole_picture(self, db, clean_index):
         cat = store_indexed(images.bench_image("cat", 11).read_bytes(), "cat.jpg")
         words = Embedding.objects.get(image=cat).classifier_words
