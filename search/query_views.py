@@ -90,20 +90,26 @@ def _plain_lines(pixels: np.ndarray, limit: int) -> int:
 # Pictures inside a query are looked for on a copy whose longer side is about this: a photo at a
 # sixth of a desktop screenshot's width still spans some 50 pixels of it.
 BOXES_MEASURED_SIDE = 320
-# Two reduced pixels a line apart on either side of an edge differ by more than this (of 255,
-# in grey) where the edge is strong: the edge of a photo against a page or a background.
+# Two reduced pixels a line apart on either side of an edge differ by more than this (of 255) in
+# some colour channel where the edge is strong: the edge of a photo against a page or a background,
+# which may differ from it in hue more than in brightness.
 STRONG_EDGE = 28.0
-# A side of a box is a straight run of strong edge at least this share of the query's side...
+# A side of a box lies along a straight run of strong edge at least this share of the query's side
+# (one of two facing sides at least; the other two need only the support below)...
 MIN_EDGE_SHARE = 0.08
-# ...two opposite runs bound a box when their ends lie within this many reduced pixels...
-EDGE_END_TOLERANCE = 6
-# ...and a box counts when this share of each of its four sides is strong edge.
-MIN_SIDE_SUPPORT = 0.6
+# ...and a box counts when this share of each of its four sides is strong edge: lower, a box
+# reaches across the blank page from a photo to the edge of a bar or a line of text.
+MIN_SIDE_SUPPORT = 0.85
 # A box narrower or lower than this share of the query holds too little of it to search with; one
 # covering more than this share of it is the query itself.
 MIN_BOX_SHARE = 0.08
 MAX_BOX_AREA = 0.9
-# The largest boxes are searched, this many at most, each overlapping the larger ones by less than
+# Boxes rank by their area times the share of their sides that is edge to this power: a box that
+# runs on past a photo's edge, across blank page to the next line of text, is larger but less edge
+# all round, and ranks below the photo's own box (a side 15 % blank costs as much as a quarter of
+# the area).
+EDGE_RANK_POWER = 2.0
+# The best boxes are searched, this many at most, each overlapping the larger ones by less than
 # half (intersection over union): a photo's own straight edges make smaller boxes inside it.
 MAX_BOXES = 3
 MAX_BOX_OVERLAP = 0.5
@@ -119,40 +125,45 @@ def second_look_views(picture: Image.Image) -> list[Image.Image]:
 def picture_boxes(picture: Image.Image) -> list[tuple[int, int, int, int]]:
     """Boxes (left, top, right, bottom) of the largest rectangles inside an RGB picture that strong
     straight edges bound on all four sides, largest first: a photo in a screenshot or pasted onto
-    a background, an advertisement, a thumbnail."""
+    a background, an advertisement, a thumbnail.
+
+    Two facing sides come from long straight runs of edge; the other two are any lines between
+    them that are edge nearly all along, as the four sides must be. A line of text or a bar that
+    runs on from a photo's edge then neither breaks the box nor makes it.
+    """
     factor = max(1.0, max(picture.size) / BOXES_MEASURED_SIDE)
-    grey = picture.convert("L")
+    reduced = picture if picture.mode == "RGB" else picture.convert("RGB")
     if factor > 1:
-        grey = grey.resize((max(1, round(picture.width / factor)), max(1, round(picture.height / factor))),
-                           Image.Resampling.BOX)
-    pixels = np.asarray(grey, dtype=np.float32)
-    height, width = pixels.shape
+        reduced = reduced.resize((max(1, round(picture.width / factor)), max(1, round(picture.height / factor))),
+                                 Image.Resampling.BOX)
+    pixels = np.asarray(reduced, dtype=np.float32)
+    height, width = pixels.shape[:2]
     # An edge between two lines of the reduced copy, measured a line either side of it: a sharp
     # edge of the picture may fall inside a reduced pixel.
-    across_rows = np.zeros_like(pixels)
-    across_rows[1:-1] = np.abs(pixels[2:] - pixels[:-2])
-    across_columns = np.zeros_like(pixels)
-    across_columns[:, 1:-1] = np.abs(pixels[:, 2:] - pixels[:, :-2])
+    across_rows = np.zeros((height, width), dtype=np.float32)
+    across_rows[1:-1] = np.abs(pixels[2:] - pixels[:-2]).max(axis=2)
+    across_columns = np.zeros((height, width), dtype=np.float32)
+    across_columns[:, 1:-1] = np.abs(pixels[:, 2:] - pixels[:, :-2]).max(axis=2)
     horizontal, vertical = across_rows > STRONG_EDGE, (across_columns > STRONG_EDGE).T
     min_width, min_height = max(8.0, MIN_BOX_SHARE * width), max(8.0, MIN_BOX_SHARE * height)
-    candidates = [(left, top, right, bottom) for top, left, bottom, right in
-                  _bounded_spans(horizontal, max(8, int(MIN_EDGE_SHARE * width)), min_height)]
-    candidates += [(left, top, right, bottom) for left, top, right, bottom in
-                   _bounded_spans(vertical, max(8, int(MIN_EDGE_SHARE * height)), min_width)]
     support_rows, support_columns = _support_sums(horizontal), _support_sums(vertical)
-    found = []
-    for left, top, right, bottom in candidates:
-        if right - left < min_width or bottom - top < min_height or \
-                (right - left) * (bottom - top) > MAX_BOX_AREA * width * height:
-            continue
-        sides = (_support(support_rows, top, left, right), _support(support_rows, min(bottom, height - 1), left, right),
-                 _support(support_columns, left, top, bottom),
-                 _support(support_columns, min(right, width - 1), top, bottom))
-        if min(sides) >= MIN_SIDE_SUPPORT:
-            found.append((left, top, right, bottom))
-    found.sort(key=lambda box: (box[2] - box[0]) * (box[3] - box[1]), reverse=True)
+    columns = _edge_lines(vertical, max(8, int(MIN_EDGE_SHARE * height)))
+    rows = _edge_lines(horizontal, max(8, int(MIN_EDGE_SHARE * width)))
+    found = set(_boxes_between(columns, support_rows, support_columns, min_width, min_height))
+    found |= {(left, top, right, bottom) for top, left, bottom, right in
+              _boxes_between(rows, support_columns, support_rows, min_height, min_width)}
+    def rank(box: tuple[int, int, int, int]) -> float:
+        left, top, right, bottom = box
+        edge = min((support_rows[top, right] - support_rows[top, left]) / (right - left),
+                   (support_rows[bottom, right] - support_rows[bottom, left]) / (right - left),
+                   (support_columns[left, bottom] - support_columns[left, top]) / (bottom - top),
+                   (support_columns[right, bottom] - support_columns[right, top]) / (bottom - top))
+        return (right - left) * (bottom - top) * edge ** EDGE_RANK_POWER
+
+    boxes = sorted((box for box in found if (box[2] - box[0]) * (box[3] - box[1]) <= MAX_BOX_AREA * width * height),
+                   key=rank, reverse=True)
     kept: list[tuple[int, int, int, int]] = []
-    for box in found:
+    for box in boxes:
         if len(kept) == MAX_BOXES:
             break
         if all(_overlap(box, other) < MAX_BOX_OVERLAP for other in kept):
@@ -161,9 +172,9 @@ def picture_boxes(picture: Image.Image) -> list[tuple[int, int, int, int]]:
              min(picture.height, round(bottom * factor))) for left, top, right, bottom in kept]
 
 
-def _bounded_spans(strong: np.ndarray, min_run: int, min_gap: float) -> list[tuple[int, int, int, int]]:
-    """(first line, start, last line, end) of the spans that two runs of strong edge along lines of
-    ``strong`` bound: runs at least ``min_gap`` lines apart whose ends nearly agree."""
+def _edge_lines(strong: np.ndarray, min_run: int) -> np.ndarray:
+    """The lines of ``strong`` (rows of a boolean map) that hold a run of strong edge at least
+    ``min_run`` long, one line for each group of adjacent ones."""
     closed = strong.copy()
     closed[:, 1:-1] |= strong[:, :-2] & strong[:, 2:]  # a pixel missing from an edge does not break it
     padded = np.zeros((closed.shape[0], closed.shape[1] + 2), dtype=np.int8)
@@ -171,17 +182,44 @@ def _bounded_spans(strong: np.ndarray, min_run: int, min_gap: float) -> list[tup
     steps = np.diff(padded, axis=1)
     lines, starts = np.nonzero(steps == 1)
     _, ends = np.nonzero(steps == -1)
-    long = ends - starts >= min_run
-    lines, starts, ends = lines[long], starts[long], ends[long]
+    return _one_of_adjacent(np.unique(lines[ends - starts >= min_run]))
+
+
+def _one_of_adjacent(lines: np.ndarray) -> np.ndarray:
+    """One of each group of adjacent sorted lines: an edge measured a line either side of it shows
+    on two or three, and the sides' support counts a line either side too."""
+    if len(lines) == 0:
+        return lines
+    breaks = np.nonzero(np.diff(lines) > 1)[0]
+    first = np.concatenate([[0], breaks + 1])
+    last = np.concatenate([breaks, [len(lines) - 1]])
+    return (lines[first] + lines[last]) // 2
+
+
+def _boxes_between(lines: np.ndarray, across_sums: np.ndarray, along_sums: np.ndarray, min_gap: float,
+                   min_span: float) -> list[tuple[int, int, int, int]]:
+    """(low line, first cross line, high line, last cross line) of the boxes with two facing sides
+    on ``lines`` (say, columns) and the other two on lines across them (rows) that are strong edge
+    between those two; ``across_sums`` and ``along_sums``: ``_support_sums`` of the rows and of the
+    columns."""
+    found = []
     first, second = np.triu_indices(len(lines), 1)
-    paired = ((np.abs(lines[first] - lines[second]) >= min_gap)
-              & (np.abs(starts[first] - starts[second]) <= EDGE_END_TOLERANCE)
-              & (np.abs(ends[first] - ends[second]) <= EDGE_END_TOLERANCE))
-    first, second = first[paired], second[paired]
-    return list(zip(np.minimum(lines[first], lines[second]).tolist(),
-                    np.minimum(starts[first], starts[second]).tolist(),
-                    np.maximum(lines[first], lines[second]).tolist(),
-                    np.maximum(ends[first], ends[second]).tolist(), strict=True))
+    apart = lines[second] - lines[first] >= min_gap
+    lows, highs = lines[first[apart]], lines[second[apart]]
+    # For every pair at once, the cross lines that are edge between them: most pairs have none.
+    spanned = (across_sums[:, highs] - across_sums[:, lows]) >= MIN_SIDE_SUPPORT * (highs - lows)
+    for pair in np.nonzero(spanned.sum(axis=0) >= 2)[0].tolist():
+        low, high = int(lows[pair]), int(highs[pair])
+        crossing = _one_of_adjacent(np.nonzero(spanned[:, pair])[0])
+        near, far = (crossing[pair] for pair in np.triu_indices(len(crossing), 1))
+        tall = far - near >= min_span
+        near, far = near[tall], far[tall]
+        span = np.maximum(1, far - near)
+        sides_hold = ((along_sums[low, far] - along_sums[low, near]) / span >= MIN_SIDE_SUPPORT) \
+            & ((along_sums[high, far] - along_sums[high, near]) / span >= MIN_SIDE_SUPPORT)
+        found += [(low, start, high, end) for start, end in zip(near[sides_hold].tolist(), far[sides_hold].tolist(),
+                                                                 strict=True)]
+    return found
 
 
 def _support_sums(strong: np.ndarray) -> np.ndarray:
@@ -192,10 +230,6 @@ def _support_sums(strong: np.ndarray) -> np.ndarray:
     sums = np.zeros((near.shape[0], near.shape[1] + 1), dtype=np.int32)
     np.cumsum(near, axis=1, out=sums[:, 1:])
     return sums
-
-
-def _support(sums: np.ndarray, line: int, start: int, end: int) -> float:
-    return float(sums[line, end] - sums[line, start]) / max(1, end - start)
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
