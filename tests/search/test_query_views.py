@@ -123,17 +123,21 @@ def test_it_finds_a_photo_inside_a_screenshot():
     assert max((_iou(box, (520, 300, 520 + width, 300 + height)) for box in boxes), default=0.0) >= 0.9, boxes
 
 
-def test_it_finds_a_photo_pasted_on_a_background_that_differs_from_it_in_hue_more_than_in_brightness():
-    inner = photo().resize((300, 252))
-    # Stripes of colours as bright as the photo's edges on average, and discs across them.
+def pasted(picture: Image.Image, *, at: tuple[int, int]) -> Image.Image:
+    """``picture`` pasted onto stripes of colours about as bright as a photo's edges, with discs
+    across them: a background that differs from it in hue more than in brightness."""
     page = Image.new("RGB", (700, 560))
     draw = ImageDraw.Draw(page)
     for stripe in range(14):
         draw.rectangle((0, stripe * 40, 700, stripe * 40 + 40), fill=[(150, 110, 60), (60, 140, 110)][stripe % 2])
     for x, y, r in ((80, 60, 70), (560, 420, 90), (420, 40, 50)):
         draw.ellipse((x - r, y - r, x + r, y + r), fill=(200, 60, 160))
-    page.paste(inner, (210, 170))
-    boxes = picture_boxes(page)
+    page.paste(picture, at)
+    return page
+
+
+def test_it_finds_a_photo_pasted_on_a_background_that_differs_from_it_in_hue_more_than_in_brightness():
+    boxes = picture_boxes(pasted(photo().resize((300, 252)), at=(210, 170)))
     assert max((_iou(box, (210, 170, 510, 422)) for box in boxes), default=0.0) >= 0.9, boxes
 
 

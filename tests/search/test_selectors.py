@@ -11,7 +11,7 @@ from search.models import Embedding
 from search.selectors import SearchUnavailable, _with_matches, similar_to_pictures, similar_to_vectors
 from tests import images
 from tests.conftest import store_indexed
-from tests.search.test_query_views import screenshot
+from tests.search.test_query_views import pasted, screenshot
 
 
 def test_a_candidate_whose_stored_map_has_another_shape_keeps_its_cosine(db, clean_index):
@@ -86,6 +86,19 @@ def test_a_photo_small_inside_a_screenshot_is_found_first(db, clean_index, setti
     settings.LOOKALIKE_SEARCH_SECOND_LOOK = False
     [results] = similar_to_pictures([page], k=3)
     assert results[0].image != gallery[4]
+
+
+def test_a_photo_pasted_onto_a_background_of_another_hue_is_found_first(db, clean_index, settings):
+    gallery = _gallery_of_cats_and_dogs()
+    photo = PILImage.open(images.bench_image("cat", 1)).convert("RGB")
+    page = pasted(photo.resize((150, round(photo.height * 150 / photo.width))), at=(300, 150))
+
+    [results] = similar_to_pictures([page], k=3)
+    assert results[0].image == gallery[0]
+
+    settings.LOOKALIKE_SEARCH_SECOND_LOOK = False
+    [results] = similar_to_pictures([page], k=3)
+    assert results[0].image != gallery[0]
 
 
 def test_a_quarter_turned_copy_is_found_first(db, clean_index):
