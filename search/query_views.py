@@ -109,7 +109,7 @@ MAX_BOX_AREA = 0.9
 # all round, and ranks below the photo's own box (a side 15 % blank costs as much as a quarter of
 # the area).
 EDGE_RANK_POWER = 2.0
-# The best boxes are searched, this many at most, each overlapping the larger ones by less than
+# The best boxes are searched, this many at most, each overlapping the better ones by less than
 # half (intersection over union): a photo's own straight edges make smaller boxes inside it.
 MAX_BOXES = 3
 MAX_BOX_OVERLAP = 0.5
@@ -123,9 +123,9 @@ def second_look_views(picture: Image.Image) -> list[Image.Image]:
 
 
 def picture_boxes(picture: Image.Image) -> list[tuple[int, int, int, int]]:
-    """Boxes (left, top, right, bottom) of the largest rectangles inside an RGB picture that strong
-    straight edges bound on all four sides, largest first: a photo in a screenshot or pasted onto
-    a background, an advertisement, a thumbnail.
+    """Boxes (left, top, right, bottom) of rectangles inside an RGB picture that strong straight
+    edges bound on all four sides, best first (``EDGE_RANK_POWER``): a photo in a screenshot or
+    pasted onto a background, an advertisement, a thumbnail.
 
     Two facing sides come from long straight runs of edge; the other two are any lines between
     them that are edge nearly all along, as the four sides must be. A line of text or a bar that
@@ -152,6 +152,7 @@ def picture_boxes(picture: Image.Image) -> list[tuple[int, int, int, int]]:
     found = set(_boxes_between(columns, support_rows, support_columns, min_width, min_height))
     found |= {(left, top, right, bottom) for top, left, bottom, right in
               _boxes_between(rows, support_columns, support_rows, min_height, min_width)}
+
     def rank(box: tuple[int, int, int, int]) -> float:
         left, top, right, bottom = box
         edge = min((support_rows[top, right] - support_rows[top, left]) / (right - left),
@@ -211,7 +212,7 @@ def _boxes_between(lines: np.ndarray, across_sums: np.ndarray, along_sums: np.nd
     for pair in np.nonzero(spanned.sum(axis=0) >= 2)[0].tolist():
         low, high = int(lows[pair]), int(highs[pair])
         crossing = _one_of_adjacent(np.nonzero(spanned[:, pair])[0])
-        near, far = (crossing[pair] for pair in np.triu_indices(len(crossing), 1))
+        near, far = (crossing[index] for index in np.triu_indices(len(crossing), 1))
         tall = far - near >= min_span
         near, far = near[tall], far[tall]
         span = np.maximum(1, far - near)

@@ -287,7 +287,7 @@ def _fail_damaged(*, token: str, damaged: dict[int, ImageRejected]) -> None:
 
 
 def _by_image(image_ids: list[int], described: Descriptors) -> Described:
-    words = [[]] * len(image_ids) if described.classes is None else classifier_words(described.classes)
+    words = [[] for _ in image_ids] if described.classes is None else classifier_words(described.classes)
     return {image_id: ImageDescriptors(vector, local, image_words) for image_id, vector, local, image_words
             in zip(image_ids, described.vectors, described.local, words, strict=True)}
 
