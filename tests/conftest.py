@@ -16,6 +16,9 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import DatabaseError
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
 
 from gallery import copies
 from gallery.models import Image
@@ -248,6 +251,23 @@ class Worker:
         for task_id, event in re.findall(r"Task [\w.]+\[([0-9a-f-]+)\] (\w+)", log):
             last_event[task_id] = event
         return {task_id for task_id, event in last_event.items() if event == "received"}
+
+
+def _yield_deadlocks_to_other_processes(sender: object, connection: BaseDatabaseWrapper, **kwargs: object) -> None:
+    """This process's PostgreSQL sessions wait 10 s before they look for a deadlock, the site's
+    processes 1 s: when the flush between tests (TRUNCATE) and a request or a task still running
+    wait for each other, the other one is cancelled and the flush goes on. Setting it takes a
+    superuser, as CI's is; without one, which side is cancelled is left to chance."""
+    if connection.vendor != "postgresql":
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET deadlock_timeout = '10s'")
+    except DatabaseError:
+        pass
+
+
+connection_created.connect(_yield_deadlocks_to_other_processes)
 
 
 @pytest.fixture(scope="session")
