@@ -23,18 +23,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from search.query_views import picture_boxes  # noqa: E402
+from search.query_views import box_overlap, picture_boxes  # noqa: E402
 
 PLACED = ("screenshot", "paste")
 
 Box = tuple[int, int, int, int]
-
-
-def overlap(a: Box, b: Box) -> float:
-    width = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    shared = width * height
-    return shared / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - shared)
 
 
 def main() -> None:
@@ -74,7 +67,7 @@ def main() -> None:
             started = time.perf_counter()
             boxes = picture_boxes(query)
             timings.append(time.perf_counter() - started)
-            best = max((overlap(photo, box) for box in boxes), default=0.0)
+            best = max((box_overlap(photo, box) for box in boxes), default=0.0)
             counts = found[edit]
             counts[0] += 1
             counts[1] += best >= 0.7

@@ -167,7 +167,7 @@ def picture_boxes(picture: Image.Image) -> list[tuple[int, int, int, int]]:
     for box in boxes:
         if len(kept) == MAX_BOXES:
             break
-        if all(_overlap(box, other) < MAX_BOX_OVERLAP for other in kept):
+        if all(box_overlap(box, other) < MAX_BOX_OVERLAP for other in kept):
             kept.append(box)
     return [(round(left * factor), round(top * factor), min(picture.width, round(right * factor)),
              min(picture.height, round(bottom * factor))) for left, top, right, bottom in kept]
@@ -233,7 +233,8 @@ def _support_sums(strong: np.ndarray) -> np.ndarray:
     return sums
 
 
-def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+def box_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two (left, top, right, bottom) boxes."""
     width = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     height = max(0, min(a[3], b[3]) - max(a[1], b[1]))
     shared = width * height

@@ -4,7 +4,7 @@ import io
 
 from PIL import Image, ImageDraw, ImageOps
 
-from search.query_views import picture_boxes, plain_frame_box, query_framings, second_look_views
+from search.query_views import box_overlap, picture_boxes, plain_frame_box, query_framings, second_look_views
 from tests import images
 
 
@@ -120,7 +120,7 @@ def test_it_finds_a_photo_inside_a_screenshot():
     boxes = picture_boxes(screenshot(inner, at=(520, 300), width=width))
     # The cat's white chest against the light page is hardly an edge: the box may run on to the line
     # of text 13 pixels below the photo, and is the photo give or take that strip.
-    assert max((_iou(box, (520, 300, 520 + width, 300 + height)) for box in boxes), default=0.0) >= 0.9, boxes
+    assert max((box_overlap(box, (520, 300, 520 + width, 300 + height)) for box in boxes), default=0.0) >= 0.9, boxes
 
 
 def pasted(picture: Image.Image, *, at: tuple[int, int]) -> Image.Image:
@@ -138,14 +138,7 @@ def pasted(picture: Image.Image, *, at: tuple[int, int]) -> Image.Image:
 
 def test_it_finds_a_photo_pasted_on_a_background_that_differs_from_it_in_hue_more_than_in_brightness():
     boxes = picture_boxes(pasted(photo().resize((300, 252)), at=(210, 170)))
-    assert max((_iou(box, (210, 170, 510, 422)) for box in boxes), default=0.0) >= 0.9, boxes
-
-
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    width = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    shared = width * height
-    return shared / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - shared)
+    assert max((box_overlap(box, (210, 170, 510, 422)) for box in boxes), default=0.0) >= 0.9, boxes
 
 
 def test_a_photo_on_its_own_holds_no_box_as_large_as_itself():
