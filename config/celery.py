@@ -8,7 +8,7 @@ from celery.worker import WorkController
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
 # Set in a worker that embeds, for its pool processes (which inherit the environment).
-_WARM_EMBEDDER_ENV = "LOOKALIKE_WARM_EMBEDDER"
+EMBEDDING_WORKER_ENV = "LOOKALIKE_EMBEDDING_WORKER"
 
 app = Celery("lookalike")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -24,6 +24,11 @@ def _prepare_embedded_broker(sender: Celery, **kwargs: object) -> None:
             (settings.BROKER_DIR / folder).mkdir(parents=True, exist_ok=True)
 
 
+def in_embedding_worker() -> bool:
+    """Whether this process runs the tasks of a worker that takes the embedding queue."""
+    return os.environ.get(EMBEDDING_WORKER_ENV) == "1"
+
+
 @celeryd_after_setup.connect
 def _prepare_pool_processes(sender: str, instance: WorkController, **kwargs: object) -> None:
     from django.conf import settings
@@ -37,14 +42,14 @@ def _prepare_pool_processes(sender: str, instance: WorkController, **kwargs: obj
         # those pages and none spends seconds importing it on its first task. Only the import:
         # a process that has run torch's thread pools cannot safely fork.
         import search.embedding  # noqa: F401
-        os.environ[_WARM_EMBEDDER_ENV] = "1"
+        os.environ[EMBEDDING_WORKER_ENV] = "1"
 
 
 @worker_process_init.connect
 def _load_the_model(**kwargs: object) -> None:
     # Each pool process of a worker that embeds loads the model before it takes a task, rather
     # than on its first one: an upload to a freshly started site then waits for nothing.
-    if os.environ.get(_WARM_EMBEDDER_ENV):
+    if in_embedding_worker():
         from search.runtime import embedder_warm
 
         embedder_warm(gallery=True)

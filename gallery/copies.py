@@ -10,7 +10,7 @@ the thumbnail.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Protocol
@@ -39,6 +39,11 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+
+
+# Display copies made between two looks at whether embeddings wait: about half a second of
+# work for 12-megapixel photos.
+DISPLAY_COPIES_AT_ONCE = 8
 
 
 @dataclass
@@ -164,14 +169,40 @@ def image_picture(image: Image) -> Picture:
         return decode_image(file, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS, max_side=DISPLAY_MAX_SIDE).image
 
 
-def queue_display_copies(image_ids: Collection[int]) -> None:
-    """Ask a worker to make these images' display copies once the current transaction commits.
-    The task goes to the back of the queue, behind the embeddings already waiting."""
+def queue_display_copies() -> None:
+    """Ask a worker to make the display copies that indexed images lack, once the current
+    transaction commits. The task goes to the back of the queue, behind the embeddings already waiting."""
     from gallery.tasks import make_display_copies
 
-    if image_ids:
-        ids = sorted(image_ids)
-        transaction.on_commit(lambda: make_display_copies.delay(ids), robust=True)
+    transaction.on_commit(make_display_copies.delay, robust=True)
+
+
+def display_copies_catch_up(*, pause: Callable[[], bool]) -> int:
+    """Make the display copies that indexed images lack, oldest first, a few at a time, until none
+    is left or ``pause()`` says that more urgent work waits; how many were made.
+
+    A display copy can come later (pages show the thumbnail meanwhile); a photo that is not yet
+    searchable cannot, so a worker that also embeds asks before each few whether embeddings wait,
+    and leaves the rest to the catch-up that the last batch of an import queues. Two catch-ups at
+    once share the work: each takes the images the other has not locked.
+    """
+    made = 0
+    after = 0
+    while not pause():
+        with transaction.atomic():
+            ids = list(Image.objects.select_for_update(skip_locked=True)
+                       .filter(state=Image.State.INDEXED, display="", id__gt=after)
+                       .order_by("id").values_list("id", flat=True)[:DISPLAY_COPIES_AT_ONCE])
+            if not ids:
+                break
+            made += images_make_display_copies(image_ids=ids)
+        after = ids[-1]
+    return made
+
+
+def display_copies_missing() -> int:
+    """How many indexed images still lack a display copy."""
+    return Image.objects.filter(state=Image.State.INDEXED, display="").count()
 
 
 def images_make_display_copies(*, image_ids: Collection[int]) -> int:

@@ -22,6 +22,7 @@ from kombu.exceptions import OperationalError
 from PIL.Image import Image as PILImage
 from psycopg.types.json import Jsonb
 
+from config.celery import in_embedding_worker
 from gallery import copies
 from gallery.imaging import DISPLAY_MAX_SIDE, DISPLAY_QUALITY, ImageRejected, display_jpeg_pixels
 from gallery.models import Image
@@ -102,6 +103,13 @@ def embed_messages_waiting() -> int | None:
         except broker.channel_errors:
             # Redis keeps no empty list: a queue that was emptied is not found.
             return 0
+
+
+def embeddings_wait_for_this_worker() -> bool:
+    """Whether this process has embeddings to do before anything that can wait: it belongs to a
+    worker that takes the embedding queue, and a message waits there. A worker of the other
+    queues alone never waits for them."""
+    return in_embedding_worker() and (embed_messages_waiting() or 0) > 0
 
 
 def embedding_batches_send(*, first_ids: list[int]) -> None:
@@ -197,7 +205,8 @@ def image_embed(*, image_id: int, claim_token: str) -> EmbedOutcome:
                             found_copies=found_copies, found_outliers=found_outliers,
                             found_clusters=found_clusters)
     # Searchable now, with its thumbnail; the display copy needs a finer decode and comes after.
-    copies.queue_display_copies(outcome.indexed)
+    if outcome.indexed:
+        copies.queue_display_copies()
     return outcome
 
 

@@ -1,7 +1,8 @@
 """Periodic upkeep (Celery beat, or ``python manage.py upkeep``): repair the index against the
 database, send again the images whose embedding got stuck or that have no vector of the model in
-use, resume background jobs whose worker died, and delete the originals of uploads that died
-before their rows were committed. Each run is recorded as an upkeep job."""
+use, resume background jobs whose worker died, delete the originals of uploads that died
+before their rows were committed, and queue the display copies that indexed images lack. Each
+run is recorded as an upkeep job."""
 from __future__ import annotations
 
 import uuid
@@ -10,6 +11,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from gallery import copies
 from gallery.unfinished import sweep_unfinished
 from jobs import services as job_services
 from jobs.models import Job
@@ -28,14 +30,18 @@ def upkeep_run(run: JobRun) -> str:
     run.step(done=2, phase="resuming stalled jobs")
     resumed = job_services.jobs_resume_stalled(silent_for=timedelta(seconds=settings.LOOKALIKE_JOB_STALL_SECONDS))
     swept = sweep_unfinished()
+    if lacking_display := copies.display_copies_missing():
+        copies.queue_display_copies()
     run.step(done=3, phase="done")
     index = (f"index rebuilt from the database ({repair.rebuilt})" if repair.rebuilt else
              f"index: {repair.reconciled.added} missing vectors added, {repair.reconciled.removed} stale removed")
     strays = f"; {stray} vectors of no index in use removed" if stray else ""
     without = f"; {unembedded} indexed images without a vector of the model in use queued again" if unembedded else ""
     unfinished = f"; {swept} originals of uploads that died before they were stored removed" if swept else ""
+    display = f"; the display copies of {lacking_display} indexed images queued" if lacking_display else ""
     return (f"{index}{strays}; {requeued} stuck images queued again{without}; "
-            f"{len(resumed)} stalled jobs resumed{': ' + ', '.join(map(str, resumed)) if resumed else ''}{unfinished}.")
+            f"{len(resumed)} stalled jobs resumed{': ' + ', '.join(map(str, resumed)) if resumed else ''}"
+            f"{unfinished}{display}.")
 
 
 def upkeep_now() -> Job:

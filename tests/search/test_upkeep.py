@@ -9,6 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
+from gallery import copies
 from gallery.models import Image
 from jobs.models import Job
 from search import changelog, runtime, selectors, services
@@ -214,3 +215,29 @@ def test_upkeep_queues_an_indexed_image_that_has_no_vector_of_the_model_in_use(g
     assert gallery[2].state == Image.State.INDEXED
     assert selectors.similar_to_image(gallery[2], k=1)[0].image != gallery[2]
     assert Embedding.objects.of(runtime.index_identity()).filter(image=gallery[2]).count() == 1
+
+
+def test_upkeep_queues_the_display_copies_that_indexed_images_lack(gallery, django_capture_on_commit_callbacks):
+    from gallery.tasks import make_display_copies
+
+    Image.objects.filter(pk__in=[gallery[1].pk, gallery[3].pk]).update(display="")
+    out = io.StringIO()
+    with django_capture_on_commit_callbacks() as sent:
+        call_command("upkeep", stdout=out)
+    assert "the display copies of 2 indexed images queued" in out.getvalue()
+    assert make_display_copies.delay in sent
+    assert copies.display_copies_catch_up(pause=lambda: False) == 2
+    assert not Image.objects.filter(display="").exists()
+
+
+def test_only_a_worker_that_also_embeds_waits_for_the_embeddings_that_wait(db, embed_queue, monkeypatch):
+    from config.celery import EMBEDDING_WORKER_ENV
+    from search.tasks import embed_image
+
+    embed_image.apply_async((10**9,), queue=embed_queue)
+    assert not services.embeddings_wait_for_this_worker()
+    monkeypatch.setenv(EMBEDDING_WORKER_ENV, "1")
+    assert services.embeddings_wait_for_this_worker()
+    with embed_image.app.connection_for_write() as broker:
+        broker.default_channel.queue_purge(embed_queue)
+    assert not services.embeddings_wait_for_this_worker()
