@@ -18,6 +18,7 @@ import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Collection
+from typing import NamedTuple
 
 import numpy as np
 from django.conf import settings
@@ -70,6 +71,8 @@ class _Voters:
 
     def visible_to(self, owner: AbstractBaseUser | None) -> frozenset[int]:
         key = owner.pk if owner is not None else None
+        if not self.tags:
+            return frozenset()
         if key not in self._visible:
             viewer = owner if owner is not None else AnonymousUser()
             visible = gallery_selectors.image_list_visible(user=viewer).filter(
@@ -159,27 +162,39 @@ def _cold_start_from_maps(image_ids: list[int], identity: IndexIdentity) -> dict
     return dict(zip(ids, words, strict=True))
 
 
-def _store(image: Image, suggested: list[tuple[str, float]], source: str, existing: set[str],
-           rejected: set[str]) -> tuple[int, int]:
-    """Replace the image's open suggestions; returns (suggested, applied as tags)."""
+class _Made(NamedTuple):
+    image: Image
+    suggested: list[tuple[str, float]]
+    source: str
+
+
+def _store(made: list[_Made], existing: dict[int, set[str]], rejected: dict[int, set[str]]) -> tuple[int, int]:
+    """Replace the images' open suggestions, in a few statements for them all; returns (suggested,
+    applied as tags)."""
     minimum, auto = settings.LOOKALIKE_TAG_SUGGESTION_MIN_CONFIDENCE, settings.LOOKALIKE_TAG_SUGGESTION_AUTO_APPLY
-    fresh = [(name, confidence) for name, confidence in suggested
-             if name not in existing and name not in rejected and confidence >= minimum][:MOST_SUGGESTIONS]
-    apply = [name for name, confidence in fresh if auto is not None and confidence >= auto]
-    offer = [(name, confidence) for name, confidence in fresh if name not in apply]
-    TagSuggestion.objects.filter(image=image, rejected=False).delete()
-    if apply:
-        image.tags.add(*_tags(apply).values())
-    tags = _tags([name for name, _ in offer])
-    TagSuggestion.objects.bulk_create([TagSuggestion(image=image, tag=tags[name], confidence=confidence, source=source)
-                                       for name, confidence in offer])
+    offer: list[tuple[_Made, str, float]] = []
+    apply: list[tuple[Image, str]] = []
+    for one in made:
+        known = existing.get(one.image.pk, set()) | rejected.get(one.image.pk, set())
+        fresh = [(name, confidence) for name, confidence in one.suggested
+                 if name not in known and confidence >= minimum][:MOST_SUGGESTIONS]
+        for name, confidence in fresh:
+            if auto is not None and confidence >= auto:
+                apply.append((one.image, name))
+            else:
+                offer.append((one, name, confidence))
+    TagSuggestion.objects.filter(image__in=[one.image for one in made], rejected=False).delete()
+    tags = _tags({name for _, name in apply} | {name for _, name, _ in offer})
+    Image.tags.through.objects.bulk_create([Image.tags.through(image_id=image.pk, tag_id=tags[name].pk)
+                                            for image, name in apply], ignore_conflicts=True)
+    TagSuggestion.objects.bulk_create([TagSuggestion(image=one.image, tag=tags[name], confidence=confidence,
+                                                     source=one.source) for one, name, confidence in offer])
     return len(offer), len(apply)
 
 
-def _tags(names: list[str]) -> dict[str, Tag]:
-    for name in names:
-        Tag.objects.get_or_create(name=name)
-    return Tag.objects.in_bulk(names, field_name="name")
+def _tags(names: set[str]) -> dict[str, Tag]:
+    Tag.objects.bulk_create([Tag(name=name) for name in sorted(names)], ignore_conflicts=True)
+    return Tag.objects.in_bulk(list(names), field_name="name")
 
 
 def tag_suggestions_make(*, image_ids: Collection[int], voters: _Voters | None = None) -> tuple[int, int]:
@@ -201,7 +216,6 @@ def tag_suggestions_make(*, image_ids: Collection[int], voters: _Voters | None =
         else:
             unvoted.append(image)
     cold = _cold_start(unvoted)
-    suggested = applied = 0
     with transaction.atomic():
         # One run at a time per image (the embed's own and a job's may overlap): each replaces the
         # open suggestions the one before it committed, and sees the tags and rejections as they are now.
@@ -211,12 +225,9 @@ def tag_suggestions_make(*, image_ids: Collection[int], voters: _Voters | None =
                                    .values_list("image_id", "tag__name"))
         rejected = _names_by_image(TagSuggestion.objects.filter(image__in=images, rejected=True)
                                    .values_list("image_id", "tag__name"))
-        for image in images:
-            made, source = (voted[image.pk], TagSuggestion.Source.NEIGHBOURS) if image.pk in voted \
-                else (cold.get(image.pk, []), TagSuggestion.Source.CLASSIFIER)
-            counts = _store(image, made, source, existing.get(image.pk, set()), rejected.get(image.pk, set()))
-            suggested, applied = suggested + counts[0], applied + counts[1]
-    return suggested, applied
+        return _store([_Made(image, voted[image.pk], TagSuggestion.Source.NEIGHBOURS) if image.pk in voted
+                       else _Made(image, cold.get(image.pk, []), TagSuggestion.Source.CLASSIFIER) for image in images],
+                      existing, rejected)
 
 
 def _names_by_image(rows: QuerySet) -> dict[int, set[str]]:

@@ -90,6 +90,19 @@ def test_with_nothing_tagged_the_classifier_offers_broad_words(db, clean_index):
     assert {"clothing", "skirt"} <= set(open_for(skirt))
 
 
+def test_images_suggested_together_share_each_new_tag_and_each_gets_its_own_suggestion(db, clean_index, settings):
+    settings.LOOKALIKE_TAG_SUGGESTION_AUTO_APPLY = 0.99
+    cats = [bench("cat", n) for n in (11, 12, 13)]
+
+    tag_suggestions.tag_suggestions_make(image_ids=[cat.pk for cat in cats])
+
+    assert Tag.objects.filter(name="cat").count() == 1
+    for cat in cats:
+        offered = open_for(cat)
+        assert "cat" in offered or "cat" in {tag.name for tag in cat.tags.all()}, offered
+        assert not set(offered) & {tag.name for tag in cat.tags.all()}
+
+
 def test_the_classifier_words_are_those_stored_with_the_vector_at_the_confidence_set_now(db, clean_index, settings):
     from search.models import Embedding
 
