@@ -9,6 +9,7 @@ from gallery.imaging import (
     ImageRejected,
     decode_image,
     display_jpeg,
+    display_jpeg_pixels,
     encode_jpeg,
     read_header,
     thumbnail_jpeg,
@@ -200,3 +201,11 @@ def test_the_served_copy_leaves_out_the_jpeg_comment():
     data = images.encode(images.picture(1), "JPEG", comment=b"written by the camera owner")
     for copy in served_copies(decode_image(data, max_pixels=LIMIT).image):
         assert b"camera owner" not in copy
+
+
+@pytest.mark.parametrize("picture", [images.picture(3, size=(200, 150)), images.picture(4, size=(2400, 1800)),
+                                     Image.open(images.bench_image("cat", 1)).convert("RGB")],
+                         ids=["small", "large", "photo"])
+def test_the_display_copys_pixels_are_those_of_the_display_copy_as_stored(picture):
+    stored = np.asarray(Image.open(io.BytesIO(display_jpeg(picture))).convert("RGB"))
+    assert np.array_equal(np.asarray(display_jpeg_pixels(picture)), stored)
