@@ -236,6 +236,7 @@ def images_upload(*, uploads: Sequence[tuple[str, Readable | FileOnDisk]],
     copy_of: dict[int, int] = {}  # a later copy of a file in this batch -> the first one's position
     accepted: list[_Accepted] = []
     held: list[tuple[_Accepted, IO[bytes]]] = []  # checked, waiting for the duplicate look-up
+    held_bytes = 0
     unfinished: list[str] = []  # the lists of files written before their rows (gallery.unfinished)
     try:
         for position, (_, source) in enumerate(uploads):
@@ -259,9 +260,10 @@ def images_upload(*, uploads: Sequence[tuple[str, Readable | FileOnDisk]],
             mtime_ns = source.mtime_ns if isinstance(source, FileOnDisk) else None
             held.append((_Accepted(position, name, digest, header.format, header.width, header.height, size,
                                    mtime_ns), spooled))
-            if sum(item.byte_size for item, _ in held) >= _HELD_BYTES:
+            held_bytes += size
+            if held_bytes >= _HELD_BYTES:
                 _write_new(held, owner, quota, results, accepted, unfinished)
-                held = []
+                held, held_bytes = [], 0
         _write_new(held, owner, quota, results, accepted, unfinished)
         results |= _store(accepted, owner)
         unfinished_clear(lists=unfinished)
