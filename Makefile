@@ -19,7 +19,7 @@ install: $(INSTALLED)
 install-browser:
 	@bin/ensure-chromium
 
-# WordNet, from which bin/imagenet-words derives search/data/imagenet_words.json; a test makes it again.
+# WordNet, from which bin/imagenet-words derives core/data/imagenet_words.json; a test makes it again.
 install-wordnet:
 	@bin/ensure-wordnet
 
@@ -37,6 +37,8 @@ test: install install-browser install-wordnet
 		env -u REDIS_URL -u DATABASE_URL -u CELERY_BROKER_URL $(PY) -m pytest -m worker; \
 	fi
 
+# ruff, mypy (strict on core/), and the import contracts in pyproject.toml.
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The CPU forward pass with glibc's default handling of freed memory, and with the memory kept
-for reuse (``search.allocator``, what every CPU embedder does), alternating in one process.
+for reuse (``core.allocator``, what every CPU embedder does), alternating in one process.
 
 glibc's setting is process-wide and can be changed back and forth, so the two are measured in
 turns on the same model and pixels, one torch thread (as a worker process runs it), and each
@@ -21,9 +21,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from search import allocator  # noqa: E402
-from search.backbones import get_backbone  # noqa: E402
-from search.embedding import Embedder  # noqa: E402
+from core import allocator  # noqa: E402
+from core.backbones import get_backbone  # noqa: E402
+from core.embedding import Embedder  # noqa: E402
 
 # glibc's defaults: blocks from 128 KiB are mapped on their own and unmapped when freed.
 GLIBC_DEFAULT_BYTES = 128 << 10

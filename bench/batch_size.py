@@ -23,8 +23,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from search.backbones import get_backbone  # noqa: E402
-from search.embedding import Embedder  # noqa: E402
+from core.backbones import get_backbone  # noqa: E402
+from core.embedding import Embedder  # noqa: E402
 
 
 def peak_mib() -> float:

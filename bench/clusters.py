@@ -4,7 +4,7 @@ gallery costs. No Django.
 
 Quality: the 2,698 photos of ../shared/bench/images (five folders: apparel, cat, dog, monkey,
 squirrel) embedded with the site's embedder as gallery images (vectors cached, in the cache of
-``bench/tag_suggestions.py``), clustered by ``search.kmeans.fit`` as the job does (batches of 2,000
+``bench/tag_suggestions.py``), clustered by ``core.kmeans.fit`` as the job does (batches of 2,000
 in file order, so folder after folder, as an import reaches the database), each image assigned to its
 nearest centroid; purity (the share of images in their cluster's majority folder) and NMI (normalised
 mutual information, arithmetic mean of the entropies) against the folders, for several k (5, the
@@ -42,7 +42,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from search import kmeans  # noqa: E402
+from core import kmeans  # noqa: E402
 
 JOB_BATCH = 2000  # search.clusters.BATCH, without importing Django
 

@@ -33,7 +33,7 @@ from attacks import attack  # noqa: E402
 
 from bench.index_scale import mixed  # noqa: E402
 from bench.tag_suggestions import describe_gallery  # noqa: E402
-from search.backbones import get_backbone  # noqa: E402
+from core.backbones import get_backbone  # noqa: E402
 from search.verdicts import CALIBRATED_THRESHOLDS  # noqa: E402
 
 THRESHOLD = next(iter(CALIBRATED_THRESHOLDS.values()))
@@ -48,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     vectors, _local, _categories = describe_gallery(args.images, args.cache)
     paths = sorted(args.images.rglob("*.jpg"))
-    from search.embedding import Embedder
+    from core.embedding import Embedder
 
     embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."))
     rng = random.Random(1)

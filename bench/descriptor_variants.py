@@ -8,7 +8,7 @@ pooling, layer or normalisation can be compared side by side. No Django, no data
 
 The last two rows are what search does on top of the last-block vector: the query's mirror
 image is searched too (an image keeps its better cosine), and then the best candidates are
-re-ranked by matching the positions of the stride-16 feature map (search.rerank). They cost a
+re-ranked by matching the positions of the stride-16 feature map (core.rerank). They cost a
 second forward pass per query, and nothing at import.
 
     .venv/bin/python bench/descriptor_variants.py [--seeds 1 2 3] [--queries 600]
@@ -29,9 +29,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from search import rerank  # noqa: E402
-from search.efficientnet_lite import STRIDE_16_DEPTH, efficientnet_lite0  # noqa: E402
-from search.embedding import gem  # noqa: E402
+from core import rerank  # noqa: E402
+from core.efficientnet_lite import STRIDE_16_DEPTH, efficientnet_lite0  # noqa: E402
+from core.embedding import gem  # noqa: E402
 
 NORMALISATIONS = {
     "[-1, 1]": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),

@@ -27,9 +27,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from search.backbones import descriptor_identity, get_backbone  # noqa: E402
-from search.identity import IndexIdentity  # noqa: E402
-from search.index import HnswIndex, HnswParams, SnapshotStore  # noqa: E402
+from core.backbones import descriptor_identity, get_backbone  # noqa: E402
+from core.identity import IndexIdentity  # noqa: E402
+from core.index import HnswIndex, HnswParams, SnapshotStore  # noqa: E402
 
 BATCH = 10_000
 
@@ -38,7 +38,7 @@ _LOAD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from search.index import HnswParams, SnapshotStore
+from core.index import HnswParams, SnapshotStore
 
 def rss():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) * 1024

@@ -24,8 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from search.identity import IndexIdentity  # noqa: E402
-from search.index import HnswIndex, HnswParams, SnapshotStore, exact_search  # noqa: E402
+from core.identity import IndexIdentity  # noqa: E402
+from core.index import HnswIndex, HnswParams, SnapshotStore, exact_search  # noqa: E402
 
 NEIGHBOURS = 17  # the scan's 16 neighbours plus the image itself
 THRESHOLD = 0.95

@@ -2,7 +2,7 @@
 """End-to-end import throughput against the bare model, measured side by side in one run.
 
   model       the embedder's forward passes alone (``describe_prepared``) on already-resized
-              224 x 224 pixels, as for a gallery image (with its small view: search.backbones.Recipe),
+              224 x 224 pixels, as for a gallery image (with its small view: core.backbones.Recipe),
               batch of ``LOOKALIKE_EMBED_BATCH_SIZE``, arranged as the worker is: on the CPU one
               process per core with one torch thread each, rates summed; on a GPU
               (``--device cuda``) one process, bfloat16;
@@ -73,8 +73,8 @@ def _model_rate_in_one_process(files: list[Path], batch: int, device: str = "cpu
     # Imported here: the store-only mode needs no model.
     import torch
 
-    from search.backbones import get_backbone
-    from search.embedding import Embedder
+    from core.backbones import get_backbone
+    from core.embedding import Embedder
 
     if device == "cpu":
         torch.set_num_threads(1)

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from index_scale import real_descriptors, synthetic  # noqa: E402
 
-from search.backbones import descriptor_identity, get_backbone  # noqa: E402
-from search.index import HnswIndex, HnswParams  # noqa: E402
+from core.backbones import descriptor_identity, get_backbone  # noqa: E402
+from core.index import HnswIndex, HnswParams  # noqa: E402
 
 ROLE = """
 import json, sys
@@ -44,8 +44,8 @@ from PIL import Image
 role, index_dir, images = sys.argv[1], Path(sys.argv[2]), sorted(Path(sys.argv[3]).rglob("*.jpg"))[:8]
 pictures = [Image.open(p).convert("RGB") for p in images]
 if role in ("web", "worker"):
-    from search.backbones import get_backbone
-    from search.embedding import Embedder
+    from core.backbones import get_backbone
+    from core.embedding import Embedder
     embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."))
     described = embedder.describe(pictures, gallery=role == "worker")
 if role in ("web", "writer"):

@@ -4,7 +4,7 @@
 Separation: the 2,698 photos of ../shared/bench/images plus 50 pictures of kinds the gallery lacks,
 drawn here (line drawings, text screenshots, noise, flat geometric shapes; a mix), all embedded
 with the site's embedder as gallery images (vectors cached, the photos' in the cache of
-``bench/tag_suggestions.py``). The score is ``search.knn_outliers``: the cosine distance to the
+``bench/tag_suggestions.py``). The score is ``core.knn_outliers``: the cosine distance to the
 k-th nearest other image, as a percentile among the gallery's. It reports the ROC AUC of telling
 the 50 from the photos, for several k, two ways:
 
@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.index_scale import mixed  # noqa: E402
 from bench.tag_suggestions import describe_gallery  # noqa: E402
-from search.backbones import descriptor_identity, get_backbone  # noqa: E402
-from search.index import HnswIndex, HnswParams, SnapshotStore  # noqa: E402
-from search.knn_outliers import K, kth_distances, percentile_scores, share_below  # noqa: E402
-from search.reader import Change, IndexReader  # noqa: E402
+from core.backbones import descriptor_identity, get_backbone  # noqa: E402
+from core.index import HnswIndex, HnswParams, SnapshotStore  # noqa: E402
+from core.knn_outliers import K, kth_distances, percentile_scores, share_below  # noqa: E402
+from core.reader import Change, IndexReader  # noqa: E402
 
 KINDS = ("drawing", "text", "noise", "shapes")
 WORDS = ("invoice total due date account settings profile save cancel error warning loading search results "
@@ -87,7 +87,7 @@ def describe_odd(count: int, cache: Path) -> tuple[np.ndarray, list[str]]:
     if cache.exists():
         data = np.load(cache)
         return data["vectors"], list(data["kinds"])
-    from search.embedding import Embedder
+    from core.embedding import Embedder
 
     embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."))
     rng = random.Random(7)

@@ -3,7 +3,7 @@
 
 The hard edits of ../shared/bench/attacks.py are made as copy_detection.py makes them (the same
 seeds, the same 600 picks), and for each screenshot and paste the place where the photo was put
-is noted. ``search.query_views.picture_boxes`` then looks for it: a box found counts when it
+is noted. ``core.query_views.picture_boxes`` then looks for it: a box found counts when it
 overlaps the photo by at least 0.7 (intersection over union), or 0.4. It prints those counts by
 edit and seed, and the median time the function took per query. No Django, no model.
 
@@ -23,7 +23,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from search.query_views import box_overlap, picture_boxes  # noqa: E402
+from core.query_views import box_overlap, picture_boxes  # noqa: E402
 
 PLACED = ("screenshot", "paste")
 

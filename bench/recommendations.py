@@ -3,7 +3,7 @@
 
 For a sample of gallery images, the site's recommendation (``search.recommendations``): the 60
 nearest neighbours, less copies (similarity at or above the edited-copy threshold), picked by
-maximal marginal relevance (``search.mmr``), against the plain 12 nearest. It reports the share of
+maximal marginal relevance (``core.mmr``), against the plain 12 nearest. It reports the share of
 recommendations in the image's category, how alike the 12 are to each other (mean pairwise
 cosine: lower is more varied) and how many of the plain 12 are copies the recommendation leaves out.
 
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.index_scale import mixed  # noqa: E402
 from bench.tag_suggestions import describe_gallery  # noqa: E402
-from search.mmr import CANDIDATES, RECOMMENDED, mmr  # noqa: E402
+from core.mmr import CANDIDATES, RECOMMENDED, mmr  # noqa: E402
 from search.verdicts import CALIBRATED_THRESHOLDS  # noqa: E402
 
 THRESHOLD = next(iter(CALIBRATED_THRESHOLDS.values()))

@@ -2,11 +2,11 @@
 """Re-ranking weights on the copy-detection queries, scored exactly from cached descriptors.
 
 It describes the gallery as the site stores it (each image decoded, re-encoded as the display
-copy, and embedded from that at reduced scale, as a gallery image: see search.backbones.Recipe)
+copy, and embedded from that at reduced scale, as a gallery image: see core.backbones.Recipe)
 and the edited queries of ../shared/bench/copy_detection.py (the same seeds draw the same images and edits; each query
-in the framings a search by picture makes: search.query_views), once, into ``--cache``. Then for
+in the framings a search by picture makes: core.query_views), once, into ``--cache``. Then for
 every setting of ``--candidates``, ``--match-weight`` and ``--coherent-weight`` it searches
-exactly (the best cosine of a query's views), re-ranks the best candidates with search.rerank, and
+exactly (the best cosine of a query's views), re-ranks the best candidates with core.rerank, and
 prints recall@1, recall@10 and category precision@10 per seed. No Django, no database.
 
     .venv/bin/python bench/rerank_weights.py [--seeds 1 2 3] [--candidates 60 100]
@@ -28,16 +28,16 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from gallery.imaging import decode_image, served_copies  # noqa: E402
-from search import rerank  # noqa: E402
-from search.backbones import descriptor_identity, get_backbone  # noqa: E402
-from search.query_views import query_framings  # noqa: E402
+from core import rerank  # noqa: E402
+from core.backbones import descriptor_identity, get_backbone  # noqa: E402
+from core.imaging import decode_image, served_copies  # noqa: E402
+from core.query_views import query_framings  # noqa: E402
 
 UNLIMITED_PIXELS = 10**9
 
 
 def describe_all(bench: Path, seeds: list[int], queries: int, cache: Path) -> None:
-    from search.embedding import Embedder
+    from core.embedding import Embedder
 
     sys.path.insert(0, str(bench))
     from attacks import attack

@@ -29,9 +29,9 @@ from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from search.backbones import descriptor_identity, get_backbone  # noqa: E402
-from search.index import HnswIndex, HnswParams, ObjectSnapshotStore  # noqa: E402
-from search.reader import Change, IndexReader  # noqa: E402
+from core.backbones import descriptor_identity, get_backbone  # noqa: E402
+from core.index import HnswIndex, HnswParams, ObjectSnapshotStore  # noqa: E402
+from core.reader import Change, IndexReader  # noqa: E402
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 

@@ -2,15 +2,15 @@
 """How well tag suggestions work, on ../shared/bench/images with the five folder names as tags. No Django.
 
 Neighbour vote: a random 5% / 20% / 50% of the images keep their folder's name as their tag; every
-other image gets the vote of its nearest tagged images (``search.knn_vote``, the same code the
+other image gets the vote of its nearest tagged images (``core.knn_vote``, the same code the
 site runs) over the gallery vectors the site stores (``gallery=True``). It reports the top-1
 accuracy of the best suggestion, over all untagged images and over those whose best suggestion
 reaches the confidence the site stores (``--min-confidence``, the site's
 TAG_SUGGESTION_MIN_CONFIDENCE), and that coverage: the share of untagged images that get one.
 
 Cold start: the default backbone's ImageNet classifier run on each image's stored feature map
-(``search.imagenet_head``), its classes turned into words through WordNet
-(``search.imagenet_words``); the category is the one of the five whose words score highest
+(``core.imagenet_head``), its classes turned into words through WordNet
+(``core.imagenet_words``); the category is the one of the five whose words score highest
 (apparel: "clothing"; monkey: "monkey", "ape" or "lemur").
 
 Scale (``--scale N``): N synthetic vectors mixed from the real ones (as ``bench/index_scale.py``
@@ -34,8 +34,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.index_scale import mixed  # noqa: E402
-from search.backbones import get_backbone  # noqa: E402
-from search.knn_vote import tag_vote  # noqa: E402
+from core.backbones import get_backbone  # noqa: E402
+from core.knn_vote import tag_vote  # noqa: E402
 
 CATEGORY_WORDS = {"apparel": ("clothing",), "cat": ("cat",), "dog": ("dog",), "monkey": ("monkey", "ape", "lemur"),
                   "squirrel": ("squirrel",)}
@@ -46,7 +46,7 @@ def describe_gallery(images: Path, cache: Path) -> tuple[np.ndarray, np.ndarray,
     if cache.exists():
         data = np.load(cache)
         return data["vectors"], data["local"], list(data["categories"])
-    from search.embedding import Embedder
+    from core.embedding import Embedder
 
     embedder = Embedder(get_backbone("efficientnet_lite0"), weights_dir=Path("."))
     paths = sorted(images.rglob("*.jpg"))
@@ -83,8 +83,8 @@ def vote_accuracy(vectors: np.ndarray, categories: list[str], share: float, seed
 
 
 def cold_start_accuracy(local: np.ndarray, categories: list[str]) -> tuple[float, dict[str, float]]:
-    from search.imagenet_head import ImagenetHead
-    from search.imagenet_words import word_scores
+    from core.imagenet_head import ImagenetHead
+    from core.imagenet_words import word_scores
 
     head = ImagenetHead(get_backbone("efficientnet_lite0"))
     probabilities = np.concatenate([head.probabilities(local[i:i + 128]) for i in range(0, len(local), 128)])

@@ -30,8 +30,8 @@ def main(mode: str) -> None:
     django.setup()
     from PIL import Image
 
+    from core.query_views import query_framings
     from search import runtime
-    from search.query_views import query_framings
 
     picture = Image.open(ROOT.parent / "shared" / "bench" / "images" / "cat" / "cat-0001.jpg").convert("RGB")
     views = [view for pair in query_framings(picture) for view in pair]

@@ -41,7 +41,7 @@ def _prepare_pool_processes(sender: str, instance: WorkController, **kwargs: obj
         # A worker that embeds imports torch once, before it forks: its pool processes then share
         # those pages and none spends seconds importing it on its first task. Only the import:
         # a process that has run torch's thread pools cannot safely fork.
-        import search.embedding  # noqa: F401
+        import core.embedding  # noqa: F401
         os.environ[EMBEDDING_WORKER_ENV] = "1"
 
 

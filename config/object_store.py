@@ -50,7 +50,7 @@ def object_store_client() -> Any:
 @functools.cache
 def snapshot_store_client() -> Any:
     """The client of the index snapshots. A search may wait for its poll of the store, so a store that
-    does not answer costs it seconds, not minutes: short timeouts, one retry (see search.index)."""
+    does not answer costs it seconds, not minutes: short timeouts, one retry (see core.index)."""
     import boto3
 
     config = object_store_config(connect_timeout=2, read_timeout=20,

@@ -17,13 +17,13 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
+from core.knn_outliers import K
 from gallery import services
 from gallery.models import DuplicateGroup, Image, ImageAwaitingApproval, OutlierScore, Tag, TagSuggestion
 from jobs.models import Job
 from search import clusters, duplicates, outliers, tag_suggestions
 from search import selectors as search_selectors
 from search import services as search_services
-from search.knn_outliers import K
 from search.models import Embedding
 
 DUPLICATE_GROUPS_PER_PAGE = 20

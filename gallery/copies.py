@@ -22,7 +22,7 @@ from django.db import transaction
 from PIL.Image import Image as Picture
 
 from config.object_store import STORE_ERRORS
-from gallery.imaging import (
+from core.imaging import (
     DISPLAY_MAX_SIDE,
     THUMBNAIL_MAX_SIDE,
     THUMBNAIL_QUALITY,
@@ -58,7 +58,7 @@ class DecodedBatch:
 
 
 class DeviceDecoder(Protocol):
-    """An embedder that decodes JPEGs on its device (``search.embedding.Embedder``)."""
+    """An embedder that decodes JPEGs on its device (``core.embedding.Embedder``)."""
     device: torch.device
 
     def decode_jpegs(self, blobs: Sequence[bytes], orientations: Sequence[int] = ()) -> list[torch.Tensor]: ...
@@ -140,7 +140,7 @@ def _decode_on_device(jpegs: list[Image], decoder: DeviceDecoder) -> list[torch.
 
 
 def _encoded_on_device(pictures: list[tuple[int, torch.Tensor]]) -> dict[int, bytes]:
-    from search.embedding import encode_jpegs
+    from core.embedding import encode_jpegs
 
     encoded = encode_jpegs([pixels for _, pixels in pictures], max_side=THUMBNAIL_MAX_SIDE,
                            quality=THUMBNAIL_QUALITY)

@@ -160,7 +160,7 @@ class CopyNotice(models.Model):
 
 
 class OutlierScore(models.Model):
-    """How unusual an image is among the gallery's vectors (``search.knn_outliers``), for staff only:
+    """How unusual an image is among the gallery's vectors (``core.knn_outliers``), for staff only:
     the distance to its K-th nearest other image, and that distance's percentile in the gallery."""
 
     image = models.OneToOneField(Image, on_delete=models.CASCADE, primary_key=True, related_name="outlier_score")
@@ -184,7 +184,7 @@ class Clustering(models.Model):
     # The vectors' backbone and version: new uploads join its clusters only while the index uses them.
     backbone = models.CharField(max_length=64)
     backbone_version = models.CharField(max_length=128)
-    # The mean of the vectors clustered (float32), which every vector is centred on (search.kmeans).
+    # The mean of the vectors clustered (float32), which every vector is centred on (core.kmeans).
     mean = models.BinaryField(default=b"")
     created_at = models.DateTimeField(auto_now_add=True)
     # Set when it was put in service.

@@ -25,8 +25,8 @@ from django.db.models import Count, Sum
 from django.template.defaultfilters import filesizeformat
 
 from config.object_store import STORE_ERRORS
+from core.imaging import ImageRejected, read_header
 from gallery.copies import delete_files
-from gallery.imaging import ImageRejected, read_header
 from gallery.models import Image, Tag
 from gallery.selectors import image_list_visible
 from gallery.unfinished import unfinished_clear, unfinished_mark

@@ -15,10 +15,10 @@ from django.utils.html import format_html
 from django.utils.timesince import timeuntil
 from django.views.decorators.http import require_POST
 
+from core.backbones import BACKBONES
 from jobs import services
 from jobs.models import Job
 from search import generations
-from search.backbones import BACKBONES
 from search.health import index_health
 from search.reindex import ReindexRefused, reindex_start
 from search.upkeep import upkeep_now

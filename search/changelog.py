@@ -8,9 +8,9 @@ from collections.abc import Collection, Iterable
 import numpy as np
 from django.db import connection
 
-from search.identity import IndexIdentity
+from core.identity import IndexIdentity
+from core.reader import Change
 from search.models import Embedding, IndexChange
-from search.reader import Change
 
 log = logging.getLogger(__name__)
 

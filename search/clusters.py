@@ -1,4 +1,4 @@
-"""Browse by look: the gallery grouped into clusters of alike images (``search.kmeans``), for the
+"""Browse by look: the gallery grouped into clusters of alike images (``core.kmeans``), for the
 "Browse" page.
 
 A background job (admin, "Group by look"; and Celery beat every ``LOOKALIKE_CLUSTER_INTERVAL``)
@@ -28,13 +28,14 @@ from django.db.models import Count, F, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
+from core import kmeans
+from core.identity import IndexIdentity
 from gallery import selectors as gallery_selectors
 from gallery.models import Cluster, Clustering, ClusterMember, Image
 from jobs import services as job_services
 from jobs.models import Job
 from jobs.services import JobRun
-from search import changelog, kmeans, runtime
-from search.identity import IndexIdentity
+from search import changelog, runtime
 from search.models import Embedding
 
 log = logging.getLogger(__name__)

@@ -14,11 +14,11 @@ from collections.abc import Callable
 import numpy as np
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
+from core.identity import IndexIdentity
 from gallery import selectors as gallery_selectors
 from gallery.models import CopyNotice, DuplicateGroup, Image
 from search import runtime, verdicts
 from search.duplicates import EXACT_SIMILARITY
-from search.identity import IndexIdentity
 
 # (original id, similarity) per upload found to be a copy
 Found = dict[int, tuple[int, float]]

@@ -13,13 +13,13 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from core.index import SnapshotCorrupt
 from gallery import services as gallery_services
 from gallery.models import DuplicateGroup, Image
 from jobs import services as job_services
 from jobs.models import Job
 from jobs.services import JobRun
 from search import changelog, runtime
-from search.index import SnapshotCorrupt
 
 # Neighbours looked at per image: a group larger than this is still joined through its members.
 NEIGHBOURS = 16

@@ -20,9 +20,9 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 from config.object_store import object_store_configured, snapshot_store_client
-from search.backbones import descriptor_identity, get_backbone
-from search.identity import IndexIdentity
-from search.index import HnswParams, ObjectSnapshotStore, Snapshots, SnapshotStore
+from core.backbones import descriptor_identity, get_backbone
+from core.identity import IndexIdentity
+from core.index import HnswParams, ObjectSnapshotStore, Snapshots, SnapshotStore
 from search.models import ActiveGeneration
 
 # Where the generations' snapshots live in the bucket, each under "<prefix><name>/".

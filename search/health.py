@@ -9,10 +9,10 @@ import numpy as np
 from django.conf import settings
 from django.utils import timezone
 
+from core.identity import IndexIdentity
+from core.index import HnswIndex, SnapshotCorrupt, SnapshotUnavailable, exact_search
 from jobs.models import Job
 from search import changelog, generations, latency
-from search.identity import IndexIdentity
-from search.index import HnswIndex, SnapshotCorrupt, SnapshotUnavailable, exact_search
 from search.models import Embedding, IndexChange
 
 RECALL_K = 10

@@ -4,8 +4,8 @@ import numpy as np
 from django.db import models
 from django.db.models import Q
 
+from core.identity import IndexIdentity
 from gallery.models import Image
-from search.identity import IndexIdentity
 
 
 class EmbeddingQuerySet(models.QuerySet["Embedding"]):
@@ -29,7 +29,7 @@ class Embedding(models.Model):
     dim = models.PositiveIntegerField()
     vector = models.BinaryField()
     # A feature map of the image (Backbone.local_depth says which), positions x channels in
-    # float16, for re-ranking the best candidates of a search (search.rerank).
+    # float16, for re-ranking the best candidates of a search (core.rerank).
     local_features = models.BinaryField(default=b"")
     # The backbone's ImageNet classifier's best words for the image, [[word, score], ...] best first
     # (search.tag_suggestions.classifier_words); empty for a backbone without one.

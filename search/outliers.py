@@ -1,4 +1,4 @@
-"""Unusual uploads: each image's outlier score (``search.knn_outliers``), shown to staff in the admin.
+"""Unusual uploads: each image's outlier score (``core.knn_outliers``), shown to staff in the admin.
 
 A new image is scored in the embedding worker, with the vectors it has just made, against the
 indexed images and the distances the gallery's scores were made from (one index query and two
@@ -20,14 +20,14 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.utils import timezone
 
+from core.identity import IndexIdentity
+from core.knn_outliers import BATCH, kth_distances, percentile_scores, share_below
 from gallery.models import Image, OutlierScore
 from jobs import services as job_services
 from jobs.models import Job
 from jobs.services import JobRun
 from search import changelog, runtime
 from search.copy_notices import indexed_apart_from
-from search.identity import IndexIdentity
-from search.knn_outliers import BATCH, kth_distances, percentile_scores, share_below
 
 log = logging.getLogger(__name__)
 

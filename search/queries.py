@@ -21,14 +21,14 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from PIL.Image import Image as PILImage
 
 from config.request_body import FORM_OVERHEAD_BYTES
+from core.backbones import WeightsMissing
+from core.fetch import FetchLimits, FetchRefused, fetch_slot, fetch_url
+from core.imaging import ImageRejected, decode_image
 from gallery import selectors as gallery_selectors
 from gallery.copies import image_picture
-from gallery.imaging import ImageRejected, decode_image
 from gallery.models import Image
 from gallery.services import read_limited
 from search import runtime, selectors, verdicts
-from search.backbones import WeightsMissing
-from search.fetch import FetchLimits, FetchRefused, fetch_slot, fetch_url
 from search.selectors import SearchFilters
 
 __all__ = ["Box", "Query", "QueryError", "Result", "SearchFilters", "SearchOutcome", "SearchParams",
@@ -261,7 +261,7 @@ def query_from_upload(*, source: BinaryIO) -> Query:
 
 
 def query_from_url(*, url: str) -> Query:
-    """A query picture the server fetches (see ``search.fetch`` for what it refuses)."""
+    """A query picture the server fetches (see ``core.fetch`` for what it refuses)."""
     if not isinstance(url, str) or not url.strip():
         raise QueryError("invalid_url", "Give the address of a picture, starting with http:// or https://.")
     allowed = [ipaddress.ip_network(network, strict=False) for network in settings.LOOKALIKE_URL_FETCH_ALLOWED_NETWORKS]

@@ -4,7 +4,7 @@ Candidates are the nearest neighbours in the index among the images the viewer m
 and not hidden; ``gallery.selectors.image_list_visible``). Copies are left out, as the verdicts of
 search call them: the same file (same SHA-256), or a similarity at or above the edited-copy
 threshold (``search.verdicts``). The rest are picked by maximal marginal relevance
-(``search.mmr``), so that the list is varied rather than one picture many times.
+(``core.mmr``), so that the list is varied rather than one picture many times.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
+from core.mmr import CANDIDATES, RECOMMENDED, mmr
 from gallery import selectors as gallery_selectors
 from gallery.models import Image
 from search import changelog, runtime, verdicts
-from search.mmr import CANDIDATES, RECOMMENDED, mmr
 
 # Recent uploads that "More like your uploads" starts from.
 SOURCE_UPLOADS = 8

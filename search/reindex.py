@@ -34,16 +34,16 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 
+from core.backbones import get_backbone
+from core.index import HnswIndex, SnapshotCorrupt, SnapshotStore
+from core.reader import resolve_changes
 from gallery.models import Image
 from jobs import services as job_services
 from jobs.models import Job
 from jobs.services import JobRun, JobStopped
 from search import changelog, generations, runtime
-from search.backbones import get_backbone
 from search.generations import Generation
-from search.index import HnswIndex, SnapshotCorrupt, SnapshotStore
 from search.models import Embedding, IndexChange
-from search.reader import resolve_changes
 from search.services import (
     embeddings_store,
     images_embed_with,

@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
+from core.backbones import get_backbone
+from core.identity import IndexIdentity
+from core.index import HnswParams, Snapshots
+from core.reader import IndexReader
 from search import generations
-from search.backbones import get_backbone
 from search.changelog import DatabaseChangeSource
-from search.identity import IndexIdentity
-from search.index import HnswParams, Snapshots
-from search.reader import IndexReader
 
 if TYPE_CHECKING:
-    from search.embedding import Embedder
+    from core.embedding import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def embedder_for(backbone: str) -> Embedder:
     # torch is imported here, by the processes that embed, and by no other.
     import torch
 
-    from search.embedding import Embedder
+    from core.embedding import Embedder
 
     if processes := int(os.environ.get(WORKER_PROCESSES_ENV) or 0):
         # A worker's processes share the cores: torch's default of one thread per core in

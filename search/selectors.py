@@ -13,24 +13,25 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 from PIL.Image import Image as PILImage
 
+from core import crop_match, rerank
+from core.backbones import Backbone
+from core.identity import IndexIdentity
+from core.index import exact_search
+from core.query_views import query_framings, second_look_views
+from core.reader import Hit, IndexReader
 from gallery import selectors as gallery_selectors
 from gallery.models import Image
-from search import changelog, crop_match, generations, latency, rerank, runtime
-from search.backbones import Backbone
-from search.identity import IndexIdentity
-from search.index import exact_search
+from search import changelog, generations, latency, runtime
 from search.models import Embedding, local_features_array
-from search.query_views import query_framings, second_look_views
-from search.reader import Hit, IndexReader
 
 if TYPE_CHECKING:  # torch is imported by the processes that embed only (search.runtime)
-    from search.embedding import Embedder
+    from core.embedding import Embedder
 
 # A filter that leaves at most this many images is answered by exact search over their stored
 # vectors: over-fetching from HNSW would have to read most of the index to find them.
 EXACT_SEARCH_MAX_CANDIDATES = 5000
 # A query whose framings found no image with at least this cosine gets a second look
-# (``search.query_views.second_look_views``): just under the default model's "edited copy"
+# (``core.query_views.second_look_views``): just under the default model's "edited copy"
 # threshold (0.94, ``search.verdicts``), since a query that search already calls an edited copy of
 # an image needs none, and a search with a gallery image's own file (a cosine of about 0.98) costs
 # no more. On the hard edits of the copy-detection benchmark (seed 1) 0.93 found the same
@@ -45,7 +46,7 @@ SECOND_LOOK_BELOW = 0.93
 # (docs/benchmarks.md).
 SECOND_LOOK_MARGIN = 0.04
 # A query that gets a second look is also checked for being a heavy crop of one of this many of its
-# best candidates (``search.crop_match``): of the copy-detection benchmark's heavy crops that search
+# best candidates (``core.crop_match``): of the copy-detection benchmark's heavy crops that search
 # missed (seed 1), 18 of 20 had their original among the first look's best 25, and checking 50 let
 # another image stand out in a query of the default edits (docs/benchmarks.md).
 CROP_CANDIDATES = 30
@@ -213,15 +214,15 @@ def _stored_local_descriptors(image_ids: set[int], identity: IndexIdentity, back
 def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilters = SearchFilters(),
                         reader: IndexReader | None = None, timings: SearchTimings | None = None
                         ) -> list[list[SimilarImage]]:
-    """Search with decoded pictures (see ``gallery.imaging.decode_image``), one result list each.
+    """Search with decoded pictures (see ``core.imaging.decode_image``), one result list each.
 
-    Each picture is searched in its framings (``search.query_views``: the whole picture and the
+    Each picture is searched in its framings (``core.query_views``: the whole picture and the
     inside of a plain frame), each with its mirror image, keeping an image's best cosine. A
     picture whose framings found no image closer than ``SECOND_LOOK_BELOW`` is searched again in
     its second-look views (its quarter turns and the pictures inside it), each a framing of its
     own, when ``LOOKALIKE_SEARCH_SECOND_LOOK`` is on; they count only if one of them found an image
     closer by ``SECOND_LOOK_MARGIN`` than the framings did. The best candidates are then re-ranked by
-    matching feature-map positions (``search.rerank``) with the framing that found the closest
+    matching feature-map positions (``core.rerank``) with the framing that found the closest
     image; after a second look, the image the picture is a heavy crop of goes first
     (``_cropped_from_first``). Each result's match is its cosine raised to the best cosine ranked
     below it.
@@ -270,7 +271,7 @@ def similar_to_pictures(pictures: list[PILImage], *, k: int, filters: SearchFilt
 def _cropped_from_first(head: list[tuple[int, float]], best: list[tuple[int, float]], *,
                         query_maps: list[np.ndarray], local_of: dict[int, np.ndarray]) -> list[tuple[int, float]]:
     """``head`` with the image the query was cut from first, when one of the ``best`` candidates
-    clearly is that image (``search.crop_match``; ``query_maps``: the query's unit local
+    clearly is that image (``core.crop_match``; ``query_maps``: the query's unit local
     descriptors at ``crop_match.crop_sides``); as it was otherwise."""
     candidates = [image_id for image_id, _ in best if image_id in local_of]
     if not candidates:

@@ -1,7 +1,7 @@
 """Writes of the search app: embedding images, and keeping the index in step with the database.
 
 ``image_embed`` stores vectors and appends to the change log; ``index_sync`` is the one writer
-that applies the log to the HNSW index and publishes snapshots (see ``search.index``).
+that applies the log to the HNSW index and publishes snapshots (see ``core.index``).
 """
 from __future__ import annotations
 
@@ -23,21 +23,21 @@ from PIL.Image import Image as PILImage
 from psycopg.types.json import Jsonb
 
 from config.celery import in_embedding_worker
+from core.backbones import WeightsMissing
+from core.identity import IndexIdentity
+from core.imaging import DISPLAY_MAX_SIDE, DISPLAY_QUALITY, ImageRejected, display_jpeg_pixels
+from core.index import HnswIndex, IndexMismatch, SnapshotCorrupt, SnapshotMeta, Snapshots, SnapshotUnavailable
+from core.reader import resolve_changes
 from gallery import copies
-from gallery.imaging import DISPLAY_MAX_SIDE, DISPLAY_QUALITY, ImageRejected, display_jpeg_pixels
 from gallery.models import Image
 from search import changelog, clusters, copy_notices, generations, outliers, runtime
-from search.backbones import WeightsMissing
-from search.identity import IndexIdentity
-from search.index import HnswIndex, IndexMismatch, SnapshotCorrupt, SnapshotMeta, Snapshots, SnapshotUnavailable
 from search.models import Embedding, IndexChange
-from search.reader import resolve_changes
 from search.tag_suggestions import classifier_words, queue_tag_suggestions
 
 if TYPE_CHECKING:
     import torch
 
-    from search.embedding import Descriptors, Embedder
+    from core.embedding import Descriptors, Embedder
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def describe_pictures(*, embedder: Embedder, pictures: dict[int, PILImage | torc
     by_pillow = {image_id: p for image_id, p in pictures.items() if isinstance(p, PILImage)}
     described: Described = {}
     if on_device:
-        from search.embedding import encode_jpegs  # torch, which only a process that embeds loads
+        from core.embedding import encode_jpegs  # torch, which only a process that embeds loads
 
         encoded = encode_jpegs(list(on_device.values()), max_side=DISPLAY_MAX_SIDE, quality=DISPLAY_QUALITY)
         described |= _by_image(list(on_device), embedder.describe_decoded(embedder.decode_jpegs(encoded),

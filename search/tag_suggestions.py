@@ -1,11 +1,11 @@
-"""Tag suggestions: each image's most similar tagged images vote for their tags (``search.knn_vote``).
+"""Tag suggestions: each image's most similar tagged images vote for their tags (``core.knn_vote``).
 
 Only images the image's owner may see vote (``gallery.selectors.image_list_visible``), so a hidden
 or another user's private image never lends its tags, and staff who review suggestions see where
 each came from. While nothing such an image could learn from is tagged, the default backbone's
-ImageNet classifier offers broad words instead (``search.imagenet_words``): the embedding's forward
+ImageNet classifier offers broad words instead (``core.imagenet_words``): the embedding's forward
 pass classifies each image and stores its words with the vector (``classifier_words``); for an image
-embedded before that was so, the classifier runs from the stored feature map (``search.imagenet_head``).
+embedded before that was so, the classifier runs from the stored feature map (``core.imagenet_head``).
 
 Suggestions are made for new images as soon as they are embedded (the ``search.suggest_tags``
 task) and for the whole gallery by a background job (admin, or ``manage.py suggest_tags``), which
@@ -26,18 +26,18 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.db.models import F, QuerySet
 
+from core.backbones import get_backbone
+from core.identity import IndexIdentity
+from core.index import exact_search
+from core.knn_vote import VOTERS, tag_vote
+from core.reader import IndexReader
 from gallery import selectors as gallery_selectors
 from gallery.models import Image, Tag, TagSuggestion
 from jobs import services as job_services
 from jobs.models import Job
 from jobs.services import JobRun
 from search import changelog, runtime
-from search.backbones import get_backbone
-from search.identity import IndexIdentity
-from search.index import exact_search
-from search.knn_vote import VOTERS, tag_vote
 from search.models import Embedding, local_features_array
-from search.reader import IndexReader
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def classifier_words(probabilities: np.ndarray) -> list[list[tuple[str, float]]]
     """The words stored with each image's vector from its class probabilities: the best
     ``MOST_SUGGESTIONS`` whatever their score, so that the confidence setting, applied when
     suggesting, finds what the classifier would give then."""
-    from search.imagenet_words import words_for
+    from core.imagenet_words import words_for
 
     return words_for(probabilities, min_score=0.0, most=MOST_SUGGESTIONS)
 
@@ -119,7 +119,7 @@ def classifier_words(probabilities: np.ndarray) -> list[list[tuple[str, float]]]
 @functools.cache
 def _classifier() -> Callable[[np.ndarray], np.ndarray] | None:
     """The backbone's ImageNet classifier over stored feature maps, or None when it has none."""
-    from search.imagenet_head import HeadUnavailable, ImagenetHead
+    from core.imagenet_head import HeadUnavailable, ImagenetHead
 
     try:
         head = ImagenetHead(get_backbone(runtime.index_identity().backbone))
@@ -147,7 +147,7 @@ def _cold_start_from_maps(image_ids: list[int], identity: IndexIdentity) -> dict
     classify = _classifier()
     if classify is None or not image_ids:
         return {}
-    from search.imagenet_words import words_for
+    from core.imagenet_words import words_for
 
     width = get_backbone(identity.backbone).local_width
     maps = dict(Embedding.objects.of(identity).filter(image_id__in=image_ids)

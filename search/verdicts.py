@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from search.identity import IndexIdentity
+from core.identity import IndexIdentity
 
 SAME_FILE = "same_file"
 EDITED_COPY = "edited_copy"
@@ -18,7 +18,7 @@ SIMILAR = "similar"
 
 # descriptor (backbone, version) -> similarity threshold, from bench/calibrate_verdicts.py
 CALIBRATED_THRESHOLDS: dict[tuple[str, str], float] = {
-    # 1,800 queries (seeds 1-3), each searched with its views (search.query_views): 13.5% of
+    # 1,800 queries (seeds 1-3), each searched with its views (core.query_views): 13.5% of
     # true originals reach it, 1.0% of best unrelated matches do. Over the hard edits as well
     # (3,600 queries, bench/calibrate_verdicts.py): 18.6% and 1.0%, with the pictures inside a
     # query found by colour edges (15.8% and 0.9% before).

@@ -13,8 +13,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from api.ratelimit import RateLimited, rate_limit_hit
 from config.request_body import max_body, too_large_message
+from core.imaging import encode_jpeg
 from gallery.access import viewer_required
-from gallery.imaging import encode_jpeg
 from gallery.services import UploadResult, clean_original_name, image_upload
 from search import queries
 from search.queries import QueryError

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +20,13 @@ from django.db import DatabaseError
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 
+from core.index import ObjectSnapshotStore, Snapshots, SnapshotStore
 from gallery import copies
 from gallery.models import Image
 from gallery.services import image_upload
 from search import services as search_services
 from tests import images
+from tests.snapshot_stores import STORE_KINDS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 S3_SETTINGS = ("LOOKALIKE_S3_BUCKET", "LOOKALIKE_S3_ENDPOINT_URL", "LOOKALIKE_S3_REGION", "LOOKALIKE_S3_ACCESS_KEY_ID",
@@ -502,3 +504,21 @@ def media_worker(media_storage, celery_worker_process, transactional_db, clean_i
     yield worker
     worker.stop()
     worker.start(LOOKALIKE_S3_BUCKET="")
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_store(request, store_kind, tmp_path) -> Callable[..., Snapshots]:
+    """Makes the store of one index as a process on ``host`` sees it: on the gateway, each host has
+    its own cache folder; a local folder is one machine's, whatever the host."""
+    if store_kind == "local":
+        return lambda host="a": SnapshotStore(tmp_path / "index")
+    bucket = request.getfixturevalue("s3_bucket")
+    from config.object_store import snapshot_store_client
+
+    return lambda host="a": ObjectSnapshotStore(snapshot_store_client(), bucket, "index/g1/",
+                                                tmp_path / f"cache-{host}")

@@ -15,11 +15,11 @@ from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
 
+from core.index import HnswParams, SnapshotStore
 from gallery import services as gallery_services
 from gallery.models import Image
 from search import runtime
 from search.changelog import last_seq
-from search.index import HnswParams, SnapshotStore
 from search.models import Embedding
 from search.tasks import embed_image
 from tests import images
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from search.identity import IndexIdentity
-from search.index import HnswIndex, HnswParams, SnapshotStore
+from core.identity import IndexIdentity
+from core.index import HnswIndex, HnswParams, SnapshotStore
 
 vectors = np.random.default_rng(int(sys.argv[2])).normal(size=(4000, 64)).astype(np.float32)
 vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -327,7 +327,7 @@ LOOKALIKE_STUCK_AFTER_SECONDS = env_int("LOOKALIKE_STUCK_AFTER_SECONDS", 1800, m
 LOOKALIKE_JOB_STALL_SECONDS = env_int("LOOKALIKE_JOB_STALL_SECONDS", 600, minimum=1)
 LOOKALIKE_UPKEEP_INTERVAL = env_float("LOOKALIKE_UPKEEP_INTERVAL", 300.0, minimum=1.0)
 LOOKALIKE_MODERATION = env_bool("LOOKALIKE_MODERATION", False)
-# Uploads whose outlier score (0 to 100, search/knn_outliers.py) is at or above this are held for
+# Uploads whose outlier score (0 to 100, core/knn_outliers.py) is at or above this are held for
 # moderation as with LOOKALIKE_MODERATION; unset: none are.
 LOOKALIKE_MODERATION_OUTLIER_SCORE = env_optional_float("LOOKALIKE_MODERATION_OUTLIER_SCORE", minimum=0.0,
                                                         maximum=100.0)

@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from api.openapi import openapi_description
 from api.services import api_token_create
-from search.fetch import fetch_slot
+from core.fetch import fetch_slot
 from search.models import Embedding
 from tests import images
 from tests.api.conftest import bearer, indexed

@@ -5,9 +5,9 @@ import json
 import pytest
 from django.utils import timezone
 
+from core.fetch import fetch_slot
 from gallery.models import Image, Tag
 from gallery.services import image_delete
-from search.fetch import fetch_slot
 from search.models import Embedding
 from tests import images
 from tests.api.conftest import bearer

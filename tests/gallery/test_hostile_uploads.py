@@ -14,16 +14,16 @@ from django.urls import reverse
 from PIL import Image as PILImage
 from PIL import PngImagePlugin
 
+from core.imaging import MAX_FRAMES, ImageRejected, decode_image
 from gallery import views
 from gallery.copies import images_make_display_copies as make_display_copies
-from gallery.imaging import MAX_FRAMES, ImageRejected, decode_image
 from gallery.models import Image
 from gallery.services import image_upload, images_reembed
 from search.models import Embedding, IndexChange
 from search.services import image_embed
 from tests import images
 from tests.conftest import PROJECT_ROOT, media_files, store_indexed, upload_file
-from tests.gallery.test_fuzz_decode import SITE_REFUSALS
+from tests.core.test_fuzz_decode import SITE_REFUSALS
 
 HOSTILE = images.BENCH_IMAGES.parent / "hostile"
 GENERATED_NAME = re.compile(r"^(originals|display|thumbs)/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{32}\.[a-z]{3,4}$")
@@ -158,7 +158,7 @@ class TestBombsStayBounded:
             "import resource, sys\n"
             "from pathlib import Path\n"
             "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
-            "from gallery.imaging import ImageRejected, decode_image\n"
+            "from core.imaging import ImageRejected, decode_image\n"
             "for path in sorted(Path(sys.argv[1]).iterdir()):\n"
             "    try:\n"
             "        decode_image(path.read_bytes(), max_pixels=60_000_000)\n"

@@ -3,11 +3,12 @@ joining the nearest cluster when they are embedded."""
 import numpy as np
 import pytest
 
+from core import kmeans
+from core.identity import IndexIdentity
 from gallery.models import Cluster, Clustering, ClusterMember, Image
 from jobs import services as job_services
 from jobs.models import Job
-from search import clusters, kmeans, runtime
-from search.identity import IndexIdentity
+from search import clusters, runtime
 from search.models import Embedding
 from search.tasks import cluster_gallery
 from tests import images

@@ -4,9 +4,9 @@ import json
 import numpy as np
 from django.core.management import call_command
 
+from core.index import HnswIndex
 from search import changelog, runtime, selectors, services
 from search.health import index_health
-from search.index import HnswIndex
 from search.models import Embedding
 from tests import images
 from tests.conftest import store_indexed

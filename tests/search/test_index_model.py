@@ -18,18 +18,18 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from core.index import HnswIndex, SnapshotCorrupt, SnapshotStore
+from core.reader import IndexReader, resolve_changes
 from gallery.models import Image
 from gallery.services import image_delete
 from jobs import services as job_services
 from jobs.models import Job
 from search import generations, reindex, runtime, selectors, services
-from search.index import HnswIndex, SnapshotCorrupt, SnapshotStore
 from search.models import Embedding, IndexChange
-from search.reader import IndexReader, resolve_changes
 from tests import images
 from tests.conftest import empty_index_folder, store
-from tests.search.test_index import IDENTITY, PARAMS
-from tests.search.test_reader import MemorySource
+from tests.core.test_index import IDENTITY, PARAMS
+from tests.core.test_reader import MemorySource
 from tests.search.test_reindex import second_backbone  # noqa: F401  (a fixture the test below uses)
 
 image_ids = st.integers(1, 8)

@@ -13,12 +13,12 @@ import pytest
 from botocore.config import Config
 
 from config.object_store import snapshot_store_client
-from search.index import ObjectSnapshotStore, SnapshotUnavailable
-from search.reader import IndexReader
+from core.index import ObjectSnapshotStore, SnapshotUnavailable
+from core.reader import IndexReader
 from tests.conftest import wait_for
-from tests.search.conftest import cached_ids, damage, published_ids
-from tests.search.test_index import IDENTITY, PARAMS, unit_vectors
-from tests.search.test_reader import MemorySource, everything, top_ids
+from tests.core.test_index import IDENTITY, PARAMS, unit_vectors
+from tests.core.test_reader import MemorySource, everything, top_ids
+from tests.snapshot_stores import cached_ids, damage, published_ids
 
 
 @pytest.fixture

@@ -10,10 +10,11 @@ from django.db import transaction
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont
 
+from core import knn_outliers
 from gallery.models import Image, OutlierScore
 from jobs import services as job_services
 from jobs.models import Job
-from search import changelog, knn_outliers, outliers, runtime
+from search import changelog, outliers, runtime
 from search.models import IndexChange
 from search.services import ImageDescriptors, embeddings_store
 from tests import images

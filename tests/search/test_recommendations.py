@@ -3,9 +3,9 @@ copies, varied, and only what the viewer may see."""
 import numpy as np
 import pytest
 
+from core.mmr import mmr
 from gallery.models import Image
 from search import recommendations
-from search.mmr import mmr
 from tests import images
 from tests.conftest import store_indexed
 

@@ -6,12 +6,12 @@ from torchvision import models
 from torchvision.transforms.functional import to_tensor
 
 from config.object_store import object_store_configured, snapshot_store_client
+from core.backbones import get_backbone
 from gallery.models import Image
 from gallery.services import image_delete
 from jobs import services as job_services
 from jobs.models import Job
 from search import changelog, generations, reindex, runtime, selectors, services
-from search.backbones import get_backbone
 from search.models import Embedding
 from tests import images
 from tests.conftest import store, store_indexed

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from django.db import connection
 
+from core.backbones import get_backbone
 from gallery.models import Image
 from jobs import services as job_services
 from jobs.models import Job
 from search import generations, reindex, runtime, selectors, services
-from search.backbones import get_backbone
 from search.models import Embedding
 from tests import images
 from tests.conftest import store, wait_for

@@ -32,3 +32,24 @@ def test_a_web_process_loads_the_model_in_the_background_once_it_serves(db):
     assert done.returncode == 0, done.stderr
     assert "answering while loading: True" in done.stdout
     assert LOADED in done.stderr, done.stderr
+
+
+WHAT_A_PROCESS_LOADS = """
+import sys
+
+import django
+
+django.setup()
+import gallery.services, search.queries, search.runtime, search.selectors, search.services, search.tasks
+
+print(search.runtime.index_identity().describe())
+print("torch" in sys.modules)
+"""
+
+
+def test_the_site_starts_and_knows_its_index_without_loading_torch():
+    done = subprocess.run([sys.executable, "-c", WHAT_A_PROCESS_LOADS], cwd=PROJECT_ROOT, env=process_env(),
+                          capture_output=True, text=True, check=True)
+    identity, torch_loaded = done.stdout.split("\n")[:2]
+    assert "efficientnet_lite0" in identity
+    assert torch_loaded == "False", "the index writer, the import command and a web process start without torch"

@@ -6,12 +6,13 @@ import pytest
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from search import generations, rerank, runtime, selectors
+from core import rerank
+from search import generations, runtime, selectors
 from search.models import Embedding
 from search.selectors import SearchUnavailable, _with_matches, similar_to_pictures, similar_to_vectors
 from tests import images
 from tests.conftest import store_indexed
-from tests.search.test_query_views import pasted, screenshot
+from tests.core.test_query_views import pasted, screenshot
 
 
 def test_a_candidate_whose_stored_map_has_another_shape_keeps_its_cosine(db, clean_index):

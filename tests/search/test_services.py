@@ -16,20 +16,20 @@ from django.db import connection, transaction
 from django.utils import timezone
 from PIL import Image as PILImage
 
+from core.embedding import Embedder
+from core.identity import IndexIdentity
+from core.imaging import decode_image, display_jpeg_pixels
+from core.index import HnswIndex, IndexMismatch
 from gallery import services as gallery_services
-from gallery.imaging import decode_image, display_jpeg_pixels
 from gallery.models import Image
 from gallery.services import image_delete
 from search import generations, runtime, selectors, services
 from search.changelog import last_seq, record_changes
-from search.embedding import Embedder
-from search.identity import IndexIdentity
-from search.index import HnswIndex, IndexMismatch
 from search.models import Embedding, IndexChange, local_features_array
 from search.services import ImageDescriptors
 from tests import images
 from tests.conftest import PROJECT_ROOT, process_env, store, store_indexed, wait_for
-from tests.search.conftest import damage
+from tests.snapshot_stores import damage
 
 
 class TestImageEmbed:

@@ -8,10 +8,10 @@ from django.utils import timezone
 from PIL import Image as PILImage
 from PIL import ImageOps
 
+from core.fetch import fetch_slot
 from gallery.models import Image, Tag
 from gallery.services import image_delete
 from search import services
-from search.fetch import fetch_slot
 from tests import images
 from tests.conftest import store, store_indexed, upload_file
 

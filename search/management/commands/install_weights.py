@@ -3,9 +3,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from core.backbones import BACKBONES
+from core.embedding import WeightsRejected, install_weights
 from search import runtime
-from search.backbones import BACKBONES
-from search.embedding import WeightsRejected, install_weights
 
 
 class Command(BaseCommand):

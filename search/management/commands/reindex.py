@@ -1,9 +1,9 @@
 """python manage.py reindex [--backbone NAME] [--m M] [--ef-construction E] [--wait]"""
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from core.backbones import BACKBONES
 from jobs.management.commands.wait_job import wait_and_report
 from jobs.models import Job
-from search.backbones import BACKBONES
 from search.reindex import DEFAULT_BATCH_SIZE, ReindexRefused, reindex_start
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gallery.imaging import ImageRejected, decode_image
+from core.imaging import ImageRejected, decode_image
 from gallery.services import read_limited
 from search import runtime, selectors
 

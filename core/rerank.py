@@ -50,7 +50,8 @@ def local_descriptors(feature_map: np.ndarray, *, signed: bool) -> np.ndarray:
     if signed:
         x = np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], axis=1)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    normalised: np.ndarray = x / np.maximum(norms, 1e-12)
+    return normalised
 
 
 def mutual_matches(query: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +96,8 @@ def _coherent(matched: np.ndarray, target: np.ndarray, side: int) -> np.ndarray:
             there = (slice(None), slice(max(dy, 0), side - max(-dy, 0)), slice(max(dx, 0), side - max(-dx, 0)))
             near = np.maximum(abs(rows[here] - rows[there]), abs(columns[here] - columns[there])) <= COHERENT_REACH
             coherent[here] |= matched[there] & near
-    return coherent & matched
+    kept: np.ndarray = coherent & matched
+    return kept
 
 
 def rerank(candidates: Sequence[tuple[int, float]], *, query_views: Sequence[np.ndarray],

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from search.reader import IndexReader
+from core.reader import IndexReader
 
 # The neighbour whose distance counts; see the module's docstring (bench/outliers.py compares others).
 K = 20

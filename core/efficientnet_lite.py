@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ class Conv2dSame(nn.Conv2d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, **kwargs) -> None:
+                 padding: int = 0, **kwargs: Any) -> None:
         if padding != 0:
             raise ValueError("Conv2dSame computes its own padding")
         symmetric = stride == 1 and kernel_size % 2 == 1
@@ -52,7 +53,7 @@ class Conv2dSame(nn.Conv2d):
         return super().forward(F.pad(x, pads))
 
 
-class _ConvBNAct(ConvNormActivation):
+class _ConvBNAct(ConvNormActivation):  # type: ignore[misc]  # torchvision's ops carry no types
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
                  groups: int = 1, activation: type[nn.Module] | None = nn.ReLU6) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding=0, groups=groups,
@@ -74,7 +75,7 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and in_channels == out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
+        out: torch.Tensor = self.block(x)
         return out + x if self.use_residual else out
 
 
@@ -121,10 +122,12 @@ class EfficientNetLite0(nn.Module):
         self.classifier = nn.Linear(FEATURE_DIM, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        features: torch.Tensor = self.features(x)
+        return features
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).mean(dim=(2, 3)))
+        logits: torch.Tensor = self.classifier(self.features(x).mean(dim=(2, 3)))
+        return logits
 
 
 class IncompatibleWeights(ValueError):

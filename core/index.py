@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import hnswlib
 import numpy as np
 
-from search.identity import IndexIdentity
+from core.identity import IndexIdentity
 
 FORMAT_VERSION = 1
 _INDEX_FILE = "index.hnsw"
@@ -83,7 +83,7 @@ class HnswIndex:
     @property
     def count(self) -> int:
         """Live vectors, not counting the ones marked deleted."""
-        return self._graph.element_count - len(self._deleted)
+        return int(self._graph.element_count) - len(self._deleted)
 
     @property
     def deleted_count(self) -> int:
@@ -91,7 +91,7 @@ class HnswIndex:
 
     @property
     def capacity(self) -> int:
-        return self._graph.max_elements
+        return int(self._graph.max_elements)
 
     def ids(self) -> set[int]:
         return set(self._graph.get_ids_list()) - self._deleted

@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from search import imagenet_words
+from core import imagenet_words
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,8 +5,8 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from search.identity import IndexIdentity
-from search.index import (
+from core.identity import IndexIdentity
+from core.index import (
     HnswIndex,
     HnswParams,
     IndexMismatch,
@@ -14,7 +14,7 @@ from search.index import (
     SnapshotStore,
     exact_search,
 )
-from tests.search.conftest import damage, published_ids, write_pointer
+from tests.snapshot_stores import damage, published_ids, write_pointer
 
 IDENTITY = IndexIdentity("test-backbone", "v1", 16)
 PARAMS = HnswParams(m=8, ef_construction=64, ef_search=32)

@@ -159,7 +159,7 @@ def picture_boxes(picture: Image.Image) -> list[tuple[int, int, int, int]]:
                    (support_rows[bottom, right] - support_rows[bottom, left]) / (right - left),
                    (support_columns[left, bottom] - support_columns[left, top]) / (bottom - top),
                    (support_columns[right, bottom] - support_columns[right, top]) / (bottom - top))
-        return (right - left) * (bottom - top) * edge ** EDGE_RANK_POWER
+        return float((right - left) * (bottom - top) * edge ** EDGE_RANK_POWER)
 
     boxes = sorted((box for box in found if (box[2] - box[0]) * (box[3] - box[1]) <= MAX_BOX_AREA * width * height),
                    key=rank, reverse=True)
@@ -194,7 +194,8 @@ def _one_of_adjacent(lines: np.ndarray) -> np.ndarray:
     breaks = np.nonzero(np.diff(lines) > 1)[0]
     first = np.concatenate([[0], breaks + 1])
     last = np.concatenate([breaks, [len(lines) - 1]])
-    return (lines[first] + lines[last]) // 2
+    middles: np.ndarray = (lines[first] + lines[last]) // 2
+    return middles
 
 
 def _boxes_between(lines: np.ndarray, across_sums: np.ndarray, along_sums: np.ndarray, min_gap: float,

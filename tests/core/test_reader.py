@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from search.identity import IndexIdentity
-from search.index import HnswIndex, IndexMismatch, Snapshots
-from search.reader import Change, IndexReader
-from tests.search.conftest import damage
-from tests.search.test_index import IDENTITY, PARAMS, unit_vectors
+from core.identity import IndexIdentity
+from core.index import HnswIndex, IndexMismatch, Snapshots
+from core.reader import Change, IndexReader
+from tests.core.test_index import IDENTITY, PARAMS, unit_vectors
+from tests.snapshot_stores import damage
 
 
 class MemorySource:

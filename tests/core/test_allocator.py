@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from search.allocator import keep_freed_memory
+from core.allocator import keep_freed_memory
 
 def resident_mib():
     with open("/proc/self/statm") as fh:

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from search.crop_match import crop_sides, window_contrast
-from search.rerank import LocalFeaturesMismatch, local_descriptors
+from core.crop_match import crop_sides, window_contrast
+from core.rerank import LocalFeaturesMismatch, local_descriptors
 
 
 def unit_map(seed: int, side: int = 14, channels: int = 112) -> np.ndarray:

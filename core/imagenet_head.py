@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from search import efficientnet_lite
-from search.backbones import Backbone
+from core import efficientnet_lite
+from core.backbones import Backbone
 
 
 class HeadUnavailable(ValueError):

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from search import imagenet_words
-from search.knn_vote import tag_vote
+from core import imagenet_words
+from core.knn_vote import tag_vote
 
 
 def test_the_closest_neighbours_outvote_many_that_are_only_alike():

@@ -8,9 +8,8 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import models
 
-from gallery.imaging import THUMBNAIL_MAX_SIDE, THUMBNAIL_QUALITY, decode_image, jpeg_orientation, thumbnail_jpeg
-from search.backbones import BACKBONES, WeightsMissing, descriptor_identity, get_backbone
-from search.embedding import (
+from core.backbones import BACKBONES, WeightsMissing, descriptor_identity, get_backbone
+from core.embedding import (
     Embedder,
     WeightsRejected,
     encode_jpegs,
@@ -21,6 +20,7 @@ from search.embedding import (
     resolve_device,
     upright,
 )
+from core.imaging import THUMBNAIL_MAX_SIDE, THUMBNAIL_QUALITY, decode_image, jpeg_orientation, thumbnail_jpeg
 from tests import images
 
 
@@ -183,7 +183,7 @@ def test_a_backbone_without_a_finer_map_keeps_the_one_its_vector_is_pooled_from(
 
 
 def test_gallery_images_come_with_the_classes_their_stored_map_gives_and_queries_without(embedder):
-    from search.imagenet_head import ImagenetHead
+    from core.imagenet_head import ImagenetHead
 
     cat = Image.open(images.bench_image("cat", 1)).convert("RGB")
     described = embedder.describe([cat, images.picture(2)], gallery=True)

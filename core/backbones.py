@@ -1,7 +1,7 @@
 """The backbones the site can embed with, and what each one's descriptors are. Free of Django
 and of torch, so that a process that never embeds (the index writer, the import command, a web
 process until its first search with a picture) knows every identity without loading torch.
-``search.embedding`` loads the models.
+``core.embedding`` loads the models.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.identity import IndexIdentity
+from core.identity import IndexIdentity
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,7 +46,7 @@ class Backbone:
     torchvision: TorchvisionWeights | None = None
     # Pool the negative part too: for a feature map without a ReLU, it carries half the signal.
     signed: bool = False
-    # The feature map that search.rerank compares position by position: the output of the
+    # The feature map that core.rerank compares position by position: the output of the
     # trunk's first ``local_depth`` modules, ``local_stride`` input pixels per position and
     # ``local_channels`` deep; None: the last map, the one the vector is pooled from.
     local_depth: int | None = None
@@ -71,7 +71,7 @@ BACKBONES: dict[str, Backbone] = {
     for backbone in (
         # The last block's 320 channels; positions of the stride-16 map (the stem and 11 blocks, 112
         # channels, 14 x 14 at 224 pixels) tell one photo from another of the same kind of subject
-        # much better than the 7 x 7 of the last block (docs/benchmarks.md). search.efficientnet_lite
+        # much better than the 7 x 7 of the last block (docs/benchmarks.md). core.efficientnet_lite
         # derives the same numbers from its layout, and a test holds them equal.
         Backbone("efficientnet_lite0", 320, "lukemelas-57934424:last-block", UNIT_RANGE_MEAN, UNIT_RANGE_STD,
                  signed=True, local_depth=12, local_stride=16, local_channels=112),
@@ -116,7 +116,7 @@ class Recipe:
 
     @property
     def tag(self) -> str:
-        # "+local": every vector is stored with its feature map for re-ranking (search.rerank);
+        # "+local": every vector is stored with its feature map for re-ranking (core.rerank);
         # vectors stored without one are embedded again.
         return (f"square{self.input_size}-gem{self.gem_p:g}"
                 f"-small{self.small_view_size}x{self.small_view_weight:g}+local")

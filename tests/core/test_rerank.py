@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from search import rerank
-from search.rerank import LocalFeaturesMismatch, local_descriptors, mutual_matches
+from core import rerank
+from core.rerank import LocalFeaturesMismatch, local_descriptors, mutual_matches
 
 
 def random_map(seed: int, positions: int = 49, channels: int = 320) -> np.ndarray:

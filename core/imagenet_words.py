@@ -1,7 +1,7 @@
 """Broad words for a picture from an ImageNet classifier's output, for tag suggestions before
 anything is tagged. Free of Django.
 
-``search/data/imagenet_words.json`` (made by ``bin/imagenet-words`` from WordNet) gives, for
+``core/data/imagenet_words.json`` (made by ``bin/imagenet-words`` from WordNet) gives, for
 each of the 1,000 classes, the words it falls under, the closest first: a "tabby" is a "cat", an
 "animal" and a "mammal". A word's score is the probability of all the classes under it together.
 """

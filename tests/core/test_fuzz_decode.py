@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from gallery.imaging import THUMBNAIL_MAX_SIDE, DecodedImage, ImageRejected, decode_image, encode_jpeg
+from core.imaging import THUMBNAIL_MAX_SIDE, DecodedImage, ImageRejected, decode_image, encode_jpeg
 from tests import images
 
 SITE_REFUSALS = {"empty", "damaged", "unsupported_format", "not_an_image", "too_many_pixels", "too_many_frames"}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from search.efficientnet_lite import (
+from core.efficientnet_lite import (
     Conv2dSame,
     EfficientNetLite0,
     IncompatibleWeights,

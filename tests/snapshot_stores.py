@@ -1,34 +1,14 @@
-"""Snapshot stores for the tests that publish and read index snapshots: each such test runs on a
-local folder and on the Ceph S3 gateway (bin/ceph-gateway)."""
+"""The index snapshot stores as tests see them: each test that publishes or reads snapshots runs on a
+local folder and on the Ceph S3 gateway (bin/ceph-gateway). Free of Django, so that processes a test
+spawns can import it."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from search.index import ObjectSnapshotStore, Snapshots, SnapshotStore
+from core.index import ObjectSnapshotStore, Snapshots, SnapshotStore
 
 STORE_KINDS = ["local", "gateway"]
-
-
-@pytest.fixture(params=STORE_KINDS)
-def store_kind(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def make_store(request, store_kind, tmp_path) -> Callable[..., Snapshots]:
-    """Makes the store of one index as a process on ``host`` sees it: on the gateway, each host has
-    its own cache folder; a local folder is one machine's, whatever the host."""
-    if store_kind == "local":
-        return lambda host="a": SnapshotStore(tmp_path / "index")
-    bucket = request.getfixturevalue("s3_bucket")
-    from config.object_store import snapshot_store_client
-
-    return lambda host="a": ObjectSnapshotStore(snapshot_store_client(), bucket, "index/g1/",
-                                                tmp_path / f"cache-{host}")
 
 
 def damage(store: Snapshots, snapshot_id: str, name: str = "index.hnsw", data: bytes | None = b"\0" * 64) -> None:

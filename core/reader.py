@@ -20,8 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
-from search.identity import IndexIdentity
-from search.index import (
+from core.identity import IndexIdentity
+from core.index import (
     HnswIndex,
     HnswParams,
     IndexMismatch,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from search.rerank import LocalFeaturesMismatch
+from core.rerank import LocalFeaturesMismatch
 
 # A crop keeping 35 to 55 % of each side of its original covers as much of each side of the
 # original's stored map: 5 to 8 of the default backbone's 14 positions.
@@ -60,6 +60,6 @@ def window_contrast(query_maps: Sequence[np.ndarray], candidates: np.ndarray) ->
         for row in range(small):
             for column in range(small):
                 fit += similarity[row, column, :, row:row + offsets, column:column + offsets]
-        fit = fit.reshape(count, -1) / (small * small)
-        contrast = np.maximum(contrast, fit.max(axis=1) - fit.mean(axis=1))
+        per_offset = fit.reshape(count, -1) / (small * small)
+        contrast = np.maximum(contrast, per_offset.max(axis=1) - per_offset.mean(axis=1))
     return contrast

@@ -131,7 +131,7 @@ def _resolve(hostname: str, port: int, limits: FetchLimits, deadline: float) -> 
         raise FetchRefused("url_unreachable", f"The host {hostname} could not be found.") from exc
     finally:
         pool.shutdown(wait=False)
-    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
     for address in addresses:
         if not _allowed(address, limits.allowed_networks):
             raise FetchRefused("url_forbidden", f"{hostname} is a private, local or reserved address; "

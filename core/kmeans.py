@@ -27,6 +27,7 @@ stays empty ends with no members, and the caller leaves it out.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -55,7 +56,7 @@ class Clustering:
 def cluster_count(n: int, *, cap: int = 100) -> int:
     """A number of clusters for ``n`` vectors: sqrt(n / 2) (the usual rule of thumb), at least 2 and at
     most ``cap``, never more than ``n``."""
-    return max(1, min(n, cap, max(2, round((n / 2) ** 0.5))))
+    return max(1, min(n, cap, max(2, round(math.sqrt(n / 2)))))
 
 
 def normalised(vectors: np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
-"""Mini-batch spherical k-means over streamed batches (search.kmeans), on synthetic blobs."""
+"""Mini-batch spherical k-means over streamed batches (core.kmeans), on synthetic blobs."""
 import numpy as np
 import pytest
 
-from search import kmeans
+from core import kmeans
 
 
 def blobs(centres: int, per_centre: int, dim: int = 32, spread: float = 0.05, seed: int = 0

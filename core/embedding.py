@@ -6,7 +6,7 @@ L2-normalised: one float32 vector per image whose dot product with another is th
 similarity. ``descriptor_identity`` names the backbone, its weights and the recipe, so that
 vectors made in different ways are never compared with each other. A gallery image's vector,
 the one the index holds, also carries a small view of the image; a query's does not
-(``search.backbones.Recipe``).
+(``core.backbones.Recipe``).
 
 For EfficientNet-Lite0 the descriptor is taken before the classification head, from the
 last inverted-residual block: those 320 channels have no activation, so both their positive
@@ -35,10 +35,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision import models
 from torchvision.ops.misc import ConvNormActivation
 
-from search import efficientnet_lite
-from search.allocator import keep_freed_memory
-from search.backbones import DEFAULT_RECIPE, Backbone, Recipe, WeightsMissing, descriptor_identity, get_backbone
-from search.identity import IndexIdentity
+from core import efficientnet_lite
+from core.allocator import keep_freed_memory
+from core.backbones import DEFAULT_RECIPE, Backbone, Recipe, WeightsMissing, descriptor_identity, get_backbone
+from core.identity import IndexIdentity
 
 
 class WeightsRejected(ValueError):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gallery.imaging import (
+from core.imaging import (
     ImageRejected,
     decode_image,
     display_jpeg,

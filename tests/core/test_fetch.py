@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from search.fetch import FetchLimits, FetchRefused, fetch_slot, fetch_url
+from core.fetch import FetchLimits, FetchRefused, fetch_slot, fetch_url
 from tests.conftest import PictureServer, TricklingServer
 
 LOOPBACK_ALLOWED = FetchLimits(max_bytes=1024 * 1024, timeout=1.0,
@@ -157,7 +157,7 @@ def test_no_more_fetches_than_the_slots_run_at_once(tmp_path):
 
 def test_a_slot_is_shared_with_other_processes_and_freed_when_its_holder_is_killed(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, pathlib; from search.fetch import fetch_slot\n"
+        [sys.executable, "-c", "import sys, time, pathlib; from core.fetch import fetch_slot\n"
                                "with fetch_slot(pathlib.Path(sys.argv[1]), 1, retry_after=1):\n"
                                "    print('holding', flush=True); time.sleep(60)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True)

@@ -4,7 +4,7 @@ import io
 
 from PIL import Image, ImageDraw, ImageOps
 
-from search.query_views import box_overlap, picture_boxes, plain_frame_box, query_framings, second_look_views
+from core.query_views import box_overlap, picture_boxes, plain_frame_box, query_framings, second_look_views
 from tests import images
 
 
