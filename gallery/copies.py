@@ -182,22 +182,25 @@ def display_copies_catch_up(*, pause: Callable[[], bool]) -> int:
     is left or ``pause()`` says that more urgent work waits; how many were made.
 
     A display copy can come later (pages show the thumbnail meanwhile); a photo that is not yet
-    searchable cannot, so a worker that also embeds asks before each few whether embeddings wait,
-    and leaves the rest to the catch-up that the last batch of an import queues. Two catch-ups at
-    once share the work: each takes the images the other has not locked.
+    searchable cannot, so a worker that also embeds asks before each few whether embeddings wait.
+    When they do, it queues another catch-up behind them for the rest: the messages waiting may
+    find their images embedded already and queue none. With nothing left to make it never waits.
+    Two catch-ups at once share the work: each takes the images the other has not locked.
     """
     made = 0
     after = 0
-    while not pause():
+    while True:
         with transaction.atomic():
             ids = list(Image.objects.select_for_update(skip_locked=True)
                        .filter(state=Image.State.INDEXED, display="", id__gt=after)
                        .order_by("id").values_list("id", flat=True)[:DISPLAY_COPIES_AT_ONCE])
             if not ids:
-                break
+                return made
+            if pause():
+                queue_display_copies()
+                return made
             made += images_make_display_copies(image_ids=ids)
         after = ids[-1]
-    return made
 
 
 def display_copies_missing() -> int:

@@ -7,6 +7,7 @@ from django.db import connection, transaction
 
 from gallery import copies
 from gallery.models import Image
+from gallery.tasks import make_display_copies
 from tests import images
 from tests.conftest import change_media_store, media_files, refuse_writes, store
 
@@ -55,15 +56,23 @@ def test_the_catch_up_makes_the_display_copies_of_indexed_images_only(db):
     assert copies.display_copies_missing() == 0
 
 
-def test_the_catch_up_stops_while_embeddings_wait_and_a_later_one_finishes(db, monkeypatch):
+def test_the_catch_up_stops_while_embeddings_wait_and_queues_one_for_the_rest(
+        db, monkeypatch, django_capture_on_commit_callbacks):
     monkeypatch.setattr(copies, "DISPLAY_COPIES_AT_ONCE", 2)
+    sent: list[tuple] = []
+    monkeypatch.setattr(make_display_copies, "delay", lambda *ids: sent.append(ids))
     stored = indexed(5)
     looks = iter([False, True])
-    assert copies.display_copies_catch_up(pause=lambda: next(looks)) == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        assert copies.display_copies_catch_up(pause=lambda: next(looks)) == 2
+    assert sent == [()], "the waiting embeddings may find nothing to do: the rest must not wait for upkeep"
     assert lacking_display() == {image.pk for image in stored[2:]}
-    assert copies.display_copies_catch_up(pause=lambda: True) == 0
-    assert copies.display_copies_catch_up(pause=lambda: False) == 3
+    with django_capture_on_commit_callbacks(execute=True):
+        assert copies.display_copies_catch_up(pause=lambda: False) == 3
     assert not lacking_display()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert copies.display_copies_catch_up(pause=lambda: True) == 0
+    assert sent == [()], "a catch-up with nothing left to make neither waits nor queues another"
 
 
 def test_two_catch_ups_at_once_share_the_work(transactional_db):
