@@ -1,27 +1,19 @@
-"""Background jobs in the admin: progress bars that move while you watch, cancelling, starting a
-reindex or an upkeep run, and the index health page."""
+"""Background jobs in the admin: progress bars that move while you watch, and cancelling. An app
+whose jobs an operator starts from this page adds its buttons by registering a subclass (the
+search app: ``search/admin.py``)."""
 from __future__ import annotations
 
-from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
-from django.shortcuts import render
-from django.template.response import TemplateResponse
-from django.urls import URLPattern, path, reverse
+from django.http import HttpRequest, JsonResponse
+from django.urls import URLPattern, path
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.timesince import timeuntil
-from django.views.decorators.http import require_POST
 
-from core.backbones import BACKBONES
 from jobs import services
 from jobs.models import Job
-from search import generations
-from search.health import index_health
-from search.reindex import ReindexRefused, reindex_start
-from search.upkeep import upkeep_now
 
 
 def eta_text(job: Job) -> str:
@@ -33,12 +25,6 @@ def progress_json(job: Job) -> dict[str, object]:
     return {"id": job.pk, "state": job.state, "state_label": job.get_state_display(), "active": job.is_active,
             "percent": job.percent, "done": job.done, "total": job.total, "failed": job.failed, "phase": job.phase,
             "eta": eta_text(job), "last_error": job.last_error}
-
-
-class ReindexForm(forms.Form):
-    backbone = forms.ChoiceField(choices=[(name, name) for name in sorted(BACKBONES)])
-    m = forms.IntegerField(min_value=2, label="M", help_text="HNSW graph degree")
-    ef_construction = forms.IntegerField(min_value=1, label="ef_construction", help_text="HNSW build-time width")
 
 
 @admin.register(Job)
@@ -97,9 +83,6 @@ class JobAdmin(admin.ModelAdmin):
         view = self.admin_site.admin_view
         return [
             path("progress/", view(self.progress_view), name="jobs_job_progress"),
-            path("reindex/", view(self.reindex_view), name="jobs_job_reindex"),
-            path("upkeep/", view(require_POST(self.upkeep_view)), name="jobs_job_upkeep"),
-            path("index-health/", view(self.health_view), name="jobs_job_health"),
             *super().get_urls(),
         ]
 
@@ -115,38 +98,3 @@ class JobAdmin(admin.ModelAdmin):
         except ValueError:
             return JsonResponse({"error": "ids must be a comma-separated list of job numbers"}, status=400)
         return JsonResponse({"jobs": [progress_json(job) for job in Job.objects.filter(pk__in=ids[:200])]})
-
-    def reindex_view(self, request: HttpRequest) -> HttpResponse:
-        self._require(request, "jobs.add_job")
-        current = generations.active()
-        form = ReindexForm(request.POST or None, initial={"backbone": current.backbone, "m": current.m,
-                                                          "ef_construction": current.ef_construction})
-        if request.method == "POST" and form.is_valid():
-            try:
-                job = reindex_start(started_by=request.user, **form.cleaned_data)
-            except ReindexRefused as exc:
-                form.add_error(None, str(exc))
-            else:
-                self.message_user(request, f"Started {job}; the current index answers searches until it is done.",
-                                  messages.SUCCESS)
-                return HttpResponseRedirect(reverse("admin:jobs_job_changelist"))
-        context = {**self.admin_site.each_context(request), "title": "Reindex", "form": form, "current": current,
-                   "opts": self.model._meta}
-        return TemplateResponse(request, "admin/jobs/job/reindex.html", context)
-
-    def upkeep_view(self, request: HttpRequest) -> HttpResponse:
-        self._require(request, "jobs.add_job")
-        job = upkeep_now()
-        level = messages.SUCCESS if job.state == Job.State.SUCCEEDED else messages.ERROR
-        self.message_user(request, f"{job}: {job.summary or job.last_error}", level)
-        return HttpResponseRedirect(reverse("admin:jobs_job_changelist"))
-
-    def health_view(self, request: HttpRequest) -> HttpResponse:
-        self._require(request, "jobs.view_job")
-        try:
-            sample = max(0, min(int(request.GET.get("sample", 100)), 10_000))
-        except ValueError:
-            sample = 100
-        context = {**self.admin_site.each_context(request), "title": "Index health", "opts": self.model._meta,
-                   "health": index_health(sample=sample), "sample": sample}
-        return render(request, "admin/jobs/job/health.html", context)

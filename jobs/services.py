@@ -2,7 +2,9 @@
 
 A job runs in one Celery task (``jobs.tasks.run_job``) that calls the runner registered for its
 kind. The runner reports after each batch through ``JobRun.step``, which records progress and a
-checkpoint, and stops the run when the job was cancelled or taken over by another worker.
+checkpoint, and stops the run when the job was cancelled or taken over by another worker. This
+app knows none of the others: each registers the runners of its kinds as it starts
+(``AppConfig.ready``, through ``job_runner_register``).
 """
 from __future__ import annotations
 
@@ -16,22 +18,10 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
-from django.utils.module_loading import import_string
 
 from jobs.models import Job
 
 log = logging.getLogger(__name__)
-
-# The function that does each kind of job; it receives a ``JobRun``.
-RUNNERS: dict[str, str] = {
-    Job.Kind.REINDEX: "search.reindex.reindex_run",
-    Job.Kind.UPKEEP: "search.upkeep.upkeep_run",
-    Job.Kind.DUPLICATE_SCAN: "search.duplicates.duplicate_scan_run",
-    Job.Kind.TAG_SUGGESTIONS: "search.tag_suggestions.tag_suggestions_run",
-    Job.Kind.OUTLIER_SCORES: "search.outliers.outlier_scores_run",
-    Job.Kind.CLUSTERS: "search.clusters.clusters_run",
-}
-
 
 class JobStopped(Exception):
     """The run must stop: the job was cancelled, or another worker holds it now."""
@@ -72,6 +62,18 @@ class JobRun:
                                         claim_token=""))
 
 
+# The function that does a kind of job: it reports through the run and returns the job's summary.
+Runner = Callable[[JobRun], str]
+_runners: dict[str, Runner] = {}
+
+
+def job_runner_register(*, kind: str, runner: Runner) -> None:
+    """Name the function that does jobs of ``kind``; the app that owns the kind calls it as it starts."""
+    if kind not in Job.Kind.values:
+        raise ValueError(f"{kind!r} is not a kind of job")
+    _runners[kind] = runner
+
+
 def _queue_run(job_id: int, token: str) -> None:
     from jobs.tasks import run_job
 
@@ -82,7 +84,7 @@ def _queue_run(job_id: int, token: str) -> None:
 def job_start(*, kind: str, params: dict | None = None, started_by: AbstractBaseUser | AnonymousUser | None = None
               ) -> Job:
     """Record a job and send it to a worker once the transaction commits."""
-    if kind not in RUNNERS:
+    if kind not in _runners:
         raise ValueError(f"there is no runner for jobs of kind {str(kind)!r}")
     user = started_by if started_by is not None and started_by.is_authenticated else None
     with transaction.atomic():
@@ -109,7 +111,10 @@ def job_execute(*, job_id: int, token: str) -> None:
     run = job_claim(job_id=job_id, token=token)
     if run is None:
         return
-    runner: Callable[[JobRun], str] = import_string(RUNNERS[run.job.kind])
+    runner = _runners.get(run.job.kind)
+    if runner is None:
+        run.fail(reason=f"No runner for jobs of kind {run.job.kind!r} is registered in this worker.")
+        return
     try:
         summary = runner(run)
     except JobStopped as stop:

@@ -7,10 +7,3 @@ from jobs import services
 @shared_task(name="jobs.run_job")
 def run_job(job_id: int, token: str) -> None:
     services.job_execute(job_id=job_id, token=token)
-
-
-@shared_task(name="jobs.upkeep")
-def upkeep() -> None:
-    from search.upkeep import upkeep_now
-
-    upkeep_now()

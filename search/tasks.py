@@ -35,3 +35,10 @@ def cluster_gallery() -> None:
     from search.clusters import clusters_start
 
     clusters_start()
+
+
+@shared_task(name="search.upkeep")
+def upkeep() -> None:
+    from search.upkeep import upkeep_now
+
+    upkeep_now()

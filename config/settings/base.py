@@ -51,10 +51,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "axes",
+    "jobs",
     "gallery",
     "search",
     "api",
-    "jobs",
 ]
 
 MIDDLEWARE = [
@@ -262,7 +262,7 @@ def celery_queues(*, embed: str, index: str, background: str) -> tuple[tuple[Que
         "search.send_embedding_batches": embed,
         "search.sync_index": index,
         "jobs.run_job": background,
-        "jobs.upkeep": background,
+        "search.upkeep": background,
         "gallery.make_display_copies": background,
         "search.suggest_tags": background,
         "search.cluster_gallery": background,
@@ -343,7 +343,7 @@ LOOKALIKE_CLUSTER_INTERVAL = env_float("LOOKALIKE_CLUSTER_INTERVAL", 86400.0, mi
 
 # Periodic upkeep, run by `celery -A config beat` (or `worker --beat`): see `python manage.py upkeep`.
 CELERY_BEAT_SCHEDULE = {
-    "upkeep": {"task": "jobs.upkeep", "schedule": LOOKALIKE_UPKEEP_INTERVAL},
+    "upkeep": {"task": "search.upkeep", "schedule": LOOKALIKE_UPKEEP_INTERVAL},
 }
 if LOOKALIKE_CLUSTER_INTERVAL:
     CELERY_BEAT_SCHEDULE["clusters"] = {"task": "search.cluster_gallery", "schedule": LOOKALIKE_CLUSTER_INTERVAL}

@@ -122,7 +122,7 @@ TASK_QUEUES = {
     "search.send_embedding_batches": "LOOKALIKE_EMBED_QUEUE",
     "search.sync_index": "LOOKALIKE_INDEX_QUEUE",
     "jobs.run_job": "LOOKALIKE_BACKGROUND_QUEUE",
-    "jobs.upkeep": "LOOKALIKE_BACKGROUND_QUEUE",
+    "search.upkeep": "LOOKALIKE_BACKGROUND_QUEUE",
     "gallery.make_display_copies": "LOOKALIKE_BACKGROUND_QUEUE",
     "search.suggest_tags": "LOOKALIKE_BACKGROUND_QUEUE",
     "search.cluster_gallery": "LOOKALIKE_BACKGROUND_QUEUE",

@@ -1,23 +1,13 @@
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.urls import reverse
 from django.utils import timezone
 
 from jobs import services
 from jobs.models import Job
-from search import services as search_services
-from tests import images
-from tests.conftest import store_indexed
 
 CHANGELIST = reverse("admin:jobs_job_changelist")
-
-
-@pytest.fixture
-def admin_client(client, db):
-    client.force_login(get_user_model().objects.create_superuser("root", password="root-password"))
-    return client
 
 
 def running_job(**fields) -> tuple[Job, services.JobRun]:
@@ -93,39 +83,20 @@ class TestJobAdmin:
         job.refresh_from_db()
         assert job.state == Job.State.CANCELLED
 
-    def test_a_reindex_is_started_from_the_admin(self, admin_client, clean_index):
-        page = admin_client.get(reverse("admin:jobs_job_reindex"))
-        assert page.status_code == 200 and "efficientnet_lite0" in page.content.decode()
-        reply = admin_client.post(reverse("admin:jobs_job_reindex"),
-                                  {"backbone": "efficientnet_lite0", "m": 12, "ef_construction": 80})
-        assert reply.status_code == 302
-        job = Job.objects.get(kind=Job.Kind.REINDEX)
-        assert job.params["m"] == 12 and job.started_by.username == "root"
-        again = admin_client.post(reverse("admin:jobs_job_reindex"),
-                                  {"backbone": "efficientnet_lite0", "m": 12, "ef_construction": 80})
-        assert "already queued; cancel it first" in again.content.decode()
-
-    def test_upkeep_runs_from_the_admin_and_is_recorded(self, admin_client, clean_index):
-        store_indexed(images.jpeg(1))
-        reply = admin_client.post(reverse("admin:jobs_job_upkeep"), follow=True)
-        assert "stuck images queued again" in reply.content.decode()
-        assert Job.objects.get(kind=Job.Kind.UPKEEP).state == Job.State.SUCCEEDED
-
-    def test_the_health_page_is_for_staff_only(self, client, db, clean_index):
-        assert client.get(reverse("admin:jobs_job_health")).status_code == 302
-
-    def test_staff_without_the_job_permissions_can_neither_look_nor_start(self, client, staff_user, clean_index):
+    def test_staff_without_the_job_permissions_cannot_follow_progress(self, client, staff_user):
         client.force_login(staff_user)
-        for name in ("admin:jobs_job_health", "admin:jobs_job_reindex", "admin:jobs_job_progress"):
-            assert client.get(reverse(name)).status_code == 403, name
-        assert client.post(reverse("admin:jobs_job_upkeep")).status_code == 403
-        assert not Job.objects.exists()
+        assert client.get(reverse("admin:jobs_job_progress")).status_code == 403
 
-    def test_the_health_page_shows_the_index(self, admin_client, clean_index):
-        for i in range(3):
-            store_indexed(images.jpeg(i), f"{i}.jpg")
-        search_services.index_sync()
-        page = admin_client.get(reverse("admin:jobs_job_health")).content.decode()
-        for text in ("Vectors in the index", "efficientnet_lite0", "M=16, ef_construction=200, ef_search=256",
-                     "top-1 is itself for 100.0%, recall@10 1.000 against exact search (3 sampled)"):
-            assert text in page
+
+class TestRunners:
+    def test_only_a_kind_of_job_gets_a_runner(self):
+        with pytest.raises(ValueError, match="'nonsense' is not a kind of job"):
+            services.job_runner_register(kind="nonsense", runner=lambda run: "")
+
+    def test_a_job_whose_kind_has_no_runner_here_fails_and_says_so(self, db, monkeypatch):
+        monkeypatch.delitem(services._runners, Job.Kind.CLUSTERS)
+        job = Job.objects.create(kind=Job.Kind.CLUSTERS, claim_token="t1")
+        services.job_execute(job_id=job.pk, token="t1")
+        job.refresh_from_db()
+        assert job.state == Job.State.FAILED
+        assert job.last_error == "No runner for jobs of kind 'clusters' is registered in this worker."
