@@ -22,7 +22,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
 
 from api import selectors, services
-from api.ratelimit import RateLimited
+from config.ratelimit import RateLimited
 from config.request_body import form_body_limit, max_body
 
 log = logging.getLogger("api")

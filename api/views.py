@@ -25,7 +25,7 @@ from api.endpoint import (
     too_many_files_error,
 )
 from api.openapi import openapi_description, operations
-from api.ratelimit import files_in, rate_limit, rate_limit_hit
+from config.ratelimit import files_in, rate_limit, rate_limit_hit
 from config.request_body import FORM_OVERHEAD_BYTES
 from gallery import selectors as gallery_selectors
 from gallery import services as gallery_services

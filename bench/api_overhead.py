@@ -3,7 +3,7 @@
 
 - reading an image (`GET /api/v1/images/<id>`) anonymously, with a bearer token and with a
   session, so that the cost of token authentication shows as a ratio;
-- one rate-limit check (`api.ratelimit.rate_limit_hit`) on the file cache and, with `--redis`,
+- one rate-limit check (`config.ratelimit.rate_limit_hit`) on the file cache and, with `--redis`,
   on Redis;
 - a search through the API (`POST /api/v1/search`) by gallery image and by upload, on a gallery
   of the first N bench images embedded here, with the server time the API reports (`took_ms`).
@@ -40,8 +40,8 @@ from django.core.management import call_command  # noqa: E402
 from django.test import Client, RequestFactory  # noqa: E402
 from django.test.utils import override_settings  # noqa: E402
 
-from api.ratelimit import rate_limit_hit  # noqa: E402
 from api.services import api_token_create  # noqa: E402
+from config.ratelimit import rate_limit_hit  # noqa: E402
 from gallery.models import Image  # noqa: E402
 from gallery.services import image_upload  # noqa: E402
 from search import services as search_services  # noqa: E402

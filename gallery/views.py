@@ -20,8 +20,8 @@ from django.utils.http import content_disposition_header
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from api.ratelimit import RateLimited, rate_limit_hit, too_many_requests_page
 from config.object_store import STORE_ERRORS
+from config.ratelimit import RateLimited, rate_limit_hit, too_many_requests_page
 from config.request_body import max_body
 from gallery import selectors, services
 from gallery.access import viewer_required

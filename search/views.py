@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from api.ratelimit import RateLimited, rate_limit_hit
+from config.ratelimit import RateLimited, rate_limit_hit
 from config.request_body import max_body, too_large_message
 from core.imaging import encode_jpeg
 from gallery.access import viewer_required

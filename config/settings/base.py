@@ -136,8 +136,8 @@ AXES_FAILURE_LIMIT = env_int("LOOKALIKE_SIGNIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(seconds=env_int("LOOKALIKE_SIGNIN_LOCKOUT_SECONDS", 900, minimum=1))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 # The address the rate limits use, so that clients behind the site's proxy are told apart.
-AXES_CLIENT_IP_CALLABLE = "api.ratelimit.client_address"
-AXES_LOCKOUT_CALLABLE = "api.ratelimit.signin_locked_out_page"
+AXES_CLIENT_IP_CALLABLE = "config.ratelimit.client_address"
+AXES_LOCKOUT_CALLABLE = "config.ratelimit.signin_locked_out_page"
 # Tries during a lockout do not lengthen it: the account's owner knows when they may sign in again.
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 # Record failed sign-ins only, not every successful one.
