@@ -68,7 +68,7 @@ def embedder_for(backbone: str) -> Embedder:
 def embedder_warm(*, gallery: bool = False) -> None:
     """Load the model of the index in service and run it once, as a query (a picture and its
     mirror image) or with ``gallery`` as an image to index, so that this process's first search
-    or task does not wait seconds for it. Called as a process starts (``config.celery``,
+    or task does not wait seconds for it. Called as a process starts (``search.worker``,
     ``config.wsgi``); a failure is logged and left for the first real use to report."""
     from PIL import Image
 

@@ -22,7 +22,6 @@ from kombu.exceptions import OperationalError
 from PIL.Image import Image as PILImage
 from psycopg.types.json import Jsonb
 
-from config.celery import in_embedding_worker
 from core.backbones import WeightsMissing
 from core.identity import IndexIdentity
 from core.imaging import DISPLAY_MAX_SIDE, DISPLAY_QUALITY, ImageRejected, display_jpeg_pixels
@@ -33,6 +32,7 @@ from gallery.models import Image
 from search import changelog, clusters, copy_notices, generations, outliers, runtime
 from search.models import Embedding, IndexChange
 from search.tag_suggestions import classifier_words, queue_tag_suggestions
+from search.worker import in_embedding_worker
 
 if TYPE_CHECKING:
     import torch

@@ -231,8 +231,8 @@ def test_upkeep_queues_the_display_copies_that_indexed_images_lack(gallery, djan
 
 
 def test_only_a_worker_that_also_embeds_waits_for_the_embeddings_that_wait(db, embed_queue, monkeypatch):
-    from config.celery import EMBEDDING_WORKER_ENV
     from search.tasks import embed_image
+    from search.worker import EMBEDDING_WORKER_ENV
 
     embed_image.apply_async((10**9,), queue=embed_queue)
     assert not services.embeddings_wait_for_this_worker()
