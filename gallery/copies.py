@@ -34,6 +34,7 @@ from core.imaging import (
     thumbnail_jpeg,
 )
 from gallery.models import Image
+from gallery.tasks import make_display_copies
 
 if TYPE_CHECKING:
     import torch
@@ -172,8 +173,6 @@ def image_picture(image: Image) -> Picture:
 def queue_display_copies() -> None:
     """Ask a worker to make the display copies that indexed images lack, once the current
     transaction commits. The task goes to the back of the queue, behind the embeddings already waiting."""
-    from gallery.tasks import make_display_copies
-
     transaction.on_commit(make_display_copies.delay, robust=True)
 
 

@@ -32,7 +32,7 @@ from gallery.selectors import image_list_visible
 from gallery.unfinished import unfinished_clear, unfinished_mark
 from search import changelog
 from search.models import IndexChange
-from search.services import queue_embeddings, queue_index_sync
+from search.queues import queue_embeddings, queue_index_sync
 
 log = logging.getLogger(__name__)
 

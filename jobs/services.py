@@ -20,6 +20,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from jobs.models import Job
+from jobs.tasks import run_job
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,6 @@ def job_runner_register(*, kind: str, runner: Runner) -> None:
 
 
 def _queue_run(job_id: int, token: str) -> None:
-    from jobs.tasks import run_job
-
     # robust: a broker that is down leaves the job queued; upkeep sends it again.
     transaction.on_commit(lambda: run_job.delay(job_id, token), robust=True)
 

@@ -23,6 +23,7 @@ from config.object_store import object_store_configured, snapshot_store_client
 from core.backbones import descriptor_identity, get_backbone
 from core.identity import IndexIdentity
 from core.index import HnswParams, ObjectSnapshotStore, Snapshots, SnapshotStore
+from jobs.models import Job
 from search.models import ActiveGeneration
 
 # Where the generations' snapshots live in the bucket, each under "<prefix><name>/".
@@ -108,11 +109,26 @@ def prune(*, keep: set[str]) -> None:
             store_for(name).remove()
 
 
+def built_by(job: Job) -> Generation:
+    """The generation that a reindex job builds."""
+    return Generation(name=f"{job.params['backbone']}-g{job.pk}", backbone=job.params["backbone"],
+                      m=job.params["m"], ef_construction=job.params["ef_construction"])
+
+
+def reindex_in_progress(*, lock: bool = False) -> Generation | None:
+    """The generation a queued or running reindex is building, unless it was asked to stop.
+
+    With ``lock`` (inside a transaction) the job's row stays locked until commit: the switch of
+    generations and a cancel wait for it (see ``services.identities_in_use``).
+    """
+    jobs = Job.objects.filter(kind=Job.Kind.REINDEX, state__in=Job.ACTIVE_STATES, cancel_requested=False)
+    job = (jobs.select_for_update() if lock else jobs).order_by("-id").first()
+    return built_by(job) if job else None
+
+
 def vectors_expected(backbone_and_version: tuple[str, str]) -> bool:
     """Whether stored vectors of another identity than the active one are there for a reason: a
     reindex is building an index of them, or they belong to the generation just replaced."""
-    from search.reindex import reindex_in_progress
-
     if active().replaced == tuple(backbone_and_version):
         return True
     building = reindex_in_progress()

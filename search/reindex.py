@@ -44,13 +44,8 @@ from jobs.services import JobRun, JobStopped
 from search import changelog, generations, runtime
 from search.generations import Generation
 from search.models import Embedding, IndexChange
-from search.services import (
-    embeddings_store,
-    images_embed_with,
-    images_requeue_unembedded,
-    index_reconcile,
-    queue_index_sync,
-)
+from search.queues import queue_index_sync
+from search.services import embeddings_store, images_embed_with, images_requeue_unembedded, index_reconcile
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +94,6 @@ def reindex_start(*, backbone: str | None = None, m: int | None = None, ef_const
                                               "batch_size": batch_size})
 
 
-def _target(job: Job) -> Generation:
-    return Generation(name=f"{job.params['backbone']}-g{job.pk}", backbone=job.params["backbone"],
-                      m=job.params["m"], ef_construction=job.params["ef_construction"])
-
-
-def reindex_in_progress(*, lock: bool = False) -> Generation | None:
-    """The generation a queued or running reindex is building, unless it was asked to stop.
-
-    With ``lock`` (inside a transaction) the job's row stays locked until commit: the switch of
-    generations and a cancel wait for it (see ``services.identities_in_use``).
-    """
-    jobs = Job.objects.filter(kind=Job.Kind.REINDEX, state__in=Job.ACTIVE_STATES, cancel_requested=False)
-    job = (jobs.select_for_update() if lock else jobs).order_by("-id").first()
-    return _target(job) if job else None
-
-
 def _partial_store(target: Generation) -> SnapshotStore:
     return SnapshotStore(settings.INDEX_DIR / f".build-{target.name}")
 
@@ -130,7 +109,7 @@ class _Progress:
 
 def reindex_run(run: JobRun) -> str:
     """The runner of reindex jobs (see the module docstring); returns the summary."""
-    target = _target(run.job)
+    target = generations.built_by(run.job)
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         with target.writer_lock() as is_writer:

@@ -18,6 +18,7 @@ from core.index import HnswParams, Snapshots
 from core.reader import IndexReader
 from search import generations
 from search.changelog import DatabaseChangeSource
+from search.queues import queue_index_sync
 
 if TYPE_CHECKING:
     from core.embedding import Embedder
@@ -92,8 +93,6 @@ def embedder_warm_in_background() -> threading.Thread:
 
 def _ask_writer_to_rebuild(_reason: str) -> None:
     # The reader has logged the reason; the writer checks the snapshot and rebuilds what it cannot use.
-    from search.services import queue_index_sync
-
     queue_index_sync(verify=True)
 
 

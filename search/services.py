@@ -18,7 +18,6 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
-from kombu.exceptions import OperationalError
 from PIL.Image import Image as PILImage
 from psycopg.types.json import Jsonb
 
@@ -31,8 +30,14 @@ from gallery import copies
 from gallery.models import Image
 from search import changelog, clusters, copy_notices, generations, outliers, runtime
 from search.models import Embedding, IndexChange
-from search.tag_suggestions import classifier_words, queue_tag_suggestions
-from search.worker import in_embedding_worker
+from search.queues import (
+    embed_messages_waiting,
+    queue_embedding,
+    queue_embeddings,
+    queue_index_sync,
+    queue_tag_suggestions,
+)
+from search.tag_suggestions import classifier_words
 
 if TYPE_CHECKING:
     import torch
@@ -44,81 +49,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def queue_index_sync(*, verify: bool = False) -> None:
-    """Ask the index writer to run once the current transaction commits (at once outside one).
-
-    ``verify`` makes it check the published snapshot's files too, for a reader that found them damaged.
-    """
-    from search.tasks import sync_index
-
-    # robust: a broker that is down must not undo or fail the write that asked; the next
-    # change asks again, and readers cover the rows meanwhile.
-    transaction.on_commit(lambda: sync_index.delay(verify=verify), robust=True)
-
-
 # Embedding ---------------------------------------------------------------------------------
-
-
-def queue_embedding(image_id: int, *, countdown: float = 0.0) -> None:
-    """Ask a worker to embed the image once the current transaction commits (after ``countdown`` s)."""
-    from search.tasks import embed_image
-
-    # robust: a broker that is down must not fail an upload that is already stored; the image
-    # stays queued and upkeep sends it again.
-    transaction.on_commit(lambda: embed_image.apply_async((image_id,), countdown=countdown or None), robust=True)
-
-
-def queue_embeddings(image_ids: list[int]) -> None:
-    """Ask the workers to embed images just queued, never tried, once the transaction commits.
-
-    A worker's run fills its batch from the queued images, so one message per
-    ``LOOKALIKE_EMBED_BATCH_SIZE`` images is enough; one per image would mostly find its image
-    already taken. The messages of a store batch larger than that go out as one, which a worker
-    turns into them (``embedding_batches_send``): publishing one costs the storing process about
-    as much as storing a small file, and costs nothing worth counting beside a batch's forward pass.
-    """
-    from search.tasks import send_embedding_batches
-
-    first_ids = image_ids[::settings.LOOKALIKE_EMBED_BATCH_SIZE]
-    if len(first_ids) == 1:
-        queue_embedding(first_ids[0])
-    elif first_ids:
-        # robust, as in queue_embedding: upkeep sends the images again if the broker is down.
-        transaction.on_commit(lambda: send_embedding_batches.apply_async((first_ids,)), robust=True)
-
-
-def embed_messages_waiting() -> int | None:
-    """How many messages wait on the embedding queue for a worker to take them, or None when the
-    broker cannot be reached."""
-    from search.tasks import embed_image
-
-    with embed_image.app.connection_for_read() as broker:
-        try:
-            broker.ensure_connection(max_retries=1)
-            channel = broker.default_channel
-        except OperationalError:
-            return None
-        try:
-            return int(channel.queue_declare(queue=settings.LOOKALIKE_EMBED_QUEUE, passive=True).message_count)
-        except broker.channel_errors:
-            # Redis keeps no empty list: a queue that was emptied is not found.
-            return 0
-
-
-def embeddings_wait_for_this_worker() -> bool:
-    """Whether this process has embeddings to do before anything that can wait: it belongs to a
-    worker that takes the embedding queue, and a message waits there. A worker of the other
-    queues alone never waits for them."""
-    return in_embedding_worker() and (embed_messages_waiting() or 0) > 0
-
-
-def embedding_batches_send(*, first_ids: list[int]) -> None:
-    """One message for each embedding batch of a store batch, named by the first image of each."""
-    from search.tasks import embed_image
-
-    with embed_image.app.producer_or_acquire() as producer:
-        for image_id in first_ids:
-            embed_image.apply_async((image_id,), producer=producer)
 
 
 @dataclass(frozen=True)
@@ -368,9 +299,7 @@ def identities_in_use() -> IdentitiesInUse:
     lock: call inside a transaction. A reindex switches generations, and a cancel is recorded,
     under that lock, so neither comes between this read and the caller's commit (SQLite runs one
     writing transaction at a time, which serialises them the same way)."""
-    from search.reindex import reindex_in_progress
-
-    building = reindex_in_progress(lock=True)
+    building = generations.reindex_in_progress(lock=True)
     return IdentitiesInUse(runtime.index_identity(), building.identity if building else None)
 
 
@@ -435,9 +364,7 @@ def _finish_batch(token: str, computed: dict[IndexIdentity, Described], failed: 
 
 def reindex_target_identity() -> IndexIdentity | None:
     """The identity of the index a reindex in progress is building, if any."""
-    from search.reindex import reindex_in_progress
-
-    building = reindex_in_progress()
+    building = generations.reindex_in_progress()
     return building.identity if building else None
 
 

@@ -48,15 +48,6 @@ EXACT_VOTERS_MAX = 5000
 _BATCH = 256
 
 
-def queue_tag_suggestions(image_ids: list[int]) -> None:
-    """Ask a worker to suggest tags for freshly embedded images once the transaction commits."""
-    from search.tasks import suggest_tags
-
-    if image_ids:
-        # robust: a broker that is down must not undo the embedding; the job makes them later.
-        transaction.on_commit(lambda: suggest_tags.delay(image_ids), robust=True)
-
-
 class _Voters:
     """Tagged images and their tags, per viewer: what may vote for an image of that owner."""
 

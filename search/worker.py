@@ -9,6 +9,7 @@ from celery.signals import celeryd_after_setup, worker_process_init
 from celery.worker import WorkController
 from django.conf import settings
 
+from search.queues import embed_messages_waiting
 from search.runtime import WORKER_PROCESSES_ENV, embedder_warm
 
 # Set in a worker that embeds, for its pool processes (which inherit the environment).
@@ -18,6 +19,13 @@ EMBEDDING_WORKER_ENV = "LOOKALIKE_EMBEDDING_WORKER"
 def in_embedding_worker() -> bool:
     """Whether this process runs the tasks of a worker that takes the embedding queue."""
     return os.environ.get(EMBEDDING_WORKER_ENV) == "1"
+
+
+def embeddings_wait_for_this_worker() -> bool:
+    """Whether this process has embeddings to do before anything that can wait: it belongs to a
+    worker that takes the embedding queue, and a message waits there. A worker of the other
+    queues alone never waits for them."""
+    return in_embedding_worker() and (embed_messages_waiting() or 0) > 0
 
 
 @celeryd_after_setup.connect

@@ -23,7 +23,7 @@ from core.index import HnswIndex, IndexMismatch
 from gallery import services as gallery_services
 from gallery.models import Image
 from gallery.services import image_delete
-from search import generations, runtime, selectors, services
+from search import generations, queues, runtime, selectors, services
 from search.changelog import last_seq, record_changes
 from search.models import Embedding, IndexChange, local_features_array
 from search.services import ImageDescriptors
@@ -194,22 +194,22 @@ class TestQueueEmbeddings:
         sent = embedding_messages
         settings.LOOKALIKE_EMBED_BATCH_SIZE = 8
         with django_capture_on_commit_callbacks() as callbacks:
-            services.queue_embeddings(list(range(100, 120)))
+            queues.queue_embeddings(list(range(100, 120)))
             assert sent == []
         for callback in callbacks:
             callback()
         assert sent == [("search.send_embedding_batches", ([100, 108, 116],))]
 
     def test_a_worker_turns_it_into_one_message_per_embedding_batch(self, db, embedding_messages):
-        services.embedding_batches_send(first_ids=[100, 108, 116])
+        queues.embedding_batches_send(first_ids=[100, 108, 116])
         assert embedding_messages == [("search.embed_image", (first,)) for first in (100, 108, 116)]
 
     def test_a_batch_of_one_embedding_batch_is_sent_as_it_is(self, db, embedding_messages, settings,
                                                              django_capture_on_commit_callbacks):
         settings.LOOKALIKE_EMBED_BATCH_SIZE = 8
         with django_capture_on_commit_callbacks(execute=True):
-            services.queue_embeddings([100, 101, 102])
-            services.queue_embeddings([])
+            queues.queue_embeddings([100, 101, 102])
+            queues.queue_embeddings([])
         assert embedding_messages == [("search.embed_image", (100,))]
 
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 from gallery import copies
 from gallery.models import Image
 from jobs.models import Job
-from search import changelog, runtime, selectors, services
+from search import changelog, queues, runtime, selectors, services
 from search.models import Embedding
 from tests import images
 from tests.conftest import store, store_indexed
@@ -98,7 +98,7 @@ class TestStuckImages:
         waiting = store(images.jpeg(1), "waiting.jpg")
         backdate(waiting, created_at=timezone.now() - timedelta(hours=2))
         embed_image.apply_async((waiting.pk,), queue=embed_queue)
-        assert services.embed_messages_waiting() == 1
+        assert queues.embed_messages_waiting() == 1
         with django_capture_on_commit_callbacks() as sent:
             assert services.images_requeue_stuck(older_than=timedelta(hours=1)) == 0
         assert sent == []
@@ -232,12 +232,12 @@ def test_upkeep_queues_the_display_copies_that_indexed_images_lack(gallery, djan
 
 def test_only_a_worker_that_also_embeds_waits_for_the_embeddings_that_wait(db, embed_queue, monkeypatch):
     from search.tasks import embed_image
-    from search.worker import EMBEDDING_WORKER_ENV
+    from search.worker import EMBEDDING_WORKER_ENV, embeddings_wait_for_this_worker
 
     embed_image.apply_async((10**9,), queue=embed_queue)
-    assert not services.embeddings_wait_for_this_worker()
+    assert not embeddings_wait_for_this_worker()
     monkeypatch.setenv(EMBEDDING_WORKER_ENV, "1")
-    assert services.embeddings_wait_for_this_worker()
+    assert embeddings_wait_for_this_worker()
     with embed_image.app.connection_for_write() as broker:
         broker.default_channel.queue_purge(embed_queue)
-    assert not services.embeddings_wait_for_this_worker()
+    assert not embeddings_wait_for_this_worker()
