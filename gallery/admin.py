@@ -248,13 +248,13 @@ class ImageAdmin(admin.ModelAdmin):
             if "all" in request.POST:
                 _, groups = duplicates.duplicate_groups_latest()
                 groups = list(groups)
-                changed = sum(duplicates.duplicate_group_resolve(group=g, keep_id=g.image_ids[0], action=action)
+                changed = sum(services.duplicate_group_resolve(group=g, keep_id=g.image_ids[0], action=action)
                               for g in groups)
                 self.message_user(request, f"Kept the proposed copy of {len(groups)} groups; "
                                            f"{_PAST[action]} {changed} others.", messages.SUCCESS)
                 return
             group = DuplicateGroup.objects.get(pk=int(request.POST.get("group", "")))
-            changed = duplicates.duplicate_group_resolve(group=group, keep_id=int(request.POST.get("keep", "")),
+            changed = services.duplicate_group_resolve(group=group, keep_id=int(request.POST.get("keep", "")),
                                                          action=action)
             self.message_user(request, f"Kept image #{request.POST['keep']}; {_PAST[action]} {changed} others.",
                               messages.SUCCESS)

@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.http import HttpRequest
 
-from gallery.services import file_too_large_message, upload_too_large_detail
+from gallery.uploads import file_too_large_message, upload_too_large_detail
 
 
 def site(request: HttpRequest) -> dict[str, object]:

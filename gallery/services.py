@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, BinaryIO, Protocol
+from typing import IO, BinaryIO
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -23,13 +23,15 @@ from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
 
 from config.object_store import STORE_ERRORS
 from core.imaging import ImageRejected, read_header
 from gallery.copies import delete_files
-from gallery.models import Image, Tag
+from gallery.models import DuplicateGroup, Image, Tag
 from gallery.selectors import image_list_visible
 from gallery.unfinished import unfinished_clear, unfinished_mark
+from gallery.uploads import Readable, file_too_large_message
 from search import changelog
 from search.models import IndexChange
 from search.queues import queue_embeddings, queue_index_sync
@@ -76,12 +78,6 @@ def clean_original_name(name: str) -> str:
         stem, ext = os.path.splitext(printable)
         printable = stem[: 255 - len(ext[:16])] + ext[:16]
     return printable or "unnamed"
-
-
-class Readable(Protocol):
-    """An uploaded file, or anything else whose contents can be read."""
-
-    def read(self, size: int, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -134,25 +130,6 @@ def images_already_stored(*, files: Sequence[FileOnDisk], owner: AbstractBaseUse
             if same_contents is not None:
                 stored[file.path] = same_contents
     return stored
-
-
-def file_too_large_message(limit: int) -> str:
-    """The refusal of one file over ``limit`` bytes; the pages' script says the same before sending it."""
-    return f"The file is larger than the limit of {filesizeformat(limit)}."
-
-
-def upload_too_large_detail() -> str:
-    """What follows the name of a file that makes a whole upload too large, on the server and in the page."""
-    per_file = filesizeformat(settings.LOOKALIKE_MAX_UPLOAD_BYTES)
-    return f"nothing from this upload was stored. Each file may be at most {per_file}."
-
-
-def read_limited(source: Readable, limit: int) -> bytes:
-    """Read a whole upload, refusing it as soon as it is over ``limit`` bytes."""
-    data = source.read(limit + 1)
-    if len(data) > limit:
-        raise ImageRejected("too_large", file_too_large_message(limit))
-    return data
 
 
 class _Quota:
@@ -512,3 +489,18 @@ def images_reembed(*, image_ids: Collection[int]) -> int:
             state=Image.State.QUEUED, error="", attempts=0, retry_after=None)
         queue_embeddings(ids)
     return len(ids)
+
+
+def duplicate_group_resolve(*, group: DuplicateGroup, keep_id: int, action: str) -> int:
+    """Keep one image of the group and hide or delete the others; returns how many were changed."""
+    if keep_id not in group.image_ids:
+        raise ValueError(f"Image #{keep_id} is not in this group.")
+    if action not in ("hide", "delete"):
+        raise ValueError(f"Unknown action {action!r}: use hide or delete.")
+    others = [i for i in group.image_ids if i != keep_id]
+    with transaction.atomic():
+        if not DuplicateGroup.objects.filter(pk=group.pk, resolved_at__isnull=True).update(resolved_at=timezone.now()):
+            return 0
+        if action == "hide":
+            return images_set_hidden(image_ids=others, hidden=True)
+        return images_delete(image_ids=others)

@@ -1,8 +1,21 @@
-"""Stopping an oversized upload while it streams in, before it is spooled to disk in full."""
+"""The size limits of an upload: stopping an oversized one while it streams in, before it is
+spooled to disk in full, reading one whole up to its limit, and what a refusal says."""
 from __future__ import annotations
 
+from typing import Protocol
+
+from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.http import HttpRequest
+from django.template.defaultfilters import filesizeformat
+
+from core.imaging import ImageRejected
+
+
+class Readable(Protocol):
+    """An uploaded file, or anything else whose contents can be read."""
+
+    def read(self, size: int, /) -> bytes: ...
 
 
 class FileSizeLimit(FileUploadHandler):
@@ -26,3 +39,22 @@ class FileSizeLimit(FileUploadHandler):
 
     def file_complete(self, file_size: int) -> None:
         return None
+
+
+def file_too_large_message(limit: int) -> str:
+    """The refusal of one file over ``limit`` bytes; the pages' script says the same before sending it."""
+    return f"The file is larger than the limit of {filesizeformat(limit)}."
+
+
+def upload_too_large_detail() -> str:
+    """What follows the name of a file that makes a whole upload too large, on the server and in the page."""
+    per_file = filesizeformat(settings.LOOKALIKE_MAX_UPLOAD_BYTES)
+    return f"nothing from this upload was stored. Each file may be at most {per_file}."
+
+
+def read_limited(source: Readable, limit: int) -> bytes:
+    """Read a whole upload, refusing it as soon as it is over ``limit`` bytes."""
+    data = source.read(limit + 1)
+    if len(data) > limit:
+        raise ImageRejected("too_large", file_too_large_message(limit))
+    return data

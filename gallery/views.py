@@ -26,7 +26,7 @@ from config.request_body import max_body
 from gallery import selectors, services
 from gallery.access import viewer_required
 from gallery.models import Cluster, Image
-from gallery.uploads import FileSizeLimit
+from gallery.uploads import FileSizeLimit, upload_too_large_detail
 from search import clusters, copy_notices, recommendations
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def _upload_body_limit() -> int:
 
 
 def _refuse_too_large(request: HttpRequest, limit: int) -> HttpResponse:
-    return _upload_error(request, "too_large", f"The upload is too large: {services.upload_too_large_detail()}", 413)
+    return _upload_error(request, "too_large", f"The upload is too large: {upload_too_large_detail()}", 413)
 
 
 @max_body(_upload_body_limit, refuse=_refuse_too_large)
@@ -125,7 +125,7 @@ def upload(request: HttpRequest) -> HttpResponse:
         return _upload_error(request, "too_many_files", f"Send at most {max_files} files at a time.", 400)
     if size_limit.too_large is not None:
         name = services.clean_original_name(size_limit.too_large)
-        return _upload_error(request, "too_large", f"{name} is too large: {services.upload_too_large_detail()}", 413)
+        return _upload_error(request, "too_large", f"{name} is too large: {upload_too_large_detail()}", 413)
     if len(files) <= max_files:
         # Counted once the files are read, as the size limit must be in place before the body is.
         try:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db import transaction
 from django.db.models import Q, QuerySet
-from django.utils import timezone
 
 from core.index import SnapshotCorrupt
-from gallery import services as gallery_services
 from gallery.models import DuplicateGroup, Image
 from jobs import services as job_services
 from jobs.models import Job
@@ -110,18 +107,3 @@ def duplicate_groups_latest() -> tuple[Job | None, QuerySet[DuplicateGroup]]:
     copies noticed at upload (``search.copy_notices``)."""
     scan = Job.objects.filter(kind=Job.Kind.DUPLICATE_SCAN, state=Job.State.SUCCEEDED).order_by("-finished_at").first()
     return scan, DuplicateGroup.objects.filter(Q(scan=scan) | Q(scan__isnull=True), resolved_at__isnull=True)
-
-
-def duplicate_group_resolve(*, group: DuplicateGroup, keep_id: int, action: str) -> int:
-    """Keep one image of the group and hide or delete the others; returns how many were changed."""
-    if keep_id not in group.image_ids:
-        raise ValueError(f"Image #{keep_id} is not in this group.")
-    if action not in ("hide", "delete"):
-        raise ValueError(f"Unknown action {action!r}: use hide or delete.")
-    others = [i for i in group.image_ids if i != keep_id]
-    with transaction.atomic():
-        if not DuplicateGroup.objects.filter(pk=group.pk, resolved_at__isnull=True).update(resolved_at=timezone.now()):
-            return 0
-        if action == "hide":
-            return gallery_services.images_set_hidden(image_ids=others, hidden=True)
-        return gallery_services.images_delete(image_ids=others)

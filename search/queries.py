@@ -27,7 +27,7 @@ from core.imaging import ImageRejected, decode_image
 from gallery import selectors as gallery_selectors
 from gallery.copies import image_picture
 from gallery.models import Image
-from gallery.services import read_limited
+from gallery.uploads import read_limited
 from search import runtime, selectors, verdicts
 from search.selectors import SearchFilters
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 
 from gallery.models import Image
-from gallery.services import file_too_large_message, upload_too_large_detail
+from gallery.uploads import file_too_large_message, upload_too_large_detail
 from tests import images
 from tests.conftest import store, store_indexed
 from tests.test_browser import browser, halves_gallery, paste_picture, shot, sign_in, site  # noqa: F401

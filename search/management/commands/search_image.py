@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.imaging import ImageRejected, decode_image
-from gallery.services import read_limited
+from gallery.uploads import read_limited
 from search import runtime, selectors
 
 _BATCH = 32
