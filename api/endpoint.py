@@ -24,18 +24,19 @@ from django.views.decorators.csrf import csrf_exempt
 from api import selectors, services
 from config.ratelimit import RateLimited
 from config.request_body import form_body_limit, max_body
+from core.refusal import Refusal
 
 log = logging.getLogger("api")
 
 FORM_CONTENT_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-class ApiError(Exception):
+class ApiError(Refusal):
+    """An API request refused, with its HTTP status and any headers the answer needs."""
+
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
+        super().__init__(code, message)
         self.status = status
-        self.code = code
-        self.message = message
         self.headers = headers or {}
 
 

@@ -30,6 +30,7 @@ from config.request_body import FORM_OVERHEAD_BYTES
 from gallery import selectors as gallery_selectors
 from gallery import services as gallery_services
 from gallery.models import Cluster, Image
+from gallery.resources import image_summary
 from gallery.services import UploadResult
 from search import clusters, queries, recommendations
 
@@ -45,18 +46,12 @@ def upload_body_limit() -> int:
 
 def image_resource(image: Image) -> dict[str, object]:
     return {
-        "id": image.pk,
-        "original_name": image.original_name,
-        "state": image.state,
-        "error": image.error,
-        "error_code": image.error_code,
+        **image_summary(image),
         "width": image.width,
         "height": image.height,
         "byte_size": image.byte_size,
         "created_at": image.created_at.isoformat(),
         "tags": [tag.name for tag in image.tags.all()],
-        "url": reverse("gallery:detail", args=[image.pk]),
-        "thumbnail_url": image.thumbnail_url,
         "owner": image.owner.get_username() if image.owner else None,
     }
 

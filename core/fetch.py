@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
+from core.refusal import Refusal
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -33,12 +35,8 @@ _CHUNK = 64 * 1024
 _USER_AGENT = "Lookalike image search (fetching a picture a user asked to search with)"
 
 
-class FetchRefused(Exception):
-    def __init__(self, code: str, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after  # seconds, when trying again later may succeed
+class FetchRefused(Refusal):
+    """A URL that will not be fetched, or whose answer will not be used."""
 
 
 @dataclass(frozen=True)

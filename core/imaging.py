@@ -21,6 +21,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core.refusal import Refusal
+
 ACCEPTED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "GIF": "GIF", "AVIF": "AVIF"}
 ACCEPTED_LABEL = ", ".join(ACCEPTED_FORMATS.values())
 DISPLAY_MAX_SIDE = 1600
@@ -41,13 +43,8 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
 )
 
 
-class ImageRejected(ValueError):
+class ImageRejected(Refusal, ValueError):
     """A file that will not be stored, with a reason to show to the person who sent it."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

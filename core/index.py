@@ -22,7 +22,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,6 +61,14 @@ class HnswParams:
     m: int = 16
     ef_construction: int = 200
     ef_search: int = 256
+
+
+def stacked(vectors: Mapping[int, np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of ``vectors`` (int64) and their vectors as the rows of one float32 matrix, in the
+    same order: what ``HnswIndex.upsert`` and exact searches take."""
+    ids = np.fromiter(vectors, dtype=np.int64, count=len(vectors))
+    matrix = np.stack(list(vectors.values())) if vectors else np.zeros((0, dim), dtype=np.float32)
+    return ids, matrix
 
 
 class HnswIndex:

@@ -30,6 +30,7 @@ from core.index import (
     Snapshots,
     SnapshotUnavailable,
     exact_search,
+    stacked,
 )
 
 log = logging.getLogger(__name__)
@@ -176,10 +177,7 @@ class IndexReader:
 
     def _tail_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self._tail_matrix is None:
-            ids = np.fromiter(self._tail, dtype=np.int64, count=len(self._tail))
-            vectors = (np.stack(list(self._tail.values())) if self._tail
-                       else np.zeros((0, self.identity.dim), dtype=np.float32))
-            self._tail_matrix = ids, vectors
+            self._tail_matrix = stacked(self._tail, self.identity.dim)
         return self._tail_matrix
 
     @property

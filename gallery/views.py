@@ -26,6 +26,7 @@ from config.request_body import max_body
 from gallery import selectors, services
 from gallery.access import viewer_required
 from gallery.models import Cluster, Image
+from gallery.resources import image_summary
 from gallery.uploads import FileSizeLimit, upload_too_large_detail
 from search import clusters, copy_notices, recommendations
 
@@ -43,16 +44,7 @@ _PRIVATE_CACHE = "private, max-age=3600"
 
 
 def image_json(image: Image) -> dict[str, object]:
-    return {
-        "id": image.pk,
-        "original_name": image.original_name,
-        "state": image.state,
-        "state_label": image.get_state_display(),
-        "error": image.error,
-        "error_code": image.error_code,
-        "url": reverse("gallery:detail", args=[image.pk]),
-        "thumbnail_url": image.thumbnail_url,
-    }
+    return {**image_summary(image), "state_label": image.get_state_display()}
 
 
 @require_GET

@@ -24,6 +24,7 @@ from config.request_body import FORM_OVERHEAD_BYTES
 from core.backbones import WeightsMissing
 from core.fetch import FetchLimits, FetchRefused, fetch_slot, fetch_url
 from core.imaging import ImageRejected, decode_image
+from core.refusal import Refusal
 from gallery import selectors as gallery_selectors
 from gallery.copies import image_picture
 from gallery.models import Image
@@ -48,13 +49,12 @@ _STATUS_BY_IMAGE_CODE = {"too_large": 413, "not_an_image": 415, "unsupported_for
 _STATUS_BY_FETCH_CODE = {"too_large": 413, "url_busy": 503}
 
 
-class QueryError(Exception):
+class QueryError(Refusal):
+    """A search that cannot be made as asked, with the HTTP status that says why."""
+
     def __init__(self, code: str, message: str, status: int = 400, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message, retry_after=retry_after)
         self.status = status
-        self.retry_after = retry_after  # seconds, for a Retry-After header
 
 
 @dataclass(frozen=True)

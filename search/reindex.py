@@ -29,14 +29,12 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 
-import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 
 from core.backbones import get_backbone
-from core.index import HnswIndex, SnapshotCorrupt, SnapshotStore
-from core.reader import resolve_changes
+from core.index import HnswIndex, SnapshotCorrupt, SnapshotStore, stacked
 from gallery.models import Image
 from jobs import services as job_services
 from jobs.models import Job
@@ -45,7 +43,13 @@ from search import changelog, generations, runtime
 from search.generations import Generation
 from search.models import Embedding, IndexChange
 from search.queues import queue_index_sync
-from search.services import embeddings_store, images_embed_with, images_requeue_unembedded, index_reconcile
+from search.services import (
+    embeddings_store,
+    images_embed_with,
+    images_requeue_unembedded,
+    index_apply_changes,
+    index_reconcile,
+)
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +230,7 @@ def _build(progress: _Progress, target: Generation) -> HnswIndex:
     saved_at = time.monotonic()
     rows = Embedding.objects.of(identity).order_by("image_id").values_list("image_id", "vector")
     while batch := list(rows.filter(image_id__gt=after)[:progress.run.job.params["batch_size"]]):
-        vectors = changelog.decode_vectors(identity, batch)
-        if vectors:
-            index.upsert(np.fromiter(vectors, dtype=np.int64, count=len(vectors)), np.stack(list(vectors.values())))
+        index.upsert(*stacked(changelog.decode_vectors(identity, batch), identity.dim))
         after, built = batch[-1][0], built + len(batch)
         if time.monotonic() - saved_at > CHECKPOINT_SECONDS:
             # The checkpoint names what the saved partial index holds, never more.
@@ -242,17 +244,8 @@ def _build(progress: _Progress, target: Generation) -> HnswIndex:
 def _catch_up(progress: _Progress, target: Generation, index: HnswIndex) -> None:
     """Apply what changed since the build began, then make the index hold exactly the stored vectors."""
     progress.step(phase="catching up")
-    identity = target.identity
-    source = changelog.DatabaseChangeSource(identity)
-    applied = progress.checkpoint["start_seq"]
-    while changes := source.changes_after(applied, limit=5000):
-        fresh, gone = resolve_changes(changes, source)
-        if fresh:
-            index.upsert(np.fromiter(fresh, dtype=np.int64, count=len(fresh)), np.stack(list(fresh.values())))
-        index.remove(gone)
-        applied = changes[-1].seq
-    progress.checkpoint["catch_up_seq"] = applied
-    index_reconcile(index=index, identity=identity)
+    progress.checkpoint["catch_up_seq"] = index_apply_changes(index=index, after_seq=progress.checkpoint["start_seq"])
+    index_reconcile(index=index, identity=target.identity)
 
 
 def _self_check(target: Generation, index: HnswIndex, *, as_of_seq: int) -> str:

@@ -16,7 +16,7 @@ from PIL.Image import Image as PILImage
 from core import crop_match, rerank
 from core.backbones import Backbone
 from core.identity import IndexIdentity
-from core.index import exact_search
+from core.index import exact_search, stacked
 from core.query_views import query_framings, second_look_views
 from core.reader import Hit, IndexReader
 from gallery import selectors as gallery_selectors
@@ -179,8 +179,7 @@ def _filtered_hits(vectors: np.ndarray, k: int, exclude: list[list[int]] | None,
     if len(candidates) > EXACT_SEARCH_MAX_CANDIDATES:
         return None
     stored = changelog.vectors_for(reader.identity, candidates)
-    ids = np.fromiter(stored, dtype=np.int64, count=len(stored))
-    matrix = np.stack(list(stored.values())) if stored else np.zeros((0, vectors.shape[1]), dtype=np.float32)
+    ids, matrix = stacked(stored, reader.identity.dim)
     rows = []
     for row, query in enumerate(vectors):
         skip = set(exclude[row]) if exclude else set()

@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 from core.backbones import WeightsMissing
 from core.identity import IndexIdentity
 from core.imaging import DISPLAY_MAX_SIDE, DISPLAY_QUALITY, ImageRejected, display_jpeg_pixels
-from core.index import HnswIndex, IndexMismatch, SnapshotCorrupt, SnapshotMeta, Snapshots, SnapshotUnavailable
+from core.index import HnswIndex, IndexMismatch, SnapshotCorrupt, SnapshotMeta, Snapshots, SnapshotUnavailable, stacked
 from core.reader import resolve_changes
 from gallery import copies
 from gallery.models import Image
@@ -453,8 +453,7 @@ def index_apply_changes(*, index: HnswIndex, after_seq: int) -> int:
     source = changelog.DatabaseChangeSource(index.identity)
     while changes := source.changes_after(applied, limit=_APPLY_CHUNK):
         fresh, gone = resolve_changes(changes, source)
-        if fresh:
-            index.upsert(np.fromiter(fresh, dtype=np.int64, count=len(fresh)), np.stack(list(fresh.values())))
+        index.upsert(*stacked(fresh, index.identity.dim))
         index.remove(gone)
         applied = changes[-1].seq
     return applied
@@ -527,8 +526,7 @@ def _rebuild_as_writer(generation: generations.Generation) -> SnapshotMeta:
     applied = changelog.last_seq()
     vectors = changelog.vectors_for(generation.identity)
     index = HnswIndex(generation.identity, generation.params, capacity=int(len(vectors) * 1.25) + 16)
-    if vectors:
-        index.upsert(np.fromiter(vectors, dtype=np.int64, count=len(vectors)), np.stack(list(vectors.values())))
+    index.upsert(*stacked(vectors, generation.identity.dim))
     return _publish(generation.store, index, applied)
 
 
@@ -544,8 +542,7 @@ def index_reconcile(*, index: HnswIndex, identity: IndexIdentity) -> Reconciled:
     held = index.ids()
     missing, extra = stored - held, held - stored
     vectors = changelog.vectors_for(identity, missing) if missing else {}
-    if vectors:
-        index.upsert(np.fromiter(vectors, dtype=np.int64, count=len(vectors)), np.stack(list(vectors.values())))
+    index.upsert(*stacked(vectors, identity.dim))
     index.remove(extra)
     return Reconciled(added=len(vectors), removed=len(extra))
 

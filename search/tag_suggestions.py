@@ -28,7 +28,7 @@ from django.db.models import F, QuerySet
 
 from core.backbones import get_backbone
 from core.identity import IndexIdentity
-from core.index import exact_search
+from core.index import exact_search, stacked
 from core.knn_vote import VOTERS, tag_vote
 from core.reader import IndexReader
 from gallery import selectors as gallery_selectors
@@ -91,10 +91,7 @@ class _Voters:
         key = owner.pk if owner is not None else None
         if key not in self._matrices:
             stored = changelog.vectors_for(self.reader.identity, self.visible_to(owner))
-            ids = np.fromiter(stored, dtype=np.int64, count=len(stored))
-            matrix = (np.stack(list(stored.values())) if stored
-                      else np.zeros((0, self.reader.identity.dim), dtype=np.float32))
-            self._matrices[key] = ids, matrix
+            self._matrices[key] = stacked(stored, self.reader.identity.dim)
         return self._matrices[key]
 
 

@@ -13,6 +13,7 @@ from core.index import (
     SnapshotCorrupt,
     SnapshotStore,
     exact_search,
+    stacked,
 )
 from tests.snapshot_stores import damage, published_ids, write_pointer
 
@@ -206,3 +207,12 @@ def test_exact_search_ranks_by_inner_product():
     assert labels[:, 0].tolist() == [30, 70]
     assert np.all(np.diff(scores, axis=1) <= 0)
     assert exact_search(vectors[:1], ids[:0], vectors[:0], k=5)[0].shape == (1, 0)
+
+
+def test_stacked_keeps_ids_and_rows_in_step_and_gives_an_empty_matrix_of_the_right_width():
+    vectors = {7: np.full(4, 7.0, dtype=np.float32), 3: np.full(4, 3.0, dtype=np.float32)}
+    ids, matrix = stacked(vectors, 4)
+    assert ids.dtype == np.int64 and ids.tolist() == [7, 3]
+    assert matrix.dtype == np.float32 and matrix[:, 0].tolist() == [7.0, 3.0]
+    ids, matrix = stacked({}, 4)
+    assert ids.shape == (0,) and matrix.shape == (0, 4) and matrix.dtype == np.float32
