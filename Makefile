@@ -37,7 +37,7 @@ test: install install-browser install-wordnet
 		env -u REDIS_URL -u DATABASE_URL -u CELERY_BROKER_URL $(PY) -m pytest -m worker; \
 	fi
 
-# ruff, mypy (strict on core/), and the import contracts in pyproject.toml.
+# ruff, mypy over the project (strict on core/ and lint/), and the import contracts in pyproject.toml.
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m mypy

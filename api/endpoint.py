@@ -96,11 +96,12 @@ def _authenticate(request: HttpRequest) -> None:
                                     "invalid_token")
         services.api_token_mark_used(token=token)
         request.user = token.user
-        request.api_token = token
         return
     user = getattr(request, "user", AnonymousUser())
     if user.is_authenticated and request.method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
-        refusal = CsrfViewMiddleware(lambda _request: HttpResponse()).process_view(request, None, (), {})
+        # No view: only the check matters, for a request signed in by its session cookie.
+        refusal = CsrfViewMiddleware(lambda _request: HttpResponse()).process_view(
+            request, None, (), {})  # type: ignore[arg-type]
         if refusal is not None:
             raise ApiError(403, "csrf_failed", "A request signed in by the browser session needs its CSRF token "
                                                "(X-CSRFToken header); programs should use an API token instead.")

@@ -201,7 +201,7 @@ def _search_options(max_k: int) -> dict[str, Any]:
 
 def _search_body(max_k: int) -> dict[str, Any]:
     options = _search_options(max_k)
-    form = {
+    form: dict[str, Any] = {
         "type": "object",
         "properties": {
             "image": {"type": "string", "format": "binary", "description": "A picture to search with (not stored)."},
@@ -445,6 +445,13 @@ def openapi_description() -> dict[str, Any]:
                                  settings.LOOKALIKE_MAX_UPLOAD_BYTES, settings.LOOKALIKE_PUBLIC_GALLERY))
 
 
+def _response_schema(response: dict[str, Any]) -> dict[str, Any]:
+    """The schema of a response's first media type; none for a response without a body."""
+    media_types: dict[str, dict[str, Any]] = response.get("content", {})
+    first: dict[str, Any] = next(iter(media_types.values()), {})
+    return first.get("schema", {})
+
+
 def operations(description: dict[str, Any]) -> list[dict[str, Any]]:
     """The operations of a description, flattened for the docs page."""
     found = []
@@ -471,8 +478,7 @@ def operations(description: dict[str, Any]) -> list[dict[str, Any]]:
                 "bodies": bodies,
                 "anonymous": {} in operation.get("security", description["security"]),
                 "responses": [{"status": status, "description": response["description"],
-                               "schema": _type_label(next(iter(response.get("content", {}).values()), {})
-                                                     .get("schema", {}))}
+                               "schema": _type_label(_response_schema(response))}
                               for status, response in operation["responses"].items()],
             })
     return found

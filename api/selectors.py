@@ -1,14 +1,14 @@
 """Reads of the API app: a user's tokens, and the token a request presents."""
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
 from api.models import ApiToken
 from api.services import secret_digest
 
 
-def api_token_list_active(*, user: AbstractBaseUser) -> QuerySet[ApiToken]:
+def api_token_list_active(*, user: User) -> QuerySet[ApiToken]:
     return ApiToken.objects.filter(user=user, revoked_at__isnull=True)
 
 

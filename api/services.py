@@ -5,16 +5,15 @@ import hashlib
 import secrets
 from datetime import timedelta
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db.models import Q
 from django.http import Http404
 from django.utils import timezone
 
-from api.models import ApiToken
+from api.models import TOKEN_NAME_MAX_LENGTH, ApiToken
 
 SECRET_PREFIX = "lka_"
-TOKEN_NAME_MAX_LENGTH = ApiToken._meta.get_field("name").max_length
 # Recording every request's use would turn each read into a write; a minute is precise enough.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
@@ -23,7 +22,7 @@ def secret_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def api_token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
+def api_token_create(*, user: User, name: str) -> tuple[ApiToken, str]:
     """A new token and its secret, which is returned this once and stored only as a hash."""
     name = name.strip()
     if not name:
@@ -36,7 +35,7 @@ def api_token_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, st
     return token, secret
 
 
-def api_token_revoke(*, token_id: int, user: AbstractBaseUser) -> ApiToken:
+def api_token_revoke(*, token_id: int, user: User) -> ApiToken:
     """Revoke one of the user's own tokens; another user's token is as unknown as a missing one."""
     token = ApiToken.objects.filter(pk=token_id, user=user, revoked_at__isnull=True).first()
     if token is None:

@@ -27,6 +27,7 @@ from api.endpoint import (
 from api.openapi import openapi_description, operations
 from config.ratelimit import files_in, rate_limit, rate_limit_hit
 from config.request_body import FORM_OVERHEAD_BYTES
+from config.signed_in import SignedInRequest
 from gallery import selectors as gallery_selectors
 from gallery import services as gallery_services
 from gallery.models import Cluster, Image
@@ -71,13 +72,13 @@ def _upload_result(result: UploadResult) -> dict[str, object]:
 
 @api_endpoint(methods=("POST",), anonymous=Anonymous.REFUSED, max_body_bytes=upload_body_limit)
 @rate_limit("upload", cost=files_in("image"), respond=rate_limited_response)
-def images(request: HttpRequest) -> JsonResponse:
+def images(request: SignedInRequest) -> JsonResponse:
     files = request.FILES.getlist("image")
     if len(files) > settings.LOOKALIKE_MAX_UPLOAD_FILES:
         raise too_many_files_error()
     if not files:
         raise ApiError(400, "missing_image", 'Send one or more files in the multipart form field "image".')
-    results = gallery_services.images_upload(uploads=[(f.name, f) for f in files], owner=request.user)
+    results = gallery_services.images_upload(uploads=[(f.name or "", f) for f in files], owner=request.user)
     stored = any(result.status != "refused" for result in results)
     if any(result.code == "store_unavailable" for result in results):
         status = 503  # nothing of the upload was stored: all of it may be sent again

@@ -18,7 +18,8 @@ from kombu.utils.json import dumps
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: str, payload: dict, **kwargs: object) -> None:
+    # kombu's own base classes name the second argument differently (message, payload).
+    def _put(self, queue: str, payload: dict[str, object], **kwargs: object) -> None:  # type: ignore[override]
         # kombu's naming: the time first, so that a queue is read in order, and the queue last.
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)

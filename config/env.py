@@ -106,8 +106,10 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
 
 
 def env_optional_float(name: str, *, minimum: float, maximum: float) -> float | None:
-    number = _number(name, None, minimum, float, "a number")
-    if number is not None and number > maximum:
+    if _raw(name) is None:
+        return None
+    number = _number(name, minimum, minimum, float, "a number")
+    if number > maximum:
         raise ImproperlyConfigured(f"{name}={number} is above its maximum of {maximum}.")
     return number
 

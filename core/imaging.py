@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -66,7 +66,7 @@ class DecodedImage:
     height: int
 
 
-Source = bytes | str | os.PathLike[str] | BinaryIO
+Source = bytes | str | os.PathLike[str] | IO[bytes]
 
 
 def _refusal_for_unidentified(head: bytes) -> ImageRejected:
@@ -102,7 +102,7 @@ def _decoder_warnings() -> Iterator[None]:
 
 
 @contextmanager
-def _opened(source: Source) -> Iterator[BinaryIO]:
+def _opened(source: Source) -> Iterator[IO[bytes]]:
     if isinstance(source, bytes):
         yield io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
@@ -115,7 +115,7 @@ def _opened(source: Source) -> Iterator[BinaryIO]:
         yield source
 
 
-def _open_checked(file: BinaryIO, max_pixels: int) -> Image.Image:
+def _open_checked(file: IO[bytes], max_pixels: int) -> Image.Image:
     """The file opened by its header, with every check a header allows passed."""
     head = file.read(64)
     if not head:

@@ -246,8 +246,8 @@ class ImageAdmin(admin.ModelAdmin):
             if action == "delete" and not self.has_delete_permission(request):
                 raise PermissionDenied
             if "all" in request.POST:
-                _, groups = duplicates.duplicate_groups_latest()
-                groups = list(groups)
+                _, latest = duplicates.duplicate_groups_latest()
+                groups = list(latest)
                 changed = sum(services.duplicate_group_resolve(group=g, keep_id=g.image_ids[0], action=action)
                               for g in groups)
                 self.message_user(request, f"Kept the proposed copy of {len(groups)} groups; "
@@ -416,9 +416,10 @@ class ModerationQueueAdmin(ImageAdmin):
     """The uploads that wait for a staff member, oldest first (LOOKALIKE_MODERATION)."""
 
     ordering = ("created_at", "id")
-    list_filter = (("owner", admin.RelatedOnlyFieldListFilter), "created_at")
-    date_hierarchy = None
-    actions = ("approve", "hide", "add_tags", "delete_with_index")
+    # django-stubs types these by ImageAdmin's values; the queue's are fewer.
+    list_filter = (("owner", admin.RelatedOnlyFieldListFilter), "created_at")  # type: ignore[assignment]
+    date_hierarchy = None  # type: ignore[assignment]
+    actions = ("approve", "hide", "add_tags", "delete_with_index")  # type: ignore[assignment]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
         return super().get_queryset(request).filter(awaiting_approval=True)

@@ -36,6 +36,9 @@ from core.imaging import (
 from gallery.models import Image
 from gallery.tasks import make_display_copies
 
+_UNREADABLE: tuple[type[Exception], ...] = (ImageRejected, *STORE_ERRORS)
+_DEVICE_BATCH_ERRORS: tuple[type[Exception], ...] = (RuntimeError, *_UNREADABLE)
+
 if TYPE_CHECKING:
     import torch
 
@@ -103,7 +106,7 @@ def originals_decode(images: list[Image], *, min_side: int, on_device: DeviceDec
         jpegs = [image for image in images if image.format == "JPEG"]
         try:
             decoded = _decode_on_device(jpegs, on_device)
-        except (RuntimeError, ImageRejected, *STORE_ERRORS):
+        except _DEVICE_BATCH_ERRORS:
             log.warning("Decoding a batch on %s failed; decoding it with Pillow to find the bad file",
                         on_device.device)
         else:
@@ -216,7 +219,7 @@ def images_make_display_copies(*, image_ids: Collection[int]) -> int:
             with default_storage.open(image.original.name, "rb") as original:
                 decoded = decode_image(original, max_pixels=settings.LOOKALIKE_MAX_IMAGE_PIXELS,
                                        max_side=DISPLAY_MAX_SIDE)
-        except (ImageRejected, *STORE_ERRORS):
+        except _UNREADABLE:
             # The embedding worker decides what a bad file means; pages keep showing the thumbnail.
             log.warning("Could not make the display copy of image #%d", image.pk, exc_info=True)
             continue

@@ -6,10 +6,12 @@ from django.templatetags.static import static
 
 PENDING_PICTURE = "img/pending.svg"
 
+TAG_NAME_MAX_LENGTH = 64
+
 
 class Tag(models.Model):
     # Stored lower-case, so that "Cat" and "cat" are one tag.
-    name = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=TAG_NAME_MAX_LENGTH, unique=True)
 
     class Meta:
         ordering = ["name"]

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Q, QuerySet
 
 from gallery.models import Image
 
 
-def image_list_visible(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Image]:
+def image_list_visible(*, user: User | AnonymousUser) -> QuerySet[Image]:
     """Indexed, unhidden images for everyone; a signed-in user also sees their own uploads in progress,
     failed or hidden, and staff see every image."""
     images = Image.objects.select_related("owner")
@@ -30,7 +30,7 @@ def images_tagged_with_word(*, word: str) -> QuerySet[Image]:
     return Image.objects.filter(condition)
 
 
-def image_can_manage(*, image: Image, user: AbstractBaseUser | AnonymousUser) -> bool:
+def image_can_manage(*, image: Image, user: User | AnonymousUser) -> bool:
     return user.is_authenticated and (user.is_staff or image.owner_id == user.pk)
 
 

@@ -4,6 +4,7 @@ validate and de-duplicate alike."""
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -14,10 +15,10 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files.base import File
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
@@ -28,7 +29,7 @@ from django.utils import timezone
 from config.object_store import STORE_ERRORS
 from core.imaging import ImageRejected, read_header
 from gallery.copies import delete_files
-from gallery.models import DuplicateGroup, Image, Tag
+from gallery.models import TAG_NAME_MAX_LENGTH, DuplicateGroup, Image, Tag
 from gallery.selectors import image_list_visible
 from gallery.unfinished import unfinished_clear, unfinished_mark
 from gallery.uploads import Readable, file_too_large_message
@@ -96,11 +97,11 @@ class FileOnDisk:
             return cls(path, None, None)
         return cls(path, stat.st_size, stat.st_mtime_ns)
 
-    def open(self) -> BinaryIO:
+    def open(self) -> io.BufferedReader:
         return self.path.open("rb")
 
 
-def images_already_stored(*, files: Sequence[FileOnDisk], owner: AbstractBaseUser | None) -> dict[Path, int]:
+def images_already_stored(*, files: Sequence[FileOnDisk], owner: User | None) -> dict[Path, int]:
     """The files among these that an earlier import stored for ``owner``, each with its image's id:
     the same name, size and modification time, or, where only the time differs, the same contents.
     One query for the batch; a file is read and hashed only when its time differs."""
@@ -137,7 +138,7 @@ class _Quota:
     Counted first to refuse early, then again under the uploader's lock (``_store``), which is
     what makes it hold when uploads run at once."""
 
-    def __init__(self, owner: AbstractBaseUser | None) -> None:
+    def __init__(self, owner: User | None) -> None:
         self.max_images = settings.LOOKALIKE_UPLOAD_QUOTA_IMAGES
         self.max_bytes = settings.LOOKALIKE_UPLOAD_QUOTA_BYTES
         self.applies = owner is not None and owner.is_authenticated and bool(self.max_images or self.max_bytes)
@@ -181,13 +182,13 @@ class _StoreFailed(Exception):
     """Writing an original to the media store failed: the upload stores nothing."""
 
 
-def image_upload(*, source: Readable, original_name: str, owner: AbstractBaseUser | None) -> UploadResult:
+def image_upload(*, source: Readable, original_name: str, owner: User | None) -> UploadResult:
     """Validate, store and queue one uploaded file. Nothing is stored for a refused file."""
     return images_upload(uploads=[(original_name, source)], owner=owner)[0]
 
 
 def images_upload(*, uploads: Sequence[tuple[str, Readable | FileOnDisk]],
-                  owner: AbstractBaseUser | None) -> list[UploadResult]:
+                  owner: User | None) -> list[UploadResult]:
     """Check, store and queue uploaded files, given as (name, contents): one result each, in order.
 
     The store step is light: each file is read once, in chunks, hashed, checked as far as its
@@ -270,7 +271,7 @@ def images_upload(*, uploads: Sequence[tuple[str, Readable | FileOnDisk]],
     return [results[position] for position in range(len(uploads))]
 
 
-def _write_new(held: list[tuple[_Accepted, IO[bytes]]], owner: AbstractBaseUser | None, quota: _Quota,
+def _write_new(held: list[tuple[_Accepted, IO[bytes]]], owner: User | None, quota: _Quota,
                results: dict[int, UploadResult], accepted: list[_Accepted], unfinished: list[str]) -> None:
     """Write the originals of the held files that are neither duplicates (one query for them all)
     nor past the quota, adding them to ``accepted``, after listing their names in a list of
@@ -299,7 +300,7 @@ def _write_new(held: list[tuple[_Accepted, IO[bytes]]], owner: AbstractBaseUser 
             spooled.close()
 
 
-def _new_within_quota(items: list[_Accepted], owner: AbstractBaseUser | None, quota: _Quota,
+def _new_within_quota(items: list[_Accepted], owner: User | None, quota: _Quota,
                       results: dict[int, UploadResult]) -> list[_Accepted]:
     """The files that are neither copies of an image the uploader may see nor past the quota;
     the others' results go into ``results``."""
@@ -363,7 +364,7 @@ def _write_original(spooled: IO[bytes], name: str) -> str:
     return default_storage.save(name, File(spooled))
 
 
-def _copies_seen_by(owner: AbstractBaseUser | None, digests: Iterable[str]) -> dict[str, Image]:
+def _copies_seen_by(owner: User | None, digests: Iterable[str]) -> dict[str, Image]:
     """The stored image that each of these files duplicates, among the images that ``owner`` may
     see (every image when there is no owner); the earliest, where there are several."""
     images = Image.objects.all() if owner is None else image_list_visible(user=owner)
@@ -373,7 +374,7 @@ def _copies_seen_by(owner: AbstractBaseUser | None, digests: Iterable[str]) -> d
     return copies
 
 
-def _lock_uploads_of(owner: AbstractBaseUser | None) -> None:
+def _lock_uploads_of(owner: User | None) -> None:
     """Until the transaction ends, no other store of this uploader's (or, with no owner, of
     another import) can run: each sees what the one before it stored. SQLite already runs one
     writing transaction at a time (the settings start each one IMMEDIATE)."""
@@ -383,7 +384,7 @@ def _lock_uploads_of(owner: AbstractBaseUser | None) -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_UPLOAD_LOCK_KEY, owner_id % 2**31])
 
 
-def _store(items: list[_Accepted], owner: AbstractBaseUser | None) -> dict[int, UploadResult]:
+def _store(items: list[_Accepted], owner: User | None) -> dict[int, UploadResult]:
     """Insert the rows of accepted uploads whose files are written, and queue them; each one's result.
 
     Duplicates and the quota are judged again under the uploader's lock, since the first look
@@ -406,7 +407,7 @@ def _store(items: list[_Accepted], owner: AbstractBaseUser | None) -> dict[int, 
     return results
 
 
-def _new_image(item: _Accepted, owner: AbstractBaseUser | None) -> Image:
+def _new_image(item: _Accepted, owner: User | None) -> Image:
     [original] = item.written
     return Image(
         owner=owner if owner is not None and owner.is_authenticated else None, original_name=item.name,
@@ -456,8 +457,8 @@ def parse_tag_names(text: str) -> list[str]:
     names = []
     for raw in text.split(","):
         name = " ".join(raw.split()).lower()
-        if len(name) > Tag._meta.get_field("name").max_length:
-            raise ValueError(f"The tag {name[:20]!r}... is longer than 64 characters.")
+        if len(name) > TAG_NAME_MAX_LENGTH:
+            raise ValueError(f"The tag {name[:20]!r}... is longer than {TAG_NAME_MAX_LENGTH} characters.")
         if name and name not in names:
             names.append(name)
     if not names:

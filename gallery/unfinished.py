@@ -24,6 +24,8 @@ from config.object_store import STORE_ERRORS
 from gallery.copies import delete_files
 from gallery.models import Image
 
+_MISSING_OR_UNREACHABLE: tuple[type[Exception], ...] = (FileNotFoundError, *STORE_ERRORS)
+
 log = logging.getLogger(__name__)
 
 _FOLDER = "unfinished"
@@ -45,7 +47,7 @@ def sweep_unfinished(*, older_than: timedelta = UNFINISHED_AFTER) -> int:
     """Delete the originals of batches that died before their rows were committed; how many."""
     try:
         _, lists = default_storage.listdir(_FOLDER)
-    except (FileNotFoundError, *STORE_ERRORS):
+    except _MISSING_OR_UNREACHABLE:
         return 0
     cutoff = timezone.now() - older_than
     removed = 0
@@ -56,7 +58,7 @@ def sweep_unfinished(*, older_than: timedelta = UNFINISHED_AFTER) -> int:
                 continue  # its batch may still be running
             with default_storage.open(path, "rb") as opened:
                 names = opened.read().decode().split()
-        except (FileNotFoundError, *STORE_ERRORS):
+        except _MISSING_OR_UNREACHABLE:
             log.warning("Could not read the list of unfinished uploads %s", path, exc_info=True)
             continue
         named = set(Image.objects.filter(original__in=names).values_list("original", flat=True))

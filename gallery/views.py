@@ -14,6 +14,7 @@ from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import content_disposition_header
@@ -23,6 +24,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from config.object_store import STORE_ERRORS
 from config.ratelimit import RateLimited, rate_limit_hit, too_many_requests_page
 from config.request_body import max_body
+from config.signed_in import SignedInRequest
 from gallery import selectors, services
 from gallery.access import viewer_required
 from gallery.models import Cluster, Image
@@ -105,12 +107,13 @@ def _refuse_too_large(request: HttpRequest, limit: int) -> HttpResponse:
 @csrf_exempt  # checked by _upload, once the body has been read under the size limit
 @login_required
 @require_http_methods(["GET", "POST"])
-def upload(request: HttpRequest) -> HttpResponse:
+def upload(request: SignedInRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "gallery/upload.html")
     max_files, max_bytes = settings.LOOKALIKE_MAX_UPLOAD_FILES, settings.LOOKALIKE_MAX_UPLOAD_BYTES
     size_limit = FileSizeLimit(request, max_bytes)
-    request.upload_handlers.insert(0, size_limit)
+    # A plain list until the body is read, which nothing has done yet.
+    request.upload_handlers.insert(0, size_limit)  # type: ignore[union-attr]
     try:
         files = request.FILES.getlist("files")
     except TooManyFilesSent:
@@ -128,13 +131,13 @@ def upload(request: HttpRequest) -> HttpResponse:
 
 
 @csrf_protect
-def _upload(request: HttpRequest, files: list[UploadedFile]) -> HttpResponse:
+def _upload(request: SignedInRequest, files: list[UploadedFile]) -> HttpResponse:
     limit = settings.LOOKALIKE_MAX_UPLOAD_FILES
     if len(files) > limit:
         return _upload_error(request, "too_many_files", f"Send at most {limit} files at a time.", 400)
     if not files:
         return _upload_error(request, "no_files", "Choose one or more images to upload.", 400)
-    results = services.images_upload(uploads=[(f.name, f) for f in files], owner=request.user)
+    results = services.images_upload(uploads=[(f.name or "", f) for f in files], owner=request.user)
     # Nothing of an upload that the media store could not take was stored: all of it may be sent again.
     status = 503 if any(r.code == "store_unavailable" for r in results) else 200
     if _wants_json(request):
@@ -199,7 +202,7 @@ def _stored_file(name: str) -> FileResponse | HttpResponse:
 
 @login_required
 @require_GET
-def original(request: HttpRequest, image_id: int) -> HttpResponse:
+def original(request: HttpRequest, image_id: int) -> HttpResponseBase:
     image = get_object_or_404(Image, pk=image_id)
     if not selectors.image_can_manage(image=image, user=request.user) or not image.original:
         raise Http404  # a file found damaged is not kept
@@ -209,14 +212,16 @@ def original(request: HttpRequest, image_id: int) -> HttpResponse:
         # the uploaded name: a JPEG uploaded as "x.html" downloads as "x.jpg".
         stored_extension = PurePosixPath(image.original.name).suffix
         filename = f"{PurePosixPath(image.original_name).stem}{stored_extension}"
-        response["Content-Disposition"] = content_disposition_header(True, filename)
+        disposition = content_disposition_header(True, filename)
+        assert disposition is not None, "an attachment always has the header"
+        response["Content-Disposition"] = disposition
     response["X-Content-Type-Options"] = "nosniff"
     return response
 
 
 @require_GET
 @viewer_required
-def media(request: HttpRequest, path: str) -> HttpResponse:
+def media(request: HttpRequest, path: str) -> HttpResponseBase:
     """Serve the re-encoded copies (never the originals) with headers that stop content sniffing,
     and only to whoever may see their image: to anyone else they do not exist. They are streamed
     from the media storage through the site, in the object store as on disk (README, "Media in the

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -80,7 +80,7 @@ def _queue_run(job_id: int, token: str) -> None:
     transaction.on_commit(lambda: run_job.delay(job_id, token), robust=True)
 
 
-def job_start(*, kind: str, params: dict | None = None, started_by: AbstractBaseUser | AnonymousUser | None = None
+def job_start(*, kind: str, params: dict | None = None, started_by: User | AnonymousUser | None = None
               ) -> Job:
     """Record a job and send it to a worker once the transaction commits."""
     if kind not in _runners:

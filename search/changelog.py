@@ -48,7 +48,7 @@ def vectors_for(identity: IndexIdentity, image_ids: Collection[int] | None = Non
     return decode_vectors(identity, rows.values_list("image_id", "vector").iterator(chunk_size=2000))
 
 
-def decode_vectors(identity: IndexIdentity, rows: Iterable[tuple[int, bytes]]) -> dict[int, np.ndarray]:
+def decode_vectors(identity: IndexIdentity, rows: Iterable[tuple[int, bytes | memoryview]]) -> dict[int, np.ndarray]:
     """Stored vectors as arrays, leaving out (and logging) any whose length is not the identity's
     dimension: one bad row must not fail every search and every index update."""
     size = identity.dim * np.dtype(np.float32).itemsize

@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import connection, transaction
 from django.db.models import Count, F, QuerySet, Window
 from django.db.models.functions import RowNumber
@@ -146,7 +146,7 @@ def _members_store(clustering: Clustering, image_ids: list[int], cluster_ids: np
 # The background job ---------------------------------------------------------------------------
 
 
-def clusters_start(*, started_by: AbstractBaseUser | AnonymousUser | None = None) -> Job:
+def clusters_start(*, started_by: User | AnonymousUser | None = None) -> Job:
     """Start a clustering job, or return the one queued or running: two at once would replace each
     other's half-made clustering."""
     active = Job.objects.filter(kind=Job.Kind.CLUSTERS, state__in=Job.ACTIVE_STATES).first()
@@ -244,18 +244,18 @@ class ClusterCard:
     representatives: list[Image]
 
 
-def _visible_members(*, user: AbstractBaseUser | AnonymousUser, clustering: Clustering) -> QuerySet[ClusterMember]:
+def _visible_members(*, user: User | AnonymousUser, clustering: Clustering) -> QuerySet[ClusterMember]:
     visible = gallery_selectors.image_list_visible(user=user).filter(state=Image.State.INDEXED)
     return ClusterMember.objects.filter(clustering=clustering, image__in=visible.values("pk"))
 
 
-def cluster_counts_visible(*, user: AbstractBaseUser | AnonymousUser, clustering: Clustering) -> dict[int, int]:
+def cluster_counts_visible(*, user: User | AnonymousUser, clustering: Clustering) -> dict[int, int]:
     """Per cluster id: how many of its images ``user`` may see; a cluster with none is left out."""
     return dict(_visible_members(user=user, clustering=clustering).values("cluster")
                 .annotate(n=Count("pk")).values_list("cluster", "n"))
 
 
-def cluster_cards(*, user: AbstractBaseUser | AnonymousUser, clusters: list[Cluster],
+def cluster_cards(*, user: User | AnonymousUser, clusters: list[Cluster],
                   counts: dict[int, int]) -> list[ClusterCard]:
     """The cards of these clusters: each with its count and its most typical images that ``user`` may see."""
     if not clusters:
@@ -271,7 +271,7 @@ def cluster_cards(*, user: AbstractBaseUser | AnonymousUser, clusters: list[Clus
     return [ClusterCard(c, counts.get(c.pk, 0), shown.get(c.pk, [])) for c in clusters]
 
 
-def cluster_images_visible(*, user: AbstractBaseUser | AnonymousUser, cluster: Cluster) -> QuerySet[Image]:
+def cluster_images_visible(*, user: User | AnonymousUser, cluster: Cluster) -> QuerySet[Image]:
     """The images of a cluster that ``user`` may see, the most typical first."""
     return (gallery_selectors.image_list_visible(user=user).filter(state=Image.State.INDEXED)
             .filter(cluster_memberships__cluster=cluster)

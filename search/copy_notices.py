@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 
 from core.identity import IndexIdentity
 from gallery import selectors as gallery_selectors
@@ -77,7 +77,7 @@ def copies_record(*, found: Found, image_ids: list[int]) -> None:
                                           lowest_similarity=similarity, image_ids=[original_id, image_id])
 
 
-def copy_notices_shown(*, image_ids: list[int], user: AbstractBaseUser | AnonymousUser) -> dict[int, int]:
+def copy_notices_shown(*, image_ids: list[int], user: User | AnonymousUser) -> dict[int, int]:
     """For each of these images noticed as an edited copy of an image that ``user`` may see: that image's id."""
     notices = dict(CopyNotice.objects.filter(image_id__in=image_ids).values_list("image_id", "original_id"))
     shown = set(gallery_selectors.image_list_visible(user=user).filter(pk__in=set(notices.values()))

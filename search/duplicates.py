@@ -8,7 +8,7 @@ gallery of n images that is n index queries, in batches that report progress.
 from __future__ import annotations
 
 import numpy as np
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Q, QuerySet
 
 from core.index import SnapshotCorrupt
@@ -28,7 +28,7 @@ class ScanRefused(ValueError):
     """A duplicate scan cannot start as asked; the message says why."""
 
 
-def duplicate_scan_start(*, threshold: float, started_by: AbstractBaseUser | AnonymousUser | None = None) -> Job:
+def duplicate_scan_start(*, threshold: float, started_by: User | AnonymousUser | None = None) -> Job:
     if not 0.5 <= threshold <= 1.0:
         raise ScanRefused(f"The similarity threshold must be between 0.5 and 1, not {threshold}.")
     return job_services.job_start(kind=Job.Kind.DUPLICATE_SCAN, params={"threshold": threshold},
@@ -90,8 +90,7 @@ def duplicate_scan_run(run: JobRun) -> str:
         members = [images[i] for i in group if i in images]
         if len(members) < 2:
             continue
-        scores = [s for (a, b), s in similarity.items() if a in group and b in group]
-        lowest = min(scores)
+        lowest = min(s for (a, b), s in similarity.items() if a in group and b in group)
         # Proposed copy to keep first: the largest resolution, then the earliest upload.
         members.sort(key=lambda image: (-image.width * image.height, image.created_at, image.pk))
         rows.append(DuplicateGroup(scan=run.job, exact=lowest >= EXACT_SIMILARITY, lowest_similarity=lowest,

@@ -61,8 +61,8 @@ class Generation:
 
 
 def store_for(name: str) -> Snapshots:
-    if object_store_configured():
-        return ObjectSnapshotStore(snapshot_store_client(), settings.LOOKALIKE_S3_BUCKET, f"{OBJECT_PREFIX}{name}/",
+    if bucket := settings.LOOKALIKE_S3_BUCKET:
+        return ObjectSnapshotStore(snapshot_store_client(), bucket, f"{OBJECT_PREFIX}{name}/",
                                    settings.INDEX_CACHE_DIR / name,
                                    poll_seconds=settings.LOOKALIKE_SNAPSHOT_POLL_SECONDS)
     return SnapshotStore(settings.INDEX_DIR / name)

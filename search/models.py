@@ -51,7 +51,7 @@ class Embedding(models.Model):
         return np.frombuffer(bytes(self.vector), dtype=np.float32)
 
 
-def local_features_array(data: bytes, *, channels: int) -> np.ndarray:
+def local_features_array(data: bytes | memoryview, *, channels: int) -> np.ndarray:
     """A stored feature map as positions x channels."""
     return np.frombuffer(bytes(data), dtype=np.float16).reshape(-1, channels)
 

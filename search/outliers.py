@@ -17,7 +17,7 @@ import logging
 
 import numpy as np
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.utils import timezone
 
 from core.identity import IndexIdentity
@@ -82,7 +82,7 @@ def outliers_record(*, found: Found, image_ids: list[int]) -> list[int]:
 # The background job over the whole gallery --------------------------------------------------
 
 
-def outlier_scores_start(*, started_by: AbstractBaseUser | AnonymousUser | None = None) -> Job:
+def outlier_scores_start(*, started_by: User | AnonymousUser | None = None) -> Job:
     return job_services.job_start(kind=Job.Kind.OUTLIER_SCORES, started_by=started_by)
 
 

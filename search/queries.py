@@ -14,10 +14,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from typing import BinaryIO
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from PIL.Image import Image as PILImage
 
 from config.request_body import FORM_OVERHEAD_BYTES
@@ -28,7 +27,7 @@ from core.refusal import Refusal
 from gallery import selectors as gallery_selectors
 from gallery.copies import image_picture
 from gallery.models import Image
-from gallery.uploads import read_limited
+from gallery.uploads import Readable, read_limited
 from search import runtime, selectors, verdicts
 from search.selectors import SearchFilters
 
@@ -249,7 +248,7 @@ def search_body_limit() -> int:
     return settings.LOOKALIKE_MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES
 
 
-def query_from_upload(*, source: BinaryIO) -> Query:
+def query_from_upload(*, source: Readable) -> Query:
     """A query picture sent by the person searching; read and validated like an upload, never stored."""
     try:
         data = read_limited(source, settings.LOOKALIKE_MAX_UPLOAD_BYTES)
@@ -281,7 +280,7 @@ def query_from_url(*, url: str) -> Query:
         raise QueryError(error.code, f"The URL did not give a usable picture: {error.message}", error.status) from None
 
 
-def query_from_image(*, image_id: int, user: AbstractBaseUser | AnonymousUser) -> Query:
+def query_from_image(*, image_id: int, user: User | AnonymousUser) -> Query:
     """A gallery image the user may see; searched by its stored vector, nothing is embedded."""
     image = gallery_selectors.image_list_visible(user=user).filter(pk=image_id).first()
     if image is None:
@@ -295,7 +294,7 @@ def query_from_image(*, image_id: int, user: AbstractBaseUser | AnonymousUser) -
 # Searching ------------------------------------------------------------------------------------
 
 
-def search_run(*, query: Query, user: AbstractBaseUser | AnonymousUser, params: SearchParams) -> SearchOutcome:
+def search_run(*, query: Query, user: User | AnonymousUser, params: SearchParams) -> SearchOutcome:
     """The page of results ``params`` asks for, best first, each with its verdict."""
     # One reader for the whole search: a reindex may switch the site to another index meanwhile.
     reader = runtime.index_reader()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 
 from core.mmr import CANDIDATES, RECOMMENDED, mmr
 from gallery import selectors as gallery_selectors
@@ -28,11 +28,11 @@ class Recommendation:
     score: float  # cosine similarity to the closest source image
 
 
-def _shown_to(user: AbstractBaseUser | AnonymousUser):
+def _shown_to(user: User | AnonymousUser):
     return gallery_selectors.image_list_visible(user=user).filter(state=Image.State.INDEXED, hidden=False)
 
 
-def _recommend(sources: list[Image], *, user: AbstractBaseUser | AnonymousUser, k: int,
+def _recommend(sources: list[Image], *, user: User | AnonymousUser, k: int,
                not_own: bool = False) -> list[Recommendation]:
     reader = runtime.index_reader()
     stored = changelog.vectors_for(reader.identity, [source.pk for source in sources])
@@ -65,7 +65,7 @@ def _recommend(sources: list[Image], *, user: AbstractBaseUser | AnonymousUser, 
     return [Recommendation(images[ids[p]], best[ids[p]]) for p in picked if ids[p] in images]
 
 
-def recommendations_for_image(*, image: Image, user: AbstractBaseUser | AnonymousUser,
+def recommendations_for_image(*, image: Image, user: User | AnonymousUser,
                               k: int = RECOMMENDED) -> list[Recommendation]:
     """Images like this one that are not copies of it, varied, and that ``user`` may see."""
     if image.state != Image.State.INDEXED:
@@ -73,7 +73,7 @@ def recommendations_for_image(*, image: Image, user: AbstractBaseUser | Anonymou
     return _recommend([image], user=user, k=k)
 
 
-def recommendations_for_user(*, user: AbstractBaseUser | AnonymousUser, k: int = RECOMMENDED) -> list[Recommendation]:
+def recommendations_for_user(*, user: User | AnonymousUser, k: int = RECOMMENDED) -> list[Recommendation]:
     """Images like the user's latest uploads, never their own and never copies of those uploads."""
     if not user.is_authenticated:
         return []

@@ -30,10 +30,11 @@ import time
 from dataclasses import dataclass, replace
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
 
 from core.backbones import get_backbone
+from core.imaging import ImageRejected
 from core.index import HnswIndex, SnapshotCorrupt, SnapshotStore, stacked
 from gallery.models import Image
 from jobs import services as job_services
@@ -71,7 +72,7 @@ class SelfCheckFailed(RuntimeError):
 
 
 def reindex_start(*, backbone: str | None = None, m: int | None = None, ef_construction: int | None = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE, started_by: AbstractBaseUser | AnonymousUser | None = None
+                  batch_size: int = DEFAULT_BATCH_SIZE, started_by: User | AnonymousUser | None = None
                   ) -> Job:
     """Queue a reindex to a new generation; unset parameters keep the current generation's values
     (the backbone defaults to the LOOKALIKE_BACKBONE setting)."""
@@ -187,7 +188,7 @@ def _embed_missing(progress: _Progress, target: Generation) -> None:
     batch_size = progress.run.job.params["batch_size"]
     if cp.get("embedded_after"):
         log.info("Resuming the embedding for %s after image #%d", target.name, cp["embedded_after"])
-    failed: dict[int, str] = {}
+    failed: dict[int, str | ImageRejected] = {}
     while True:
         after = cp.get("embedded_after", 0)
         batch = list(Image.objects.filter(state=Image.State.INDEXED, id__gt=after)

@@ -5,6 +5,7 @@ that applies the log to the HNSW index and publishes snapshots (see ``core.index
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -218,7 +219,7 @@ def _fail_damaged(*, token: str, damaged: dict[int, ImageRejected]) -> None:
             state=Image.State.FAILED, error=rejection.message[:2000], error_code=rejection.code, claim_token="",
             claimed_at=None, retry_after=None, original="", display="", thumbnail="")
         files = [f.name for f in (image.original, image.display, image.thumbnail) if f.name]
-        transaction.on_commit(lambda files=files: copies.delete_files(files))
+        transaction.on_commit(functools.partial(copies.delete_files, files))
     ids = [image.pk for image in ours]
     # An image embedded before (and queued again) leaves search too.
     if Embedding.objects.filter(image_id__in=ids).delete()[0]:
@@ -587,7 +588,7 @@ def _repair_as_writer(generation: generations.Generation) -> IndexRepair:
         index, reason = None, str(exc)
     else:
         reason = "there was no usable snapshot"
-    if index is None:
+    if index is None or meta is None:
         rebuilt = _rebuild_as_writer(generation)
         return IndexRepair(Reconciled(added=rebuilt.count, removed=0), rebuilt=reason)
     applied = index_apply_changes(index=index, after_seq=meta.applied_seq)

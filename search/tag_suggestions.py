@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
 from django.db.models import F, QuerySet
 
@@ -60,7 +60,7 @@ class _Voters:
         self._visible: dict[int | None, frozenset[int]] = {}
         self._matrices: dict[int | None, tuple[np.ndarray, np.ndarray]] = {}
 
-    def visible_to(self, owner: AbstractBaseUser | None) -> frozenset[int]:
+    def visible_to(self, owner: User | None) -> frozenset[int]:
         key = owner.pk if owner is not None else None
         if not self.tags:
             return frozenset()
@@ -71,7 +71,7 @@ class _Voters:
             self._visible[key] = frozenset(visible)
         return self._visible[key]
 
-    def neighbours(self, image_id: int, vector: np.ndarray, owner: AbstractBaseUser | None
+    def neighbours(self, image_id: int, vector: np.ndarray, owner: User | None
                    ) -> list[tuple[float, set[str]]]:
         """(similarity, tags) of the image's nearest voters, closest first; never the image itself."""
         voters = self.visible_to(owner) - {image_id}
@@ -87,7 +87,7 @@ class _Voters:
             hits = [(hit.image_id, hit.score) for hit in row]
         return [(score, self.tags[i]) for i, score in hits[:VOTERS]]
 
-    def _matrix(self, owner: AbstractBaseUser | None, voters: frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
+    def _matrix(self, owner: User | None, voters: frozenset[int]) -> tuple[np.ndarray, np.ndarray]:
         key = owner.pk if owner is not None else None
         if key not in self._matrices:
             stored = changelog.vectors_for(self.reader.identity, self.visible_to(owner))
@@ -228,7 +228,7 @@ def _names_by_image(rows: QuerySet) -> dict[int, set[str]]:
 # The background job over the whole gallery --------------------------------------------------
 
 
-def tag_suggestions_start(*, started_by: AbstractBaseUser | AnonymousUser | None = None) -> Job:
+def tag_suggestions_start(*, started_by: User | AnonymousUser | None = None) -> Job:
     return job_services.job_start(kind=Job.Kind.TAG_SUGGESTIONS, started_by=started_by)
 
 

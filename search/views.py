@@ -6,6 +6,7 @@ import base64
 import logging
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
@@ -37,6 +38,8 @@ def _render(request: HttpRequest, context: dict[str, object], status: int = 200,
             form: QueryDict | None = None) -> HttpResponse:
     data = form if form is not None else request.POST if request.method == "POST" else request.GET
     params = context.get("params")
+    if not isinstance(params, queries.SearchParams):
+        params = None
     selected_k = params.k if params else settings.LOOKALIKE_SEARCH_DEFAULT_K
     context.update(k_choices=sorted({*K_CHOICES, selected_k}), min_score_choices=MIN_SCORE_CHOICES, form=data,
                    selected_k=selected_k,
@@ -106,19 +109,20 @@ def _picture_given(request: HttpRequest, data: QueryDict) -> bool:
 def _query_from(request: HttpRequest, data: QueryDict, context: dict[str, object]) -> queries.Query:
     """The query picture: an uploaded file, else a URL, else a gallery image."""
     upload = request.FILES.get("image")
+    url, image_id_text = str(data.get("url", "")), str(data.get("image_id", ""))
     if upload is not None:
         query = queries.query_from_upload(source=upload)
         context.update(query_kind="upload", query_name=upload.name, query_preview=_preview(query))
         if data.get("add_to_gallery") and request.user.is_authenticated:
             # Only when asked: a query picture is otherwise never stored.
-            context["added"] = _add_to_gallery(request, upload)
-    elif data.get("url", "").strip():
+            context["added"] = _add_to_gallery(request, upload, owner=request.user)
+    elif url.strip():
         rate_limit_hit(request, scope="url_fetch")
-        query = queries.query_from_url(url=data["url"])
-        context.update(query_kind="url", query_name=data["url"].strip(), query_preview=_preview(query))
-    elif data.get("image_id", "").strip():
+        query = queries.query_from_url(url=url)
+        context.update(query_kind="url", query_name=url.strip(), query_preview=_preview(query))
+    elif image_id_text.strip():
         try:
-            image_id = int(data["image_id"])
+            image_id = int(image_id_text)
         except ValueError:
             raise QueryError("invalid_parameter", "image_id must be the number of a gallery image.") from None
         query = queries.query_from_image(image_id=image_id, user=request.user)
@@ -129,7 +133,7 @@ def _query_from(request: HttpRequest, data: QueryDict, context: dict[str, object
     return query
 
 
-def _add_to_gallery(request: HttpRequest, upload: UploadedFile) -> UploadResult:
+def _add_to_gallery(request: HttpRequest, upload: UploadedFile, *, owner: User) -> UploadResult:
     """Store the query picture as an upload like any other: it counts against the upload limit
     here and against the quota in the service. Past the limit the search is still answered."""
     try:
@@ -138,7 +142,7 @@ def _add_to_gallery(request: HttpRequest, upload: UploadedFile) -> UploadResult:
         return UploadResult(clean_original_name(upload.name or ""), "refused", code="rate_limited",
                             message=limited.message)
     upload.seek(0)
-    return image_upload(source=upload, original_name=upload.name or "", owner=request.user)
+    return image_upload(source=upload, original_name=upload.name or "", owner=owner)
 
 
 def _preview(query: queries.Query) -> str:

@@ -82,6 +82,7 @@ def store(data: bytes, name: str = "picture.jpg", owner=None) -> Image:
     """Upload through the service, as the web and the importer do; fails the test if refused."""
     result = image_upload(source=io.BytesIO(data), original_name=name, owner=owner)
     assert result.status == "accepted", result.message
+    assert result.image is not None, "an accepted upload is stored"
     return result.image
 
 

@@ -4,6 +4,7 @@ styles in light and dark, tap targets, files refused before they are sent, and t
 import re
 import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from django.conf import settings
@@ -35,7 +36,7 @@ def assert_targets(page: Page, least: int, what: str) -> None:
     assert small == [], f"{what}: controls under {least} px tall: {small}"
 
 
-def new_page(browser: Browser, width: int, scheme: str = "light") -> Page:  # noqa: F811
+def new_page(browser: Browser, width: int, scheme: Literal["light", "dark"] = "light") -> Page:  # noqa: F811
     """A page as a phone shows it at 390 px (a touch screen), else as a desktop browser does."""
     phone = width < 500
     context = browser.new_context(viewport={"width": width, "height": 844 if phone else 800}, is_mobile=phone,

@@ -1,6 +1,7 @@
 """The API behaves as its OpenAPI description says: fuzzed by schemathesis against the running
 site, and, status by status, by real requests whose answers are validated against the description."""
 import json
+from collections.abc import Callable
 from contextlib import ExitStack
 from types import SimpleNamespace
 
@@ -8,6 +9,7 @@ import jsonschema_rs
 import pytest
 import schemathesis
 from django.conf import settings as django_settings
+from django.http import HttpResponseBase
 from django.test import Client, override_settings
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -142,7 +144,7 @@ def session_client(user, *, csrf: bool = False) -> Client:
     return browser
 
 
-SCENARIOS = {
+SCENARIOS: dict[tuple[str, str, int], list[Callable[[Client, SimpleNamespace], HttpResponseBase]]] = {
     ("POST", IMAGES, 202): [lambda client, w: upload_as(client, w, upload_file("new.jpg", images.jpeg(7)))],
     ("POST", IMAGES, 400): [lambda client, w: upload_as(client, w),
                             lambda client, w: upload_as(client, w, upload_file("empty.jpg", b""))],

@@ -13,7 +13,7 @@ from tests.conftest import PROJECT_ROOT, process_env, upload_file
 
 def anonymous_request(address: str = "192.0.2.1", forwarded: str | None = None):
     request = RequestFactory().post("/", REMOTE_ADDR=address,
-                                    **({"HTTP_X_FORWARDED_FOR": forwarded} if forwarded else {}))
+                                    headers={"X-Forwarded-For": forwarded} if forwarded else None)
     from django.contrib.auth.models import AnonymousUser
 
     request.user = AnonymousUser()

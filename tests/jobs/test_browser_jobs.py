@@ -32,6 +32,7 @@ def running(transactional_db) -> services.JobRun:
     get_user_model().objects.create_superuser("root", password="root-password")
     job = Job.objects.create(kind=Job.Kind.REINDEX, claim_token="t")
     run = services.job_claim(job_id=job.pk, token="t")
+    assert run is not None, "the job is claimed with the token it was sent with"
     run.step(total=10, done=1, phase="building")
     return run
 

@@ -12,7 +12,9 @@ CHANGELIST = reverse("admin:jobs_job_changelist")
 
 def running_job(**fields) -> tuple[Job, services.JobRun]:
     job = Job.objects.create(kind=Job.Kind.REINDEX, claim_token="t1", **fields)
-    return job, services.job_claim(job_id=job.pk, token="t1")
+    run = services.job_claim(job_id=job.pk, token="t1")
+    assert run is not None, "the job is claimed with the token it was sent with"
+    return job, run
 
 
 class TestProgress:

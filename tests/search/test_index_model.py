@@ -127,6 +127,7 @@ class IndexLayer(RuleBasedStateMachine):
     @rule()
     def rebuild_and_publish(self) -> None:
         self._rebuild()
+        assert self.writer is not None
         meta = self.store.publish(self.writer, applied_seq=self.applied)
         assert meta.count == len(self.source.rows)
 
@@ -138,6 +139,7 @@ class IndexLayer(RuleBasedStateMachine):
     @rule(data=st.data())
     def corrupt_snapshot(self, data: st.DataObject) -> None:
         meta = self.store.read_meta()
+        assert meta is not None, "the pointer names a snapshot"
         path = self.folder / meta.snapshot_id / data.draw(st.sampled_from(sorted(meta.files)))
         content = bytearray(path.read_bytes())
         if data.draw(st.booleans()) or not content:
@@ -332,6 +334,7 @@ class EmbedsAcrossReindexes(RuleBasedStateMachine):
     def the_published_index_equals_the_database_and_search_answers(self) -> None:
         result = services.index_sync()
         assert result.status in ("published", "up_to_date"), result
+        assert result.meta is not None, "a published or up-to-date index has a snapshot"
         active = generations.active()
         stored = set(Embedding.objects.of(active.identity).values_list("image_id", flat=True))
         assert active.store.load(result.meta, active.params).ids() == stored

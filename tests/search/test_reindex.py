@@ -143,7 +143,9 @@ class TestReindex:
 def install_untrained_resnet50() -> None:
     """Weights for a second backbone: untrained, with batch-norm statistics taken from a few
     pictures so that different pictures get different vectors, which is all a reindex needs."""
-    checkpoint = get_backbone("resnet50").torchvision.checkpoint_path(runtime.weights_dir())
+    weights = get_backbone("resnet50").torchvision
+    assert weights is not None, "resnet50 is a torchvision backbone"
+    checkpoint = weights.checkpoint_path(runtime.weights_dir())
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = models.resnet50(weights=None).train()

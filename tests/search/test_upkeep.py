@@ -27,7 +27,9 @@ def gallery(db, clean_index):
 
 def published_ids() -> set[int]:
     store = runtime.snapshot_store()
-    return store.load(store.read_meta(), runtime.index_params()).ids()
+    meta = store.read_meta()
+    assert meta is not None, "an index is published"
+    return store.load(meta, runtime.index_params()).ids()
 
 
 class TestReconcile:

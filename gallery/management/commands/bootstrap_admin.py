@@ -1,5 +1,6 @@
 """python manage.py bootstrap_admin: make the first administrator and say how to sign in."""
 import secrets
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -9,7 +10,7 @@ from django.core.management.base import BaseCommand
 class Command(BaseCommand):
     help = "Create the user 'admin' with a random password if no administrator exists, and print how to sign in."
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         users = get_user_model()
         password_file = settings.VAR_DIR / "admin-password.txt"
         if users.objects.filter(is_superuser=True).exists():

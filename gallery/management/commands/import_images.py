@@ -11,9 +11,10 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from multiprocessing.pool import AsyncResult
 from pathlib import Path
+from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from tqdm import tqdm
@@ -65,7 +66,7 @@ def _batches(files: Iterable[Path]) -> Iterator[list[FileOnDisk]]:
 Outcome = tuple[str, UploadResult | int]
 
 
-def _store_batch(job: tuple[list[FileOnDisk], AbstractBaseUser | None]) -> list[Outcome]:
+def _store_batch(job: tuple[list[FileOnDisk], User | None]) -> list[Outcome]:
     """Skip the files stored by an earlier import (by name, size and modification time, then by
     hash where only the time differs), and store the rest."""
     files, owner = job
@@ -75,7 +76,7 @@ def _store_batch(job: tuple[list[FileOnDisk], AbstractBaseUser | None]) -> list[
     return [(str(file.path), stored[file.path] if file.path in stored else next(results)) for file in files]
 
 
-def _store_files(batches: Iterator[list[FileOnDisk]], owner: AbstractBaseUser | None,
+def _store_files(batches: Iterator[list[FileOnDisk]], owner: User | None,
                  jobs: int) -> Iterator[Outcome]:
     """Each file's outcome, in order; with several jobs, stored by that many processes at once."""
     if jobs == 1:
@@ -112,7 +113,7 @@ class Command(BaseCommand):
         parser.add_argument("--jobs", type=int, default=1,
                             help="processes that read, check and store files at once (default 1)")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         owner = None
         if options["owner"]:
             owner = get_user_model().objects.filter(username=options["owner"]).first()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
@@ -22,7 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
                             help="processes of the Celery worker that embeds images")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         env = dict(os.environ)
         commands = {
             # One machine: the embedding worker takes the background queue too; --beat: it also sends

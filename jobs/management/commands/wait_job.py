@@ -1,5 +1,6 @@
 """python manage.py wait_job ID [--timeout S]"""
 import time
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -35,7 +36,7 @@ class Command(BaseCommand):
         parser.add_argument("job_id", type=int)
         parser.add_argument("--timeout", type=float, default=24 * 3600.0)
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         job = Job.objects.filter(pk=options["job_id"]).first()
         if job is None:
             raise CommandError(f"There is no job #{options['job_id']}.")

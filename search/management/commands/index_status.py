@@ -1,6 +1,7 @@
 """python manage.py index_status [--sample N] [--json]"""
 import json
 from dataclasses import asdict
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -16,7 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--sample", type=int, default=100, help="images searched for the recall check (0: skip)")
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         if options["sample"] < 0:
             raise CommandError("--sample must be 0 or more.")
         health = index_health(sample=options["sample"])

@@ -1,5 +1,6 @@
 """python manage.py install_weights BACKBONE FILE [--ignore-checksum]"""
 from pathlib import Path
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -18,7 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("--ignore-checksum", action="store_true",
                             help="accept a file whose SHA-256 differs from the published one (a re-saved copy)")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         try:
             target = install_weights(options["backbone"], options["file"], runtime.weights_dir(),
                                      ignore_checksum=bool(options["ignore_checksum"]))

@@ -1,4 +1,6 @@
 """python manage.py rebuild_index [--reembed]"""
+from typing import Any
+
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
@@ -13,7 +15,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--reembed", action="store_true", help="same as `python manage.py reindex`")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         if options["reembed"]:
             call_command("reindex", stdout=self.stdout, stderr=self.stderr)
             return

@@ -1,4 +1,6 @@
 """python manage.py reindex [--backbone NAME] [--m M] [--ef-construction E] [--wait]"""
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.backbones import BACKBONES
@@ -23,7 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="show progress and return when the job ends")
         parser.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds to wait at most")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         try:
             job = reindex_start(backbone=options["backbone"], m=options["m"],
                                 ef_construction=options["ef_construction"], batch_size=options["batch_size"])

@@ -1,4 +1,6 @@
 """python manage.py scan_duplicates [--threshold T] [--wait]"""
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from jobs.management.commands.wait_job import wait_and_report
@@ -15,7 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="show progress and return when the scan ends")
         parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         try:
             job = duplicate_scan_start(threshold=float(options["threshold"]))
         except ScanRefused as exc:

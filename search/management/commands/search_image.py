@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -25,7 +26,7 @@ class Command(BaseCommand):
         parser.add_argument("--k", type=int, default=10, help="results per picture (default 10)")
         parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         k = int(options["k"])
         if not 1 <= k <= settings.LOOKALIKE_SEARCH_MAX_K:
             raise CommandError(f"--k must be between 1 and {settings.LOOKALIKE_SEARCH_MAX_K}.")

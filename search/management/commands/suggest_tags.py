@@ -1,4 +1,6 @@
 """python manage.py suggest_tags [--wait]"""
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from jobs.management.commands.wait_job import wait_and_report
@@ -14,7 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="show progress and return when the job ends")
         parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait at most")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         job = tag_suggestions_start()
         self.stdout.write(f"Started {job}.")
         if options["wait"] and wait_and_report(self, job, timeout=float(options["timeout"])).state != (

@@ -1,4 +1,6 @@
 """python manage.py upkeep"""
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.models import Job
@@ -10,7 +12,7 @@ class Command(BaseCommand):
             "images stuck in queued or embedding, and resume background jobs whose worker died. The run is "
             "recorded under Background jobs.")
 
-    def handle(self, *args: object, **options: object) -> None:
+    def handle(self, *args: object, **options: Any) -> None:
         job = upkeep_now()
         if job.state != Job.State.SUCCEEDED:
             raise CommandError(f"Upkeep failed: {job.last_error}")
