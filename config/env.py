@@ -17,6 +17,8 @@ from django.core.checks.security.base import (
 from django.core.exceptions import ImproperlyConfigured
 
 T = TypeVar("T", int, float)
+# What a setting is when it is not set: a number like T, or None for an optional one.
+D = TypeVar("D")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -81,7 +83,7 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name}={value!r} is not a boolean; use true or false.")
 
 
-def _number(name: str, default: T, minimum: T | None, parse: Callable[[str], T], noun: str) -> T:
+def _number(name: str, default: D, minimum: T | None, parse: Callable[[str], T], noun: str) -> T | D:
     value = _raw(name)
     if value is None:
         return default
@@ -106,10 +108,8 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
 
 
 def env_optional_float(name: str, *, minimum: float, maximum: float) -> float | None:
-    if _raw(name) is None:
-        return None
-    number = _number(name, minimum, minimum, float, "a number")
-    if number > maximum:
+    number = _number(name, None, minimum, float, "a number")
+    if number is not None and number > maximum:
         raise ImproperlyConfigured(f"{name}={number} is above its maximum of {maximum}.")
     return number
 
