@@ -90,6 +90,9 @@ def lone_batch(worker, monkeypatch):
     monkeypatch.setattr(gallery_services, "queue_embeddings", lambda ids: None)
     batch = one_batch(worker, 2 * BATCH)
     ids = next(batch)
+    # Only once both have loaded the model does CPU use tell the embedding process from the waiting one.
+    wait_for(lambda: len(use := worker.pool_cpu_use()) == 2 and not any(use.values()), 120,
+             message="both pool processes to load the model and wait")
     embed_image.delay(ids[0])
     yield ids
     next(batch, None)
