@@ -4,7 +4,7 @@
 For each size, random unit vectors of the default backbone's dimension (``--dim`` for another,
 e.g. 256 for a PCA-reduced graph) are added to an ``HnswIndex`` at the site's M and
 ef_construction, in batches of 10,000 on one thread, as the index writer adds them
-(``search.services.index_sync``); the index is published with ``SnapshotStore.publish`` and then
+(``search.index_writer.index_sync``); the index is published with ``SnapshotStore.publish`` and then
 loaded by a fresh process, as a web process loads it. Reported per vector: the snapshot's bytes,
 the writer's resident memory grown by the build, and the reader's grown by the load; also the
 build, publish and load times. The graph's size does not depend on what the vectors hold, only

@@ -42,15 +42,10 @@ from jobs.models import Job
 from jobs.services import JobRun, JobStopped
 from search import changelog, generations, runtime
 from search.generations import Generation
+from search.index_writer import index_apply_changes, index_reconcile
 from search.models import Embedding, IndexChange
 from search.queues import queue_index_sync
-from search.services import (
-    embeddings_store,
-    images_embed_with,
-    images_requeue_unembedded,
-    index_apply_changes,
-    index_reconcile,
-)
+from search.services import embeddings_store, images_embed_with, images_requeue_unembedded
 
 log = logging.getLogger(__name__)
 

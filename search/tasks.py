@@ -21,7 +21,7 @@ def send_embedding_batches(first_ids: list[int]) -> None:
 
 @shared_task(name="search.sync_index")
 def sync_index(verify: bool = False, deferred: bool = False) -> None:
-    from search.services import index_sync
+    from search.index_writer import index_sync
 
     result = index_sync(verify=verify, deferred=deferred)
     if result.status == "deferred":

@@ -16,14 +16,14 @@ from gallery.unfinished import sweep_unfinished
 from jobs import services as job_services
 from jobs.models import Job
 from jobs.services import JobRun
-from search import services
+from search import index_writer, services
 
 
 def upkeep_run(run: JobRun) -> str:
     """The runner of upkeep jobs; returns what it did."""
     run.step(total=3, done=0, phase="reconciling the index")
     stray = services.embeddings_purge_stray()
-    repair = services.index_repair()
+    repair = index_writer.index_repair()
     run.step(done=1, phase="re-queueing stuck images")
     requeued = services.images_requeue_stuck(older_than=timedelta(seconds=settings.LOOKALIKE_STUCK_AFTER_SECONDS))
     unembedded = services.images_requeue_unembedded()

@@ -7,7 +7,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from gallery.models import Image, Tag
-from search import selectors, services
+from search import index_writer, selectors, services
 from search.models import Embedding, IndexChange
 from tests import images
 from tests.conftest import store, store_indexed, upload_file
@@ -24,7 +24,7 @@ def admin_client(client, db):
 @pytest.fixture
 def gallery(db, clean_index):
     stored = [store_indexed(images.jpeg(i), f"picture-{i}.jpg") for i in range(4)]
-    services.index_sync()
+    index_writer.index_sync()
     return stored
 
 

@@ -2,7 +2,7 @@
 from django.urls import reverse
 
 from jobs.models import Job
-from search import services as search_services
+from search import index_writer
 from tests import images
 from tests.conftest import store_indexed
 
@@ -39,7 +39,7 @@ class TestIndexJobAdmin:
     def test_the_health_page_shows_the_index(self, admin_client, clean_index):
         for i in range(3):
             store_indexed(images.jpeg(i), f"{i}.jpg")
-        search_services.index_sync()
+        index_writer.index_sync()
         page = admin_client.get(reverse("admin:jobs_job_health")).content.decode()
         for text in ("Vectors in the index", "efficientnet_lite0", "M=16, ef_construction=200, ef_search=256",
                      "top-1 is itself for 100.0%, recall@10 1.000 against exact search (3 sampled)"):

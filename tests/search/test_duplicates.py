@@ -10,7 +10,7 @@ from PIL import PngImagePlugin
 from gallery.models import DuplicateGroup, Image
 from jobs import services as job_services
 from jobs.models import Job
-from search import duplicates, selectors, services
+from search import duplicates, index_writer, selectors
 from search.models import Embedding
 from tests import images
 from tests.conftest import store_indexed
@@ -39,7 +39,7 @@ def alike(db, clean_index):
     # These pictures of random shapes are alike enough for the copies noticed at upload, whose
     # groups join the review (search/test_copy_notices.py); these tests are about the scan's.
     DuplicateGroup.objects.filter(scan=None).delete()
-    services.index_sync()
+    index_writer.index_sync()
     return made
 
 

@@ -5,7 +5,7 @@ import numpy as np
 from django.core.management import call_command
 
 from core.index import HnswIndex
-from search import changelog, runtime, selectors, services
+from search import changelog, index_writer, runtime, selectors
 from search.health import index_health
 from search.models import Embedding
 from tests import images
@@ -14,7 +14,7 @@ from tests.conftest import store_indexed
 
 def test_it_reports_counts_lag_parameters_recall_and_latency(db, clean_index):
     stored = [store_indexed(images.jpeg(i), f"{i}.jpg") for i in range(5)]
-    services.index_sync()
+    index_writer.index_sync()
     store_indexed(images.jpeg(9), "late.jpg")
     vector = Embedding.objects.get(image=stored[0]).as_array()
     for _ in range(4):
@@ -44,7 +44,7 @@ def test_the_self_check_notices_an_index_whose_vectors_are_not_the_stored_ones(d
 
 def test_index_status_prints_each_line_and_json(db, clean_index):
     store_indexed(images.jpeg(1))
-    services.index_sync()
+    index_writer.index_sync()
     out = io.StringIO()
     call_command("index_status", "--sample", "1", stdout=out)
     text = out.getvalue()

@@ -24,7 +24,7 @@ from gallery.models import Image
 from gallery.services import image_delete
 from jobs import services as job_services
 from jobs.models import Job
-from search import generations, reindex, runtime, selectors, services
+from search import generations, index_writer, reindex, runtime, selectors, services
 from search.models import Embedding, IndexChange
 from tests import images
 from tests.conftest import empty_index_folder, store
@@ -317,7 +317,7 @@ class EmbedsAcrossReindexes(RuleBasedStateMachine):
     @rule()
     def upkeep(self) -> None:
         services.embeddings_purge_stray()
-        services.index_repair()
+        index_writer.index_repair()
         services.images_requeue_unembedded()
 
     # What must hold after every step ----------------------------------------------------------
@@ -332,7 +332,7 @@ class EmbedsAcrossReindexes(RuleBasedStateMachine):
 
     @invariant()
     def the_published_index_equals_the_database_and_search_answers(self) -> None:
-        result = services.index_sync()
+        result = index_writer.index_sync()
         assert result.status in ("published", "up_to_date"), result
         assert result.meta is not None, "a published or up-to-date index has a snapshot"
         active = generations.active()

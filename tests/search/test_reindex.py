@@ -11,7 +11,7 @@ from gallery.models import Image
 from gallery.services import image_delete
 from jobs import services as job_services
 from jobs.models import Job
-from search import changelog, generations, reindex, runtime, selectors, services
+from search import changelog, generations, index_writer, reindex, runtime, selectors, services
 from search.models import Embedding
 from tests import images
 from tests.conftest import store, store_indexed
@@ -28,7 +28,7 @@ def run(job: Job) -> Job:
 @pytest.fixture
 def gallery(db, clean_index):
     stored = [store_indexed(images.jpeg(i), f"picture-{i}.jpg") for i in range(6)]
-    services.index_sync()
+    index_writer.index_sync()
     return stored
 
 
@@ -216,7 +216,7 @@ class TestEmbedsThatRaceAReindex:
         upload.refresh_from_db()
         assert upload.state == Image.State.QUEUED
         assert not Embedding.objects.filter(image=upload).exists()
-        assert services.index_sync().status in ("published", "up_to_date")
+        assert index_writer.index_sync().status in ("published", "up_to_date")
         assert [top_id(image) for image in gallery] == [image.pk for image in gallery]
 
         monkeypatch.setattr(services, "images_embed_with", original_embed)
@@ -283,18 +283,18 @@ class TestEmbedsThatRaceAReindex:
     def test_a_sync_asked_during_the_purge_runs_once_the_reindex_lets_go_of_the_index(
             self, gallery, second_backbone, monkeypatch, settings):
         settings.LOOKALIKE_SNAPSHOT_INTERVAL = 0
-        syncs: list[services.IndexSyncResult] = []
+        syncs: list[index_writer.IndexSyncResult] = []
         uploads: list[Image] = []
         original_purge = reindex._purge_vectors_other_than
 
         def upload_during_the_purge(target):
             uploads.append(store(images.jpeg(63), "late.jpg"))
             services.image_embed(image_id=uploads[0].pk, claim_token="during-the-purge")
-            syncs.append(services.index_sync())
+            syncs.append(index_writer.index_sync())
             return original_purge(target)
 
         monkeypatch.setattr(reindex, "_purge_vectors_other_than", upload_during_the_purge)
-        monkeypatch.setattr(reindex, "queue_index_sync", lambda: syncs.append(services.index_sync()))
+        monkeypatch.setattr(reindex, "queue_index_sync", lambda: syncs.append(index_writer.index_sync()))
         job = run(reindex.reindex_start(backbone="resnet50"))
         assert job.state == Job.State.SUCCEEDED, job.last_error
         assert syncs[-1].status == "published"

@@ -12,7 +12,7 @@ from core.backbones import get_backbone
 from gallery.models import Image
 from jobs import services as job_services
 from jobs.models import Job
-from search import generations, reindex, runtime, selectors, services
+from search import generations, index_writer, reindex, runtime, selectors
 from search.models import Embedding
 from tests import images
 from tests.conftest import store, wait_for
@@ -35,7 +35,7 @@ def indexed_gallery(count: int) -> list[Image]:
     ids = [image.pk for image in stored]
     wait_for(lambda: Image.objects.filter(pk__in=ids, state=Image.State.INDEXED).count() == count, 120,
              message="the gallery to be indexed")
-    services.index_sync()
+    index_writer.index_sync()
     return list(Image.objects.filter(pk__in=ids).order_by("id"))
 
 

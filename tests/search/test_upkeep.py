@@ -12,7 +12,7 @@ from django.utils import timezone
 from gallery import copies
 from gallery.models import Image
 from jobs.models import Job
-from search import changelog, queues, runtime, selectors, services
+from search import changelog, index_writer, queues, runtime, selectors, services
 from search.models import Embedding
 from tests import images
 from tests.conftest import store, store_indexed
@@ -21,7 +21,7 @@ from tests.conftest import store, store_indexed
 @pytest.fixture
 def gallery(db, clean_index):
     stored = [store_indexed(images.jpeg(i), f"picture-{i}.jpg") for i in range(5)]
-    services.index_sync()
+    index_writer.index_sync()
     return stored
 
 
@@ -51,7 +51,7 @@ class TestReconcile:
 
     def test_an_intact_index_is_left_as_it_is(self, gallery):
         snapshot = runtime.snapshot_store().read_meta().snapshot_id
-        repair = services.index_repair()
+        repair = index_writer.index_repair()
         assert (repair.reconciled.added, repair.reconciled.removed, repair.rebuilt) == (0, 0, "")
         assert runtime.snapshot_store().read_meta().snapshot_id == snapshot
 
@@ -59,7 +59,7 @@ class TestReconcile:
         store = runtime.snapshot_store()
         meta = store.read_meta()
         (store.root / meta.snapshot_id / "index.hnsw").write_bytes(b"damaged")
-        repair = services.index_repair()
+        repair = index_writer.index_repair()
         assert "does not match its checksum" in repair.rebuilt
         assert published_ids() == {image.pk for image in gallery}
 

@@ -11,7 +11,7 @@ from PIL import ImageOps
 from core.fetch import fetch_slot
 from gallery.models import Image, Tag
 from gallery.services import image_delete
-from search import services
+from search import index_writer
 from tests import images
 from tests.conftest import store, store_indexed, upload_file
 
@@ -199,14 +199,14 @@ class TestSearchByPicture:
         assert "Choose a picture, paste one, give its URL, or type words to search with." in response.content.decode()
 
     def test_a_deleted_image_leaves_results_at_once(self, client, gallery):
-        services.index_sync()
+        index_writer.index_sync()
         image_delete(image=gallery[3])
         response = search(client, images.jpeg(3), k=96)
         assert gallery[3].pk not in result_ids(response)
         assert len(result_ids(response)) == 5
 
     def test_a_hidden_image_never_comes_back(self, client, gallery):
-        services.index_sync()
+        index_writer.index_sync()
         gallery[3].hidden = True
         gallery[3].save(update_fields=["hidden"])
         response = search(client, images.jpeg(3), k=96)
@@ -214,7 +214,7 @@ class TestSearchByPicture:
         assert len(result_ids(response)) == 5
 
     def test_an_image_indexed_after_the_snapshot_is_found(self, client, gallery):
-        services.index_sync()
+        index_writer.index_sync()
         late = store_indexed(images.jpeg(42), "late.jpg")
         assert result_ids(search(client, images.jpeg(42)))[0] == late.pk
 

@@ -4,7 +4,7 @@ from typing import Any
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from search import services
+from search import index_writer
 
 
 class Command(BaseCommand):
@@ -19,6 +19,6 @@ class Command(BaseCommand):
         if options["reembed"]:
             call_command("reindex", stdout=self.stdout, stderr=self.stderr)
             return
-        meta = services.index_rebuild()
+        meta = index_writer.index_rebuild()
         self.stdout.write(f"Published snapshot {meta.snapshot_id}: {meta.count} vectors of {meta.backbone} "
                           f"({meta.backbone_version}), {meta.dim} dimensions, in {meta.publish_seconds:.2f} s.")
