@@ -12,8 +12,9 @@ from django.conf import settings
 STORE_ERRORS: tuple[type[Exception], ...] = (OSError, BotoCoreError, ClientError)
 
 
-def object_store_configured() -> bool:
-    return bool(settings.LOOKALIKE_S3_BUCKET)
+def object_store_bucket() -> str | None:
+    """The bucket that holds the media and the index snapshots; None keeps them under DATA_DIR."""
+    return settings.LOOKALIKE_S3_BUCKET or None
 
 
 def object_store_client_options() -> dict[str, Any]:

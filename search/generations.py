@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 
-from config.object_store import object_store_configured, snapshot_store_client
+from config.object_store import object_store_bucket, snapshot_store_client
 from core.backbones import descriptor_identity, get_backbone
 from core.identity import IndexIdentity
 from core.index import HnswParams, ObjectSnapshotStore, Snapshots, SnapshotStore
@@ -61,7 +61,7 @@ class Generation:
 
 
 def store_for(name: str) -> Snapshots:
-    if bucket := settings.LOOKALIKE_S3_BUCKET:
+    if bucket := object_store_bucket():
         return ObjectSnapshotStore(snapshot_store_client(), bucket, f"{OBJECT_PREFIX}{name}/",
                                    settings.INDEX_CACHE_DIR / name,
                                    poll_seconds=settings.LOOKALIKE_SNAPSHOT_POLL_SECONDS)
@@ -101,9 +101,9 @@ def prune(*, keep: set[str]) -> None:
             for folder in parent.iterdir():
                 if folder.is_dir() and not folder.name.startswith(".") and folder.name not in keep:
                     shutil.rmtree(folder, ignore_errors=True)
-    if object_store_configured():
+    if bucket := object_store_bucket():
         pages = snapshot_store_client().get_paginator("list_objects_v2").paginate(
-            Bucket=settings.LOOKALIKE_S3_BUCKET, Prefix=OBJECT_PREFIX, Delimiter="/")
+            Bucket=bucket, Prefix=OBJECT_PREFIX, Delimiter="/")
         names = {common["Prefix"][len(OBJECT_PREFIX):-1] for page in pages for common in page.get("CommonPrefixes", [])}
         for name in names - keep:
             store_for(name).remove()

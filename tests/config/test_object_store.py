@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_choice
-from config.object_store import object_store_client, object_store_configured
+from config.object_store import object_store_bucket, object_store_client
 
 
 def test_it_puts_gets_and_deletes(s3_bucket):
@@ -23,9 +23,9 @@ def test_it_puts_gets_and_deletes(s3_bucket):
 
 
 def test_it_is_configured_only_with_a_bucket(settings, s3_bucket):
-    assert object_store_configured()
-    settings.LOOKALIKE_S3_BUCKET = None
-    assert not object_store_configured()
+    assert object_store_bucket() == s3_bucket
+    settings.LOOKALIKE_S3_BUCKET = ""
+    assert object_store_bucket() is None
 
 
 def test_it_refuses_a_tampered_presigned_url_and_an_unsigned_one(s3_bucket):

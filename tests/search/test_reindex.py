@@ -5,7 +5,7 @@ from django.conf import settings
 from torchvision import models
 from torchvision.transforms.functional import to_tensor
 
-from config.object_store import object_store_configured, snapshot_store_client
+from config.object_store import object_store_bucket, snapshot_store_client
 from core.backbones import get_backbone
 from gallery.models import Image
 from gallery.services import image_delete
@@ -34,10 +34,10 @@ def gallery(db, clean_index):
 
 def stored_generations() -> set[str]:
     """The generations whose snapshots are kept: index folders, or key prefixes in the bucket."""
-    if not object_store_configured():
+    if not (bucket := object_store_bucket()):
         return {p.name for p in settings.INDEX_DIR.iterdir() if p.is_dir() and not p.name.startswith(".")}
     pages = snapshot_store_client().get_paginator("list_objects_v2").paginate(
-        Bucket=settings.LOOKALIKE_S3_BUCKET, Prefix=generations.OBJECT_PREFIX, Delimiter="/")
+        Bucket=bucket, Prefix=generations.OBJECT_PREFIX, Delimiter="/")
     return {c["Prefix"][len(generations.OBJECT_PREFIX):-1] for page in pages for c in page.get("CommonPrefixes", [])}
 
 
