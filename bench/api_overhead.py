@@ -42,6 +42,7 @@ from django.test.utils import override_settings  # noqa: E402
 
 from api.services import api_token_create  # noqa: E402
 from config.ratelimit import rate_limit_hit  # noqa: E402
+from gallery import copies  # noqa: E402
 from gallery.models import Image  # noqa: E402
 from gallery.services import image_upload  # noqa: E402
 from search import services as search_services  # noqa: E402
@@ -114,10 +115,12 @@ def gallery(count: int, owner) -> list[Image]:
     stored = []
     for path in paths:
         result = image_upload(source=io.BytesIO(path.read_bytes()), original_name=path.name, owner=owner)
-        if result.status == "accepted":
+        if result.status == "accepted" and result.image is not None:
             stored.append(result.image)
     for image in stored:
         search_services.image_embed(image_id=image.pk, claim_token=f"bench-{image.pk}")
+    # A search by upload sends a display copy, as a person saving one from the page would.
+    copies.images_make_display_copies(image_ids=[image.pk for image in stored])
     return list(Image.objects.filter(state=Image.State.INDEXED))
 
 

@@ -100,7 +100,8 @@ def main() -> None:
     Image.objects.bulk_create([Image(original_name=f"{i}.jpg", sha256=f"{i:064x}", format="JPEG", width=1, height=1,
                                      byte_size=1, original=f"originals/{i}.jpg") for i in range(needed)])
     ids = list(Image.objects.order_by("id").values_list("id", flat=True))
-    print(f"PostgreSQL {connection.pg_version}, rows of {len(rows([0])[0][1]) + len(rows([0])[0][2])} bytes")
+    server = connection.cursor().connection.info.server_version
+    print(f"PostgreSQL {server}, rows of {len(rows([0])[0][1]) + len(rows([0])[0][2])} bytes")
     for size in args.batch:
         times: dict[str, list[float]] = {"bulk_create": [], "copy": [], "binary copy": []}
         for _ in range(args.rounds):

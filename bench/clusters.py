@@ -169,6 +169,7 @@ def job_child() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     visitor = AnonymousUser()
     clustering = clusters.clustering_current()
+    assert clustering is not None, "the job published no clustering"
     started = time.perf_counter()
     counts = clusters.cluster_counts_visible(user=visitor, clustering=clustering)
     counting = time.perf_counter() - started

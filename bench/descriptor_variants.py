@@ -138,7 +138,7 @@ def main() -> None:
                 r10 = np.mean([any(h) for h in hits])
                 p10 = np.mean([np.mean([category[j] == category[i] for j in row]) for i, row in zip(picks, top,
                                                                                                    strict=True)])
-                rows.setdefault((name, norm), []).append((r1, r10, p10))
+                rows.setdefault((name, norm), []).append((float(r1), float(r10), float(p10)))
     print(f"\n{'descriptor':50} {'input':9} " + " ".join(f"{'seed ' + str(s):>22}" for s in args.seeds)
           + f" {'mean r@1':>9}")
     print(f"{'':50} {'':9} " + " ".join(f"{'r@1   r@10  p@10':>22}" for _ in args.seeds))

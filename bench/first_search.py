@@ -39,6 +39,13 @@ GALLERY = ROOT.parent / "shared" / "bench" / "images"
 _CSRF_INPUT = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 
 
+def form_token(page: str) -> str:
+    found = _CSRF_INPUT.search(page)
+    if found is None:
+        raise SystemExit("the page has no form token: is the site up, and is this its login or search page?")
+    return found[1]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -90,14 +97,14 @@ def signed_in(site: Site) -> requests.Session:
     session = requests.Session()
     page = session.get(f"{site.url}/accounts/login/", timeout=30).text
     session.post(f"{site.url}/accounts/login/", data={"username": "bench", "password": "bench-password",
-                                                     "csrfmiddlewaretoken": _CSRF_INPUT.search(page)[1]}, timeout=30)
+                                                     "csrfmiddlewaretoken": form_token(page)}, timeout=30)
     return session
 
 
 def post_picture(session: requests.Session, site: Site, path: str, field: str, picture: Path,
                  headers: dict[str, str]) -> tuple[float, requests.Response]:
     """POST a picture with a page's form token; when the request started, and the answer."""
-    token = _CSRF_INPUT.search(session.get(f"{site.url}{path}", timeout=30).text)[1]
+    token = form_token(session.get(f"{site.url}{path}", timeout=30).text)
     started = time.perf_counter()
     answer = session.post(f"{site.url}{path}", data={"csrfmiddlewaretoken": token},
                           files={field: (picture.name, picture.read_bytes(), "image/jpeg")},

@@ -76,7 +76,7 @@ def main() -> None:
     rows.append(("publish snapshot / load it", f"{publish:.2f} s / {load:.2f} s ({size / 2**20:,.0f} MiB)"))
 
     started = time.perf_counter()
-    above = set()
+    above: set[tuple[int, int]] = set()
     for start in range(0, n, 512):
         labels, scores = index.search(vectors[start:start + 512], NEIGHBOURS)
         for row, (row_labels, row_scores) in enumerate(zip(labels, scores, strict=True)):

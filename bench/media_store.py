@@ -111,7 +111,7 @@ def measure(where: str, place: Callable[[], AbstractContextManager[str]], upload
 
         def store_next() -> None:
             result = image_upload(source=io.BytesIO(originals[len(stored)]), original_name="noise.png", owner=None)
-            assert result.status == "accepted", result.message
+            assert result.status == "accepted" and result.image is not None, result.message
             stored.append(result.image)
 
         upload_ms = milliseconds(store_next, uploads)
@@ -126,7 +126,7 @@ def measure(where: str, place: Callable[[], AbstractContextManager[str]], upload
             def get(url: str = url) -> None:
                 response = client.get(url)
                 assert response.status_code == 200, response.status_code
-                b"".join(response.streaming_content)
+                response.getvalue()
             get()
             served[kind] = (statistics.median(milliseconds(get, requests)), image.thumbnail.size
                             if kind == "thumbnail" else image.display.size)

@@ -51,7 +51,7 @@ def main() -> None:
             placed.append((box[0], box[1], box[0] + picture.width, box[1] + picture.height))
         paste(page, picture, box, mask)  # type: ignore[arg-type]
 
-    Image.Image.paste = noting_paste  # type: ignore[method-assign]
+    Image.Image.paste = noting_paste  # type: ignore[assignment]
     timings: list[float] = []
     for seed in args.seeds:
         rng = random.Random(seed)

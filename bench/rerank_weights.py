@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from core import rerank  # noqa: E402
 from core.backbones import descriptor_identity, get_backbone  # noqa: E402
-from core.imaging import decode_image, served_copies  # noqa: E402
+from core.imaging import decode_image, display_jpeg_pixels  # noqa: E402
 from core.query_views import query_framings  # noqa: E402
 
 UNLIMITED_PIXELS = 10**9
@@ -49,10 +49,8 @@ def describe_all(bench: Path, seeds: list[int], queries: int, cache: Path) -> No
     for start in range(0, len(files), 32):
         pictures = []
         for path in files[start:start + 32]:
-            display, _ = served_copies(decode_image(path.read_bytes(), max_pixels=UNLIMITED_PIXELS).image)
-            picture = Image.open(io.BytesIO(display), formats=["JPEG"])
-            picture.draft("RGB", (224, 224))
-            pictures.append(picture.convert("RGB"))
+            # What the worker describes: the display copy's pixels, after its lossy save.
+            pictures.append(display_jpeg_pixels(decode_image(path.read_bytes(), max_pixels=UNLIMITED_PIXELS).image))
         described = embedder.describe(pictures, gallery=True)
         vectors.append(described.vectors)
         maps.append(described.local)
@@ -76,7 +74,7 @@ def describe_all(bench: Path, seeds: list[int], queries: int, cache: Path) -> No
             parts["maps"].append(described.local)
         arrays |= {f"seed{seed}_{key}": np.concatenate(value) for key, value in parts.items()}
         arrays[f"seed{seed}_truth"] = np.array([p.name for p in picked])
-    np.savez(cache, **arrays)
+    np.savez(cache, **arrays)  # type: ignore[arg-type]  # numpy types every keyword as allow_pickle's bool
     print(f"described {len(files)} gallery images and {len(seeds)} x {queries} queries in "
           f"{time.perf_counter() - started:.0f} s into {cache}")
 

@@ -47,7 +47,7 @@ class NotLoopback(ValueError):
 
 def require_loopback(url: str) -> None:
     host = urlsplit(url).hostname or ""
-    addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     if not addresses or not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
         raise NotLoopback(f"{url} is not on this machine (resolves to {', '.join(sorted(addresses))}).")
 

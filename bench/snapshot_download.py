@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import boto3
 import hnswlib
@@ -46,7 +47,7 @@ class NoChanges:
         return {}
 
 
-def client() -> object:
+def client() -> Any:
     return boto3.client(
         "s3", endpoint_url=os.environ.get("LOOKALIKE_S3_ENDPOINT_URL"),
         region_name=os.environ.get("LOOKALIKE_S3_REGION", "us-east-1"),

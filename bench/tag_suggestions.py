@@ -116,7 +116,7 @@ def at_scale(real: np.ndarray, count: int, share: float) -> tuple[float, float, 
         fetch = 64
         labels, scores = index.knn_query(vectors[batch], k=fetch, num_threads=1)
         for row_labels, row_scores in zip(labels, scores, strict=True):
-            neighbours = [(1.0 - float(d), {int(tags[i])}) for i, d in zip(row_labels, row_scores, strict=True)
+            neighbours = [(1.0 - float(d), {str(tags[i])}) for i, d in zip(row_labels, row_scores, strict=True)
                           if tagged[i]]
             tag_vote(neighbours)
     seconds = time.perf_counter() - started
